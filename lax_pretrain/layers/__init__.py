@@ -1,0 +1,48 @@
+"""Factorized linear maps with LaX crossing, built by one factory.
+
+    layer = make_linear(768, 768, {"kind": "cola", "rank": 192, "crossing": "kron"}, rngs=nnx.Rngs(0))
+    y, latent = layer(x, latent_in=previous_block_latent)
+
+Every kind returns `(y, latent_out)`, has analytic `param_count` / `flops_per_token`, logical axis names on
+its parameters, and (linear kinds) `materialize()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from lax_pretrain.layers.base import LATENT_NAME, FactorizedLinear
+from lax_pretrain.layers.cola import CoLALinear
+from lax_pretrain.layers.dense import DenseLinear
+from lax_pretrain.layers.lax import DenseGate, KronGate, LatentNorm
+from lax_pretrain.layers.spec import LinearSpec, SpecError, balanced_factors, cap_tt_ranks, validate
+from lax_pretrain.layers.svd import SVDLinear
+from lax_pretrain.layers.tt import TTLinear
+
+KIND_CLASSES = {"dense": DenseLinear, "svd": SVDLinear, "cola": CoLALinear, "tt": TTLinear}
+
+Linear = DenseLinear | SVDLinear | CoLALinear | TTLinear
+
+
+def make_linear(d_in: int, d_out: int, spec: Any, *, rngs: nnx.Rngs, axes: tuple[str, str] = ("embed", "mlp"),
+                dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec") -> Linear:
+    """Builds the (d_in -> d_out) map described by `spec` (dict, ConfigDict or LinearSpec).
+
+    axes: logical names of the input and output dimensions (e.g. ('embed', 'heads') for q, ('mlp', 'embed')
+        for the MLP down-projection); latents and gates use 'rank'.
+    dtype: compute dtype (None: that of the input); param_dtype: storage dtype.
+    name: where the spec lives in the config, used in error messages (e.g. 'model.attn').
+    """
+    s = validate(spec, d_in, d_out, where=name)
+    return KIND_CLASSES[s.kind](d_in, d_out, s, rngs=rngs, axes=tuple(axes), dtype=dtype, param_dtype=param_dtype,
+                                name=name)
+
+
+__all__ = [
+    "LATENT_NAME", "KIND_CLASSES", "CoLALinear", "DenseGate", "DenseLinear", "FactorizedLinear", "KronGate",
+    "LatentNorm", "Linear", "LinearSpec", "SVDLinear", "SpecError", "TTLinear", "balanced_factors",
+    "cap_tt_ranks", "make_linear", "validate",
+]

@@ -1,0 +1,82 @@
+"""The flow shared by every factorized kind: encode -> (LaX crossing) -> activate -> decode (+ bias).
+
+Subclasses (svd, cola, tt) only say how to reach the latent (`encode`) and how to leave it (`decode`);
+crossing, norm, bias, latent tagging and the analytic counts of those parts live here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from lax_pretrain.layers import init
+from lax_pretrain.layers.lax import make_gate, make_latent_norm
+from lax_pretrain.layers.spec import LinearSpec
+from lax_pretrain.nnx_compat import param
+
+# Name under which every latent is tagged, so a remat policy can save exactly the latents (CoLA-M).
+LATENT_NAME = "lax_latent"
+
+
+class FactorizedLinear(nnx.Module):
+    """Base of the kinds that have a latent. `__call__(x, latent_in=None) -> (y, latent_out)`.
+
+    A kind defines `encode(x_NxI) -> (u_NxR, aux)` (the pre-crossing latent and whatever `decode` needs),
+    `decode(z_NxR, aux) -> y_NxO` (no bias), optionally `activate(u)`, and the analytic
+    `core_param_count` / `core_flops_per_token` of its factors.
+    """
+
+    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
+                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
+        self.d_in, self.d_out, self.spec, self.name = d_in, d_out, spec, name
+        self.dtype = dtype
+        if spec.crossed:
+            self.gate = make_gate(spec, rngs=rngs, param_dtype=param_dtype)
+            self.latent_norm = make_latent_norm(spec, param_dtype=param_dtype)
+        if spec.use_bias:
+            self.bias = param(init.bias(rngs.params(), spec, d_out, param_dtype), (axes[1],))
+
+    def activate(self, u: jax.Array) -> jax.Array:
+        return u
+
+    def __call__(self, x: jax.Array, latent_in: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        lead = x.shape[:-1]
+        u, aux = self.encode(x.reshape(-1, self.d_in))
+        if self.spec.crossed:
+            if latent_in is None:
+                raise ValueError(f"{self.name}: crossing={self.spec.crossing!r} needs latent_in, the latent of the "
+                                 "same projection in the previous block (block 0 must be built with crossing 'none')")
+            z_prev = latent_in.reshape(-1, latent_in.shape[-1]).astype(u.dtype)
+            u = u + (self.gate(z_prev) if self.gate is not None else z_prev)
+            if self.latent_norm is not None:
+                u = self.latent_norm(u)
+        z = checkpoint_name(self.activate(u), LATENT_NAME)
+        y = self.decode(z, aux)
+        if self.spec.use_bias:
+            y = y + self.bias[...].astype(y.dtype)
+        return y.reshape(*lead, self.d_out), z.reshape(*lead, z.shape[-1])
+
+    def weight(self, p: nnx.Param) -> jax.Array:
+        """A parameter's value in the compute dtype."""
+        v = p[...]
+        return v.astype(self.dtype) if self.dtype is not None else v
+
+    @property
+    def param_count(self) -> int:
+        n = self.core_param_count + (self.d_out if self.spec.use_bias else 0)
+        if self.spec.crossed:
+            n += self.gate.param_count if self.gate is not None else 0
+            n += self.latent_norm.param_count if self.latent_norm is not None else 0
+        return n
+
+    @property
+    def flops_per_token(self) -> int:
+        """Forward matmul FLOPs per token (multiply-add = 2), including the gate."""
+        gate = self.gate.flops_per_token if self.spec.crossed and self.gate is not None else 0
+        return self.core_flops_per_token + gate

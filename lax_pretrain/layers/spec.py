@@ -1,0 +1,207 @@
+"""The spec of one linear map: what kind, how factorized, how crossed. Validated before anything is built.
+
+A spec is given as a dict or ConfigDict (e.g. `config.model.attn`) and normalised into a frozen
+`LinearSpec`. Every error names the offending key, prefixed by where the spec lives (`where`), so a bad
+`--config.model.mlp.rank=0` is reported as `model.mlp.rank` before any compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+KINDS = ("dense", "svd", "cola", "tt")
+CROSSINGS = ("none", "identity", "dense", "kron")
+LATENT_NORMS = ("layernorm", "rmsnorm", "none")
+ACTIVATIONS = ("silu", "gelu")
+INITS = ("lax", "cola", "tt_variance")
+BIAS_INITS = ("zeros", "normal")
+TT_ORDERS = ("auto", "factor_first", "sequential")
+
+
+class SpecError(ValueError):
+    """A linear-map spec that cannot be built; the message starts with the offending key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSpec:
+    """One projection's factorization and crossing.
+
+    kind: 'dense' | 'svd' (x A B) | 'cola' (act(x A) B) | 'tt' (tensor-train, input modes then output modes).
+    rank: latent width r of svd/cola.
+    tt_in_modes, tt_out_modes, tt_ranks: TT shape; prod(in) = d_in, prod(out) = d_out, ranks include the
+        leading and trailing 1 (len = len(in) + len(out) + 1). The bond after the last input core is the latent.
+    crossing: LaX gate applied to the previous block's latent: 'none' | 'identity' | 'dense' | 'kron'.
+    latent_norm: norm over the latent after the crossing (crossing layers only): 'layernorm' | 'rmsnorm' | 'none'.
+    intra: TT intra-layer LaX (4 cores): the first input intermediate is added after the first output core.
+    activation: CoLA's latent activation ('silu' for LLaMA, exact 'gelu' for ViT).
+    use_bias: output bias.
+    init: 'lax' (official LaX ViT code), 'cola' (official CoLA LLaMA code), 'tt_variance' (variance-correct
+        product init: every factor gets std sigma^(1/d) * (prod internal ranks)^(-1/(2d))).
+    init_std: dense kernel std ('lax': 0.02 truncated, 'cola': 0.02) or target std sigma of the represented
+        matrix for 'tt_variance' (default 1/sqrt(d_in)).
+    bias_init: 'zeros', or 'normal' = the official LaX code's N(0, 1) factorized-layer bias (a quirk).
+    tt_order: TT contraction order; 'auto' = factor-first unless intra-layer LaX needs per-token intermediates.
+    latent_in_dim: width of the incoming latent (default: this layer's latent width); only a dense gate maps
+        between different widths.
+    """
+
+    kind: str = "dense"
+    rank: int | None = None
+    tt_in_modes: tuple[int, ...] = ()
+    tt_out_modes: tuple[int, ...] = ()
+    tt_ranks: tuple[int, ...] = ()
+    crossing: str = "none"
+    latent_norm: str = "layernorm"
+    intra: bool = False
+    activation: str = "silu"
+    use_bias: bool = False
+    init: str = "lax"
+    init_std: float | None = None
+    bias_init: str = "zeros"
+    tt_order: str = "auto"
+    latent_in_dim: int | None = None
+
+    @property
+    def crossed(self) -> bool:
+        return self.crossing != "none"
+
+    @property
+    def latent_dim(self) -> int | None:
+        """Width of this layer's latent (None for dense)."""
+        if self.kind in ("svd", "cola"):
+            return self.rank
+        if self.kind == "tt":
+            return self.tt_ranks[len(self.tt_in_modes)]
+        return None
+
+    @property
+    def sequential_tt(self) -> bool:
+        """Whether a TT layer contracts core by core (needed for intra-layer LaX)."""
+        if self.tt_order == "auto":
+            return self.intra
+        return self.tt_order == "sequential"
+
+    def replace(self, **changes: Any) -> "LinearSpec":
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(LinearSpec)}
+_TUPLE_FIELDS = ("tt_in_modes", "tt_out_modes", "tt_ranks")
+
+
+def _as_dict(spec: Any) -> dict[str, Any]:
+    if isinstance(spec, LinearSpec):
+        return dataclasses.asdict(spec)
+    if hasattr(spec, "to_dict"):  # ml_collections.ConfigDict
+        return dict(spec.to_dict())
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    raise SpecError(f"a linear spec must be a dict or ConfigDict, got {type(spec).__name__}")
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"{where}.{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def balanced_factors(n: int) -> tuple[int, int]:
+    """The most balanced factor pair (f0, f1) of n with f0 <= f1 (256 -> (16, 16), 336 -> (16, 21))."""
+    f0 = max(f for f in range(1, math.isqrt(n) + 1) if n % f == 0)
+    return f0, n // f0
+
+
+def cap_tt_ranks(in_modes: tuple[int, ...], out_modes: tuple[int, ...], ranks: tuple[int, ...]) -> tuple[int, ...]:
+    """Caps each TT bond by the sizes of the unfoldings on either side (a larger rank adds nothing)."""
+    modes = tuple(in_modes) + tuple(out_modes)
+    capped = [1]
+    for k in range(1, len(modes)):
+        left, right = math.prod(modes[:k]), math.prod(modes[k:])
+        capped.append(min(ranks[k], left, right))
+    capped.append(1)
+    return tuple(capped)
+
+
+def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> LinearSpec:
+    """Normalises a dict/ConfigDict into a LinearSpec for a (d_in -> d_out) map, or raises SpecError."""
+    raw = _as_dict(spec)
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]} is not a linear-spec key (known: {', '.join(sorted(_FIELDS))})")
+    for key in _TUPLE_FIELDS:
+        if raw.get(key) is not None:
+            raw[key] = tuple(int(v) for v in raw[key])
+    s = LinearSpec(**{k: v for k, v in raw.items() if v is not None or k in ("rank", "init_std", "latent_in_dim")})
+
+    _choice(where, "kind", s.kind, KINDS)
+    _choice(where, "crossing", s.crossing, CROSSINGS)
+    _choice(where, "latent_norm", s.latent_norm, LATENT_NORMS)
+    _choice(where, "activation", s.activation, ACTIVATIONS)
+    _choice(where, "init", s.init, INITS)
+    _choice(where, "bias_init", s.bias_init, BIAS_INITS)
+    _choice(where, "tt_order", s.tt_order, TT_ORDERS)
+    if d_in < 1 or d_out < 1:
+        raise SpecError(f"{where}: a linear map needs positive widths, got {d_in} -> {d_out}")
+
+    if s.kind == "dense" and s.crossing != "none":
+        raise SpecError(f"{where}.crossing={s.crossing!r}: a dense layer has no latent to cross; use 'none'")
+    if s.kind in ("svd", "cola"):
+        if s.rank is None or int(s.rank) < 1:
+            raise SpecError(f"{where}.rank must be an integer >= 1 for kind {s.kind!r}, got {s.rank!r}")
+        if s.rank > min(d_in, d_out):
+            warnings.warn(f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: more parameters "
+                          "than the dense map it factorizes", stacklevel=2)
+    if s.kind == "tt":
+        _validate_tt(s, d_in, d_out, where)
+    if s.intra and s.kind != "tt":
+        raise SpecError(f"{where}.intra=True needs kind 'tt' (intra-layer LaX crosses TT core intermediates)")
+    if s.intra and s.tt_order == "factor_first":
+        raise SpecError(f"{where}.intra=True needs per-token intermediates: tt_order must be 'sequential' or 'auto'")
+
+    if s.crossed:
+        width = s.latent_dim
+        in_width = s.latent_in_dim or width
+        if s.crossing in ("identity", "kron") and in_width != width:
+            raise SpecError(f"{where}.latent_in_dim={in_width} differs from the latent width {width}: "
+                            f"crossing {s.crossing!r} needs equal widths (use crossing='dense')")
+        if s.crossing == "kron":
+            f0, _ = balanced_factors(width)
+            if f0 == 1:
+                warnings.warn(f"{where}: kron gate on prime latent width {width} degenerates to a dense "
+                              f"{width}x{width} map", stacklevel=2)
+    return s
+
+
+def _validate_tt(s: LinearSpec, d_in: int, d_out: int, where: str) -> None:
+    if not s.tt_in_modes or not s.tt_out_modes:
+        raise SpecError(f"{where}.tt_in_modes/tt_out_modes must be given for kind 'tt'")
+    for key, modes in (("tt_in_modes", s.tt_in_modes), ("tt_out_modes", s.tt_out_modes)):
+        if any(m < 1 for m in modes):
+            raise SpecError(f"{where}.{key}={list(modes)} must be positive")
+    if math.prod(s.tt_in_modes) != d_in:
+        raise SpecError(f"{where}.tt_in_modes={list(s.tt_in_modes)} multiply to {math.prod(s.tt_in_modes)}, "
+                        f"not d_in={d_in}")
+    if math.prod(s.tt_out_modes) != d_out:
+        raise SpecError(f"{where}.tt_out_modes={list(s.tt_out_modes)} multiply to {math.prod(s.tt_out_modes)}, "
+                        f"not d_out={d_out}")
+    n_cores = len(s.tt_in_modes) + len(s.tt_out_modes)
+    if len(s.tt_ranks) != n_cores + 1:
+        raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must have {n_cores + 1} entries (one per bond of "
+                        f"{n_cores} cores, including the leading and trailing 1)")
+    if s.tt_ranks[0] != 1 or s.tt_ranks[-1] != 1:
+        raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must start and end with 1")
+    if any(r < 1 for r in s.tt_ranks):
+        raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must be positive")
+    if s.intra:
+        p = len(s.tt_in_modes)
+        if p != 2 or len(s.tt_out_modes) != 2:
+            raise SpecError(f"{where}.intra=True needs 4 TT cores (2 input + 2 output modes), got "
+                            f"{list(s.tt_in_modes)} | {list(s.tt_out_modes)}")
+        n2, m1 = s.tt_in_modes[1], s.tt_out_modes[0]
+        r1, r3 = s.tt_ranks[1], s.tt_ranks[3]
+        if n2 != m1 or r1 != r3:
+            raise SpecError(f"{where}.intra=True needs tt_in_modes[1] == tt_out_modes[0] and "
+                            f"tt_ranks[1] == tt_ranks[3], got {n2} vs {m1} and {r1} vs {r3}")

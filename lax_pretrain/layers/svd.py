@@ -1,0 +1,45 @@
+"""Plain low-rank: h = x A (the latent), y = h B + b, with A = `down` (d_in, r) and B = `up` (r, d_out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lax_pretrain.layers import init
+from lax_pretrain.layers.base import FactorizedLinear
+from lax_pretrain.layers.spec import LinearSpec
+from lax_pretrain.nnx_compat import param
+
+
+class LowRank(FactorizedLinear):
+    """The two factors shared by svd and cola."""
+
+    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
+                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
+        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
+        down, up = init.low_rank_factors(rngs.params(), spec, d_in, d_out, param_dtype)
+        self.down = param(down, (axes[0], "rank"))
+        self.up = param(up, ("rank", axes[1]))
+
+    def encode(self, x_NxI: jax.Array) -> tuple[jax.Array, None]:
+        return x_NxI @ self.weight(self.down).astype(x_NxI.dtype), None
+
+    def decode(self, z_NxR: jax.Array, aux: None) -> jax.Array:
+        return z_NxR @ self.weight(self.up).astype(z_NxR.dtype)
+
+    @property
+    def core_param_count(self) -> int:
+        return self.spec.rank * (self.d_in + self.d_out)
+
+    @property
+    def core_flops_per_token(self) -> int:
+        return 2 * self.spec.rank * (self.d_in + self.d_out)
+
+
+class SVDLinear(LowRank):
+    def materialize(self) -> jax.Array:
+        """The (d_in, d_out) kernel A B (bias excluded)."""
+        return self.down[...] @ self.up[...]

@@ -1,0 +1,107 @@
+"""Tensor-train linear map as used by LaX / CoMERA (reference/methods.md 1.1).
+
+The weight reshaped to an order-(p+q) tensor with the input modes first, then the output modes, is a TT with
+cores G_k of shape (r_{k-1}, s_k, r_k); flattening is row-major (the first mode is the slowest). The bond r_p
+between the last input core and the first output core is the latent.
+
+Two contraction orders compute the same function:
+  factor-first  contract the input cores into L (d_in, r_p) and the output cores into R (r_p, d_out) once per
+                call (batch-independent), then y = (x L) R: two GEMMs, 2 r_p (d_in + d_out) FLOPs per token.
+  sequential    reshape x to (N, n_1, .., n_p) and contract core by core (the official LaX code); exposes the
+                per-token intermediates that intra-layer LaX adds across the latent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lax_pretrain.layers import init
+from lax_pretrain.layers.base import FactorizedLinear
+from lax_pretrain.layers.spec import LinearSpec
+from lax_pretrain.nnx_compat import param
+
+CORE_AXES = ("tt_rank", "tt_mode", "tt_rank")
+
+
+def chain(cores: list[jax.Array]) -> jax.Array:
+    """Contracts consecutive cores over their shared bonds: (r_a, s_1, .., s_k, r_b)."""
+    out = cores[0]
+    for core in cores[1:]:
+        out = jnp.tensordot(out, core, axes=([-1], [0]))
+    return out
+
+
+class TTLinear(FactorizedLinear):
+    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
+                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
+        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
+        self.p = len(spec.tt_in_modes)
+        self.cores = nnx.List([param(c, CORE_AXES) for c in init.tt_cores(rngs.params(), spec, d_in, d_out, param_dtype)])
+
+    def _cores(self) -> list[jax.Array]:
+        return [self.weight(c) for c in self.cores]
+
+    def input_factor(self) -> jax.Array:
+        """L (d_in, r_p): the input cores contracted."""
+        return chain(self._cores()[: self.p]).reshape(self.d_in, -1)
+
+    def output_factor(self) -> jax.Array:
+        """R (r_p, d_out): the output cores contracted."""
+        return chain(self._cores()[self.p:]).reshape(-1, self.d_out)
+
+    def encode(self, x_NxI: jax.Array) -> tuple[jax.Array, Any]:
+        if not self.spec.sequential_tt:
+            return x_NxI @ self.input_factor().astype(x_NxI.dtype), None
+        cores = [c.astype(x_NxI.dtype) for c in self._cores()]
+        state = x_NxI.reshape(-1, *self.spec.tt_in_modes)          # (N, n_1, .., n_p)
+        state = jnp.tensordot(state, cores[0][0], axes=([1], [0]))  # (N, n_2, .., n_p, r_1)
+        first_intermediate = state
+        for core in cores[1: self.p]:                               # contract n_k and r_{k-1}
+            state = jnp.tensordot(state, core, axes=([1, state.ndim - 1], [1, 0]))
+        return state, first_intermediate                            # (N, r_p)
+
+    def decode(self, z_NxR: jax.Array, first_intermediate: Any) -> jax.Array:
+        if not self.spec.sequential_tt:
+            return z_NxR @ self.output_factor().astype(z_NxR.dtype)
+        cores = [c.astype(z_NxR.dtype) for c in self._cores()[self.p:]]
+        state = jnp.tensordot(z_NxR, cores[0], axes=([-1], [0]))   # (N, m_1, r_{p+1})
+        if self.spec.intra:  # intra-layer LaX: (N, n_2, r_1) joins (N, m_1, r_3)
+            state = state + first_intermediate
+        for core in cores[1:]:
+            state = jnp.tensordot(state, core, axes=([-1], [0]))  # (N, m_1, .., m_j, r)
+        return state.reshape(-1, self.d_out)
+
+    def materialize(self) -> jax.Array:
+        """The (d_in, d_out) kernel L R (bias excluded). Intra-layer LaX makes the map differ from it."""
+        return self.input_factor() @ self.output_factor()
+
+    @property
+    def core_param_count(self) -> int:
+        modes, ranks = self.spec.tt_in_modes + self.spec.tt_out_modes, self.spec.tt_ranks
+        return sum(ranks[k] * modes[k] * ranks[k + 1] for k in range(len(modes)))
+
+    @property
+    def core_flops_per_token(self) -> int:
+        return tt_flops_per_token(self.spec)
+
+
+def tt_flops_per_token(spec: LinearSpec) -> int:
+    """Per-token matmul FLOPs of a TT layer in its contraction order.
+
+    Factor-first excludes contracting the cores into L and R: that is once per call, independent of tokens.
+    """
+    n, m, r = spec.tt_in_modes, spec.tt_out_modes, spec.tt_ranks
+    p = len(n)
+    if not spec.sequential_tt:
+        return 2 * r[p] * (math.prod(n) + math.prod(m))
+    flops = 0
+    for k in range(p):  # core k consumes mode n_k; the modes after it are still pending
+        flops += 2 * math.prod(n[k + 1:]) * r[k] * n[k] * r[k + 1]
+    for j in range(len(m)):  # output core j creates mode m_j next to the m_1..m_{j-1} already made
+        flops += 2 * math.prod(m[:j]) * r[p + j] * m[j] * r[p + j + 1]
+    return flops
