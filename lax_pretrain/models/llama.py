@@ -1,0 +1,131 @@
+"""LLaMA-style decoder: RMSNorm, RoPE, causal grouped-query attention, SwiGLU MLP, no biases.
+
+Every one of q, k, v, o, gate, up, down comes from the factory; latents {q, k, v, o, gate, up, down} are
+threaded from block to block by `BlockStack`. Shapes: B batch, L length, D model width, H query heads,
+K kv heads, E head dim, F ffn width, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lax_pretrain.models.projections import dtype_of, make_projection
+from lax_pretrain.models.stack import BlockStack, tag_residual
+from lax_pretrain.nnx_compat import param
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, width: int, eps: float, *, param_dtype=jnp.float32):
+        self.eps = eps
+        self.scale = param(jnp.ones((width,), param_dtype), ("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(x.dtype)
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos) of shape (L, E) in Hugging Face's half-split layout (rotate_half)."""
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles_LxE2 = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    angles_LxE = jnp.concatenate([angles_LxE2, angles_LxE2], axis=-1)
+    return jnp.sin(angles_LxE), jnp.cos(angles_LxE)
+
+
+def apply_rope(x_BxLxHxE: jax.Array, sin_LxE: jax.Array, cos_LxE: jax.Array) -> jax.Array:
+    half = x_BxLxHxE.shape[-1] // 2
+    rotated = jnp.concatenate([-x_BxLxHxE[..., half:], x_BxLxHxE[..., :half]], axis=-1)
+    sin, cos = sin_LxE[None, :, None, :], cos_LxE[None, :, None, :]
+    return (x_BxLxHxE * cos + rotated * sin).astype(x_BxLxHxE.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
+        d, h, kv, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kv, e
+        proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
+        self.q = proj("q", d, h * e, ("embed", "heads"))
+        self.k = proj("k", d, kv * e, ("embed", "heads"))
+        self.v = proj("v", d, kv * e, ("embed", "heads"))
+        self.o = proj("o", h * e, d, ("heads", "embed"))
+
+    def __call__(self, x_BxLxD: jax.Array, latents: dict, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, dict]:
+        b, length, _ = x_BxLxD.shape
+        h, kv, e = self.num_heads, self.num_kv_heads, self.head_dim
+        q, lq = self.q(x_BxLxD, latents["q"])
+        k, lk = self.k(x_BxLxD, latents["k"])
+        v, lv = self.v(x_BxLxD, latents["v"])
+        q_BxLxHxE = apply_rope(q.reshape(b, length, h, e), sin, cos)
+        k_BxLxKxE = apply_rope(k.reshape(b, length, kv, e), sin, cos)
+        v_BxLxKxE = v.reshape(b, length, kv, e)
+        out_BxLxHxE = jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, is_causal=True)
+        y, lo = self.o(out_BxLxHxE.reshape(b, length, h * e), latents["o"])
+        return y, {"q": lq, "k": lk, "v": lv, "o": lo}
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.ffn_dim
+        proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
+        self.gate = proj("gate", d, f, ("embed", "mlp"))
+        self.up = proj("up", d, f, ("embed", "mlp"))
+        self.down = proj("down", f, d, ("mlp", "embed"))
+        # CoLA's only_lr_act: the gate's low-rank activation already is the nonlinearity; drop the outer SiLU.
+        self.outer_act = not cfg.only_lr_act
+
+    def __call__(self, x_BxLxD: jax.Array, latents: dict) -> tuple[jax.Array, dict]:
+        g, lg = self.gate(x_BxLxD, latents["gate"])
+        u, lu = self.up(x_BxLxD, latents["up"])
+        h_BxLxF = (jax.nn.silu(g) if self.outer_act else g) * u
+        y, ld = self.down(h_BxLxF, latents["down"])
+        return y, {"gate": lg, "up": lu, "down": ld}
+
+
+class DecoderBlock(nnx.Module):
+    def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
+        pd = dtype_of(cfg.param_dtype, "model.param_dtype")
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd)
+        self.attn = Attention(cfg, first=first, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd)
+        self.mlp = SwiGLU(cfg, first=first, rngs=rngs)
+
+    def __call__(self, x_BxLxD: jax.Array, latents: dict | None, sin: jax.Array, cos: jax.Array):
+        latents = latents or dict.fromkeys(PROJECTIONS)
+        a, la = self.attn(self.attn_norm(x_BxLxD), latents, sin, cos)
+        x_BxLxD = tag_residual(x_BxLxD + a)
+        m, lm = self.mlp(self.mlp_norm(x_BxLxD), latents)
+        return tag_residual(x_BxLxD + m), {**la, **lm}
+
+
+def head_dim(cfg: Any) -> int:
+    return cfg.get("head_dim") or cfg.d_model // cfg.num_heads
+
+
+class Llama(nnx.Module):
+    """`model(tokens_BxL) -> logits_BxLxV` (float32 logits)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = dtype_of(cfg.dtype, "model.dtype")
+        pd = dtype_of(cfg.param_dtype, "model.param_dtype")
+        std = cfg.embed_init_std
+        self.embed = param(std * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), pd), ("vocab", "embed"))
+        self.blocks = BlockStack(lambda first, r: DecoderBlock(cfg, first=first, rngs=r), cfg.num_layers,
+                                 scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd)
+        if not cfg.tie_embeddings:
+            self.head = param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), pd), ("embed", "vocab"))
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(self.dtype)
+        sin, cos = rope_tables(tokens_BxL.shape[1], head_dim(self.cfg), self.cfg.rope_theta)
+        x_BxLxD = self.final_norm(self.blocks(x_BxLxD, sin, cos))
+        head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
+        return jnp.dot(x_BxLxD, head_DxV.astype(self.dtype), preferred_element_type=jnp.float32)

@@ -1,0 +1,115 @@
+"""Vision Transformer: patch embedding, cls token, learned positions, pre-LN blocks, GELU MLP, linear head.
+
+Separate q, k, v projections and both MLP layers come from the factory; latents {q, k, v, o, fc1, fc2} are
+threaded across depth. The patch embedding and the head stay dense, as in the official LaX code. Low-rank
+variants of the official code add a LayerNorm over the MLP hidden layer (`model.mlp_hidden_norm`):
+fc1 -> GELU -> Dropout -> LayerNorm(4d) -> fc2 -> Dropout. Shapes: B batch, P patches (+1 cls), D width,
+H heads, E head dim, F mlp width, K classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lax_pretrain.layers import init
+from lax_pretrain.models.projections import dtype_of, make_projection
+from lax_pretrain.models.stack import BlockStack, tag_residual
+from lax_pretrain.nnx_compat import param
+
+PROJECTIONS = ("q", "k", "v", "o", "fc1", "fc2")
+LN_EPS = 1e-6
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, width: int, axis_name: str, *, param_dtype=jnp.float32):
+        self.scale = param(jnp.ones((width,), param_dtype), (axis_name,))
+        self.bias = param(jnp.zeros((width,), param_dtype), (axis_name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 - x32.mean(-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + LN_EPS)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+def mlp_hidden_norm_on(cfg: Any) -> bool:
+    """The official code adds the hidden LayerNorm to every low-rank variant, never to the dense baseline."""
+    flag = cfg.get("mlp_hidden_norm", "auto")
+    return cfg.linear.kind != "dense" if flag == "auto" else bool(flag)
+
+
+class VitBlock(nnx.Module):
+    def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
+        d, f, self.num_heads = cfg.d_model, cfg.mlp_dim, cfg.num_heads
+        pd = dtype_of(cfg.param_dtype, "model.param_dtype")
+        proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
+        self.attn_norm = LayerNorm(d, "embed", param_dtype=pd)
+        self.q = proj("q", d, d, ("embed", "heads"))
+        self.k = proj("k", d, d, ("embed", "heads"))
+        self.v = proj("v", d, d, ("embed", "heads"))
+        self.o = proj("o", d, d, ("heads", "embed"))
+        self.mlp_norm = LayerNorm(d, "embed", param_dtype=pd)
+        self.fc1 = proj("fc1", d, f, ("embed", "mlp"))
+        self.fc2 = proj("fc2", f, d, ("mlp", "embed"))
+        self.hidden_norm = LayerNorm(f, "mlp", param_dtype=pd) if mlp_hidden_norm_on(cfg) else None
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, x_BxPxD: jax.Array, latents: dict | None):
+        latents = latents or dict.fromkeys(PROJECTIONS)
+        b, p, d = x_BxPxD.shape
+        h = self.attn_norm(x_BxPxD)
+        q, lq = self.q(h, latents["q"])
+        k, lk = self.k(h, latents["k"])
+        v, lv = self.v(h, latents["v"])
+        heads = lambda t: t.reshape(b, p, self.num_heads, d // self.num_heads)
+        a_BxPxHxE = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))
+        a, lo = self.o(a_BxPxHxE.reshape(b, p, d), latents["o"])
+        x_BxPxD = tag_residual(x_BxPxD + a)
+        m, l1 = self.fc1(self.mlp_norm(x_BxPxD), latents["fc1"])
+        m = self.dropout(jax.nn.gelu(m, approximate=False))
+        if self.hidden_norm is not None:
+            m = self.hidden_norm(m)
+        m, l2 = self.fc2(m, latents["fc2"])
+        m = self.dropout(m)
+        return tag_residual(x_BxPxD + m), {"q": lq, "k": lk, "v": lv, "o": lo, "fc1": l1, "fc2": l2}
+
+
+class ViT(nnx.Module):
+    """`model(images_BxHxWxC, *, train=False) -> logits_BxK` (float32 logits)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = dtype_of(cfg.dtype, "model.dtype")
+        pd = dtype_of(cfg.param_dtype, "model.param_dtype")
+        ps, c, d = cfg.patch_size, cfg.channels, cfg.d_model
+        if cfg.image_size % ps:
+            raise ValueError(f"model.image_size={cfg.image_size} is not a multiple of model.patch_size={ps}")
+        n_patches = (cfg.image_size // ps) ** 2
+        self.patch_kernel = param(init.truncated_normal(rngs.params(), (ps * ps * c, d), 0.02, pd), ("patch", "embed"))
+        self.patch_bias = param(jnp.zeros((d,), pd), ("embed",))
+        self.cls = param(init.truncated_normal(rngs.params(), (1, 1, d), 0.02, pd), (None, None, "embed"))
+        self.pos = param(init.truncated_normal(rngs.params(), (1, n_patches + 1, d), 0.02, pd), (None, None, "embed"))
+        self.blocks = BlockStack(lambda first, r: VitBlock(cfg, first=first, rngs=r), cfg.num_layers,
+                                 scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
+        self.final_norm = LayerNorm(d, "embed", param_dtype=pd)
+        self.head_kernel = param(init.truncated_normal(rngs.params(), (d, cfg.num_classes), 0.02, pd), ("embed", "classes"))
+        self.head_bias = param(jnp.zeros((cfg.num_classes,), pd), ("classes",))
+
+    def __call__(self, images_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
+        # A module attribute rather than an argument: scan and remat then see no Python bool to trace.
+        self.set_attributes(nnx.Dropout, deterministic=not train, raise_if_not_found=False)
+        b, height, width, c = images_BxHxWxC.shape
+        ps = self.cfg.patch_size
+        # Non-overlapping patches, flattened (row, col, channel) to match a conv kernel (ps, ps, C, D).
+        x = images_BxHxWxC.reshape(b, height // ps, ps, width // ps, ps, c).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b, -1, ps * ps * c).astype(self.dtype)
+        x_BxPxD = x @ self.patch_kernel[...].astype(self.dtype) + self.patch_bias[...].astype(self.dtype)
+        cls = jnp.broadcast_to(self.cls[...].astype(self.dtype), (b, 1, x_BxPxD.shape[-1]))
+        x_BxPxD = jnp.concatenate([cls, x_BxPxD], axis=1) + self.pos[...].astype(self.dtype)
+        x_BxPxD = self.final_norm(self.blocks(x_BxPxD))
+        cls_BxD = x_BxPxD[:, 0]
+        return jnp.dot(cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32) + self.head_bias[...]
