@@ -47,6 +47,7 @@ class DenseGate(nnx.Module):
     """A full linear map between latents (allows different widths): trunc-normal(0.02) kernel, zero bias."""
 
     def __init__(self, in_width: int, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.in_width, self.width = in_width, width
         self.kernel = param(init.truncated_normal(rngs.params(), (in_width, width), 0.02, param_dtype), ("rank", "rank"))
         self.bias = param(jnp.zeros((width,), param_dtype), ("rank",))
 
@@ -55,18 +56,18 @@ class DenseGate(nnx.Module):
 
     @property
     def param_count(self) -> int:
-        return self.kernel.size + self.bias.size
+        return (self.in_width + 1) * self.width
 
     @property
     def flops_per_token(self) -> int:
-        return 2 * self.kernel.size
+        return 2 * self.in_width * self.width
 
 
 class LatentNorm(nnx.Module):
     """Affine LayerNorm (scale, bias) or RMSNorm (scale) over the latent, eps 1e-6, computed in float32."""
 
     def __init__(self, width: int, kind: str, *, param_dtype=jnp.float32):
-        self.kind = kind
+        self.kind, self.width = kind, width
         self.scale = param(jnp.ones((width,), param_dtype), ("rank",))
         if kind == "layernorm":
             self.bias = param(jnp.zeros((width,), param_dtype), ("rank",))
@@ -83,7 +84,7 @@ class LatentNorm(nnx.Module):
 
     @property
     def param_count(self) -> int:
-        return self.scale.size * (2 if self.kind == "layernorm" else 1)
+        return self.width * (2 if self.kind == "layernorm" else 1)
 
 
 def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> KronGate | DenseGate | None:
