@@ -14,5 +14,5 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   fi
 fi
 echo "note: could not install Debian's dataset-fashion-mnist (not root or no apt);" \
-     "image runs will need --config.data.fashion_mnist_dir pointing at the four *-ubyte.gz files." >&2
+     "image runs will need --config.data.manual_dir pointing at the four *-ubyte.gz files." >&2
 exit 0

@@ -93,7 +93,7 @@ def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> K
     if spec.crossing == "kron":
         return KronGate(width, rngs=rngs, param_dtype=param_dtype)
     if spec.crossing == "dense":
-        return DenseGate(spec.latent_in_dim or width, width, rngs=rngs, param_dtype=param_dtype)
+        return DenseGate(spec.latent_in_dim if spec.latent_in_dim is not None else width, width, rngs=rngs, param_dtype=param_dtype)
     return None
 
 

@@ -153,7 +153,7 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
             raise SpecError(f"{where}.rank must be an integer >= 1 for kind {s.kind!r}, got {s.rank!r}")
         if s.rank > min(d_in, d_out):
             warnings.warn(f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: more parameters "
-                          "than the dense map it factorizes", stacklevel=2)
+                          "than the dense map it factorizes", stacklevel=3)
     if s.kind == "tt":
         _validate_tt(s, d_in, d_out, where)
     if s.intra and s.kind != "tt":
@@ -161,9 +161,11 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
     if s.intra and s.tt_order == "factor_first":
         raise SpecError(f"{where}.intra=True needs per-token intermediates: tt_order must be 'sequential' or 'auto'")
 
+    if s.latent_in_dim is not None and (not isinstance(s.latent_in_dim, int) or s.latent_in_dim < 1):
+        raise SpecError(f"{where}.latent_in_dim must be an integer >= 1 (or unset), got {s.latent_in_dim!r}")
     if s.crossed:
         width = s.latent_dim
-        in_width = s.latent_in_dim or width
+        in_width = s.latent_in_dim if s.latent_in_dim is not None else width
         if s.crossing in ("identity", "kron") and in_width != width:
             raise SpecError(f"{where}.latent_in_dim={in_width} differs from the latent width {width}: "
                             f"crossing {s.crossing!r} needs equal widths (use crossing='dense')")
@@ -171,7 +173,7 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
             f0, _ = balanced_factors(width)
             if f0 == 1:
                 warnings.warn(f"{where}: kron gate on prime latent width {width} degenerates to a dense "
-                              f"{width}x{width} map", stacklevel=2)
+                              f"{width}x{width} map", stacklevel=3)
     return s
 
 

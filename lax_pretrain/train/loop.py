@@ -1,0 +1,196 @@
+"""The one training loop: pretraining (every parameter trainable) and adapter fine-tuning (a filter picks the
+trainable variables) both run through `train()`.
+
+Per run, in the workdir: config.json, metrics.jsonl, checkpoints/<step>/, wandb/ (unless disabled).
+Resume is automatic; SIGTERM saves and returns; a NaN/Inf loss stops with FloatingPointError and leaves the
+last good checkpoint as the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from lax_pretrain import data as data_lib
+from lax_pretrain.models import build
+from lax_pretrain.parallel import batch_shardings, make_mesh, rules_from_config, state_shardings
+from lax_pretrain.params import model_stats
+from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
+from lax_pretrain.train.metrics import MetricWriter
+from lax_pretrain.train.mfu import device_peak_flops
+from lax_pretrain.train.optimizer import make_optimizer
+from lax_pretrain.train.step import jit_train_step, make_eval_step, make_train_step
+from lax_pretrain.train.tasks import TASKS, summarize_eval
+from lax_pretrain.train.validate import prepare_workdir, validate_config
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[[nnx.Rngs], nnx.Module]
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop checkpoints at the next step boundary and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
+    """Assembles the global batch from each process's slice (one process: a plain device_put)."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+
+def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | None = None,
+          trainable: nnx.filterlib.Filter = nnx.Param) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints). Returns the final metrics summary."""
+    workdir = Path(workdir)
+    mesh = make_mesh(config.mesh)
+    data_info = validate_config(config, mesh)  # every config error before anything compiles
+    prepare_workdir(workdir, config)
+    rules = rules_from_config(config.parallel)
+    family = config.model.family
+    loss_fn, eval_fn = TASKS[family]
+    t_cfg = config.train
+    model_factory = model_factory or (lambda rngs: build(config.model, rngs=rngs))
+
+    def init_state():
+        model = model_factory(nnx.Rngs(params=t_cfg.seed, dropout=t_cfg.seed))
+        _, train_state, frozen_state = nnx.split(model, trainable, ...)
+        return train_state, frozen_state
+
+    stats = model_stats(config.model, data_info.get("seq_len", 0))
+    # Abstract first (outside the mesh context: NNX would read our logical names as mesh axes there).
+    graphdef, abstract_train, abstract_frozen = nnx.split(nnx.eval_shape(lambda: model_factory(
+        nnx.Rngs(params=t_cfg.seed, dropout=t_cfg.seed))), trainable, ...)
+    with jax.set_mesh(mesh):
+        train_sh = state_shardings(abstract_train, mesh, rules)
+        frozen_sh = state_shardings(abstract_frozen, mesh, rules)
+        params, frozen = jax.jit(init_state, out_shardings=(train_sh, frozen_sh))()
+        tx, schedule = make_optimizer(config.optim, t_cfg.steps)
+        opt_state = jax.jit(tx.init)(params)
+        opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+
+        train_it = data_lib.make_train_iterator(config.data, global_batch_size=t_cfg.batch_size, seed=t_cfg.seed,
+                                                process_index=jax.process_index(),
+                                                process_count=jax.process_count())
+        ckpt = Checkpointer(workdir / "checkpoints", keep=t_cfg.keep_checkpoints)
+        start = 0
+        restored = ckpt.restore(abstract_like({"params": params, "opt_state": opt_state}))
+        if restored is not None:
+            start, state, data_state = restored
+            params, opt_state = state["params"], state["opt_state"]
+            train_it.set_state(data_state)
+            log.info("resumed from step %d in %s", start, workdir)
+
+        batch = next(train_it)
+        batch_sh = batch_shardings(batch, mesh, rules)
+        step_fn = jit_train_step(
+            make_train_step(graphdef, frozen, loss_fn, tx, schedule, grad_accum=t_cfg.grad_accum,
+                            dropout_seed=t_cfg.seed), train_sh, opt_sh, frozen_sh, batch_sh)
+        eval_batches = list(data_lib.make_eval_batches(config.data, global_batch_size=t_cfg.batch_size,
+                                                        process_index=jax.process_index(),
+                                                        process_count=jax.process_count()))
+        eval_sh = batch_shardings(eval_batches[0], mesh, rules)
+        eval_step = make_eval_step(graphdef, eval_fn, train_sh, frozen_sh, eval_sh)
+
+        def evaluate(p) -> dict[str, float]:
+            sums = [jax.device_get(eval_step(p, frozen, _to_global(b, eval_sh))) for b in eval_batches]
+            return summarize_eval(family, sums)
+
+        peak, device_kind = device_peak_flops()
+        n_dev = jax.device_count()
+        tokens_per_example = stats.seq_len
+        writer = MetricWriter(workdir, config, run_name=config.name or workdir.name)
+        if start == 0:
+            writer.write({"step": 0, **evaluate(params), "params": stats.total_params,
+                          "non_embedding_params": stats.non_embedding_params, "lax_params": stats.lax_params,
+                          "flops_per_token": stats.flops_per_token, "device": device_kind, "num_devices": n_dev})
+        if peak is None:
+            log.info("MFU omitted: no peak FLOP/s known for device kind %r", device_kind)
+
+        summary: dict[str, Any] = {"status": "running", "start_step": start}
+        last_saved = start
+        pending: tuple[int, dict] | None = None
+        window_start, window_steps = time.perf_counter(), 0
+
+        def check_finite(step_done: int, metrics: dict) -> dict:
+            host = jax.device_get(metrics)
+            if not math.isfinite(float(host["loss"])):
+                ckpt.wait()
+                raise FloatingPointError(
+                    f"loss became {float(host['loss'])} at step {step_done}; stopping. The last good checkpoint "
+                    f"(step {ckpt.latest_step()}) in {workdir / 'checkpoints'} is kept; lower optim.lr or raise "
+                    "optim.warmup_steps and resume.")
+            return host
+
+        bar = tqdm(total=t_cfg.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
+        with _Preemption() as preempt:
+            step = start
+            try:
+                while step < t_cfg.steps:
+                    if preempt.requested:
+                        break
+                    params, opt_state, metrics = step_fn(params, opt_state, frozen, _to_global(batch, batch_sh), step)
+                    step += 1
+                    window_steps += 1
+                    if pending is not None:  # check the previous step while this one runs
+                        check_finite(*pending)
+                    pending = (step, metrics)
+                    bar.update(1)
+                    if step % t_cfg.log_every == 0 or step == t_cfg.steps:
+                        host = check_finite(*pending)
+                        elapsed = time.perf_counter() - window_start
+                        examples_per_s = window_steps * t_cfg.batch_size / elapsed
+                        tokens_per_s = examples_per_s * tokens_per_example
+                        tflops = stats.train_flops_per_token * tokens_per_s / 1e12
+                        record = {"step": step, "loss": float(host["loss"]), "lr": float(host["lr"]),
+                                  "grad_norm": float(host["grad_norm"]), "tflops_per_s": tflops,
+                                  "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
+                                  "time": time.time()}
+                        record["tokens_per_s" if family == "llama" else "images_per_s"] = (
+                            tokens_per_s if family == "llama" else examples_per_s)
+                        writer.write(record)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                        window_start, window_steps = time.perf_counter(), 0
+                    if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
+                        writer.write({"step": step, **evaluate(params)})
+                    if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
+                        check_finite(*pending)  # never save parameters that came from a NaN step
+                        ckpt.save(step, {"params": params, "opt_state": opt_state}, train_it.get_state())
+                        last_saved = step
+                    if step < t_cfg.steps:
+                        batch = next(train_it)
+            finally:
+                bar.close()
+            if pending is not None:
+                check_finite(*pending)
+            if step != last_saved:  # preempted between checkpoints
+                ckpt.save(step, {"params": params, "opt_state": opt_state}, train_it.get_state(), force=True)
+            summary["status"] = "preempted" if preempt.requested and step < t_cfg.steps else "done"
+        ckpt.close()
+        writer.close()
+        summary["step"] = step
+        summary["final_params"] = params
+        return summary

@@ -1,0 +1,68 @@
+"""The functional train and eval steps: nnx.split -> jax.jit(in/out shardings, donation) -> nnx.merge.
+
+The trainable state and the optimizer state are donated and updated; everything else (frozen parameters of a
+fine-tuned base, RNG streams) is read only. Dropout is reseeded from (seed, step) inside the step, so no RNG
+state has to be checkpointed for an exact resume. Gradient accumulation scans over micro-batches and makes one
+optimizer update per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def _has_dropout_stream(graphdef_and_state: Any) -> bool:
+    return any("dropout" in map(str, path) for path, _ in nnx.to_flat_state(graphdef_and_state))
+
+
+def make_train_step(graphdef: nnx.GraphDef, frozen: nnx.State, loss_fn: Callable, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, grad_accum: int, dropout_seed: int):
+    reseed = _has_dropout_stream(frozen)
+    dropout_key = jax.random.key(dropout_seed)
+
+    def loss_on(trainable, frozen, batch, rng_index):
+        model = nnx.merge(graphdef, trainable, frozen)
+        if reseed:
+            nnx.reseed(model, dropout=jax.random.fold_in(dropout_key, rng_index), policy="match_shape")
+        return loss_fn(model, batch)
+
+    grad_fn = jax.value_and_grad(loss_on, has_aux=True)
+
+    def step(trainable, opt_state, frozen, batch, step_index):
+        if grad_accum == 1:
+            (loss, _), grads = grad_fn(trainable, frozen, batch, step_index)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                (l, _), g = grad_fn(trainable, frozen, mb, step_index * grad_accum + i)
+                return jax.tree.map(jnp.add, carry, (l, g)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
+            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step_index)}
+        return trainable, opt_state, metrics
+
+    return step
+
+
+def jit_train_step(step: Callable, trainable_sh: Any, opt_sh: Any, frozen_sh: Any, batch_sh: dict):
+    return jax.jit(step, in_shardings=(trainable_sh, opt_sh, frozen_sh, batch_sh, None),
+                   out_shardings=(trainable_sh, opt_sh, None), donate_argnums=(0, 1))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, eval_fn: Callable, trainable_sh: Any, frozen_sh: Any, batch_sh: dict):
+    def step(trainable, frozen, batch):
+        return eval_fn(nnx.merge(graphdef, trainable, frozen), batch)
+
+    return jax.jit(step, in_shardings=(trainable_sh, frozen_sh, batch_sh))

@@ -1,0 +1,70 @@
+"""Config checks that run before anything compiles, each error naming the offending key or path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lax_pretrain import data as data_lib
+from lax_pretrain.models import build
+
+POSITIVE_TRAIN_KEYS = ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                       "grad_accum")
+
+
+def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
+    """Raises ValueError naming the key; returns the dataset info the model was checked against."""
+    t = config.train
+    for key in POSITIVE_TRAIN_KEYS:
+        if int(t[key]) < 1:
+            raise ValueError(f"train.{key}={t[key]} must be >= 1")
+    if config.optim.lr <= 0:
+        raise ValueError(f"optim.lr={config.optim.lr} must be > 0")
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if t.batch_size % data_ways:
+        raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the data axes "
+                         f"(mesh.data x mesh.fsdp = {data_ways})")
+    if t.batch_size % t.grad_accum or (t.batch_size // t.grad_accum) % data_ways:
+        raise ValueError(f"train.batch_size={t.batch_size} must split into train.grad_accum={t.grad_accum} "
+                         f"micro-batches that are each divisible by the data axes ({data_ways})")
+    if t.batch_size % jax.process_count():
+        raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes")
+
+    info = data_lib.dataset_info(config.data)  # unknown data.name / bad data keys fail here
+    m = config.model
+    if m.family == "llama":
+        if info["kind"] != "text":
+            raise ValueError(f"data.name={config.data.name!r} is an image dataset; model.family 'llama' needs text")
+        if m.vocab_size < info["vocab_size"]:
+            raise ValueError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary "
+                             f"({info['vocab_size']}, data.tokenizer={config.data.tokenizer!r})")
+    elif m.family == "vit":
+        if info["kind"] != "image":
+            raise ValueError(f"data.name={config.data.name!r} is a text dataset; model.family 'vit' needs images")
+        h, w, c = info["image_shape"]
+        if (m.image_size, m.image_size, m.channels) != (h, w, c):
+            raise ValueError(f"model.image_size/channels = {m.image_size}x{m.image_size}x{m.channels} do not match "
+                             f"the data's {h}x{w}x{c} (data.name={config.data.name!r}, data.image_size)")
+        if m.num_classes != info["num_classes"]:
+            raise ValueError(f"model.num_classes={m.num_classes} does not match the data's {info['num_classes']}")
+    nnx.eval_shape(lambda: build(m, rngs=nnx.Rngs(0)))  # every projection spec is validated here, abstractly
+    return info
+
+
+def prepare_workdir(workdir: Path, config: Any) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir={workdir} exists and is not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--workdir={workdir} is not writable: {e}") from e
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
