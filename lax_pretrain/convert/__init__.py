@@ -7,8 +7,8 @@
 Command line: `python -m lax_pretrain.convert.hf_llama import|export ...` (see hf_llama's docstring).
 """
 
-from lax_pretrain.convert.hf_llama import (export_hf_llama, load_hf_llama, load_imported, model_config_from_hf,
-                                           save_imported)
+from lax_pretrain.convert.hf_llama import (export_hf_llama, load_hf_llama, load_imported,
+                                           model_config_from_hf, save_imported)
 from lax_pretrain.convert.low_rank import to_low_rank
 
 __all__ = ["export_hf_llama", "load_hf_llama", "load_imported", "model_config_from_hf", "save_imported",

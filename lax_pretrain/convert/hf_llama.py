@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx, traverse_util
@@ -49,13 +50,13 @@ ATTN_PROJECTIONS = ("q", "k", "v", "o")
 # Our names -> Hugging Face module names (tensor = f"{module}.weight").
 HF_TOP = {"embed": "model.embed_tokens", "final_norm": "model.norm", "head": "lm_head"}
 HF_BLOCK = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
-            "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+            "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 # Buffers some checkpoints carry that hold nothing we need (RoPE is recomputed).
 HF_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
-Path_ = tuple[str | int, ...]  # a parameter's path in the model's pure-dict state
-Weights = dict[str, np.ndarray]  # by our names: 'embed', 'final_norm', 'head' or 'attn_norm', 'q', ..., 'down'
+ParamPath = tuple[str | int, ...]  # a parameter's path in the model's pure-dict state
+Weights = dict[str, np.ndarray]  # by our names: 'embed', 'final_norm', 'head' / 'attn_norm', 'q', .., 'down'
 
 
 # ---------------------------------------------------------------- model params <-> plain arrays
@@ -66,23 +67,25 @@ def module_of(name: str) -> str:
     return "attn" if name in ATTN_PROJECTIONS else "mlp"
 
 
-def top_paths(top: Weights) -> dict[Path_, np.ndarray]:
+def top_paths(top: Weights) -> dict[ParamPath, np.ndarray]:
     """Embedding, head and final norm by our names -> their paths in the model."""
-    return {("final_norm", "scale") if name == "final_norm" else (name,): value for name, value in top.items()}
+    return {("final_norm", "scale") if name == "final_norm" else (name,): value
+            for name, value in top.items()}
 
 
-def norm_paths(block: Weights) -> dict[Path_, np.ndarray]:
+def norm_paths(block: Weights) -> dict[ParamPath, np.ndarray]:
     return {(name, "scale"): block[name] for name in ("attn_norm", "mlp_norm")}
 
 
-def dense_block_paths(block: Weights) -> dict[Path_, np.ndarray]:
+def dense_block_paths(block: Weights) -> dict[ParamPath, np.ndarray]:
     """A block of dense weights by our names -> its parameter paths in a dense model."""
     paths = norm_paths(block)
     paths.update({(module_of(name), name, "kernel"): block[name] for name in PROJECTIONS})
     return paths
 
 
-def model_from_params(model_cfg: Any, top: dict[Path_, np.ndarray], blocks: list[dict[Path_, np.ndarray]]) -> Llama:
+def model_from_params(model_cfg: Any, top: dict[ParamPath, np.ndarray],
+                      blocks: list[dict[ParamPath, np.ndarray]]) -> Llama:
     """Builds the model of `model_cfg` holding exactly the given parameters (no random init is spent).
 
     top: paths outside the blocks; blocks: one dict per layer with paths inside a block. Under
@@ -92,7 +95,7 @@ def model_from_params(model_cfg: Any, top: dict[Path_, np.ndarray], blocks: list
         raise ValueError(f"got {len(blocks)} blocks of weights for model.num_layers={model_cfg.num_layers}")
     abstract = nnx.eval_shape(lambda: build(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)  # a Llama holds nothing but Params
-    flat: dict[Path_, np.ndarray] = dict(top)
+    flat: dict[ParamPath, np.ndarray] = dict(top)
     flat.update({("blocks", "first", *p): v for p, v in blocks[0].items()})
     rest = blocks[1:]
     if rest and model_cfg.scan_layers:
@@ -105,18 +108,18 @@ def model_from_params(model_cfg: Any, top: dict[Path_, np.ndarray], blocks: list
         if tuple(value.shape) != tuple(want[path].shape):
             raise ValueError(f"{_dotted(path)}: shape {tuple(value.shape)} does not match the model config's "
                              f"{tuple(want[path].shape)}")
-        flat[path] = jax.numpy.asarray(value, dtype=want[path].dtype)
+        flat[path] = jnp.asarray(value, dtype=want[path].dtype)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
     return nnx.merge(graphdef, state)
 
 
-def _check_same_paths(got: set[Path_], want: set[Path_]) -> None:
+def _check_same_paths(got: set[ParamPath], want: set[ParamPath]) -> None:
     missing, extra = sorted(map(_dotted, want - got)), sorted(map(_dotted, got - want))
     if missing or extra:
         raise ValueError(f"parameters do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
 
 
-def _dotted(path: Path_) -> str:
+def _dotted(path: ParamPath) -> str:
     return ".".join(map(str, path))
 
 
@@ -146,16 +149,16 @@ def check_linear(model_cfg: Any) -> None:
         # Block 0 is always built without crossing: the spec of a later block is what the config asks for.
         spec, where = projection_spec(model_cfg, name, first=False), f"model.proj.{name}"
         if spec["kind"] not in ("dense", "svd", "tt"):
-            raise ValueError(f"{where}: kind {spec['kind']!r} is not a linear map (CoLA's latent activation is "
-                             "nonlinear), so it has no dense weight to export")
+            raise ValueError(f"{where}: kind {spec['kind']!r} is not a linear map (CoLA's latent activation "
+                             "is nonlinear), so it has no dense weight to export")
         if spec.get("use_bias"):
             raise ValueError(f"{where}.use_bias=True: LLaMA projections have no bias")
         if spec.get("crossing", "none") != "none" and model_cfg.num_layers > 1:
-            raise ValueError(f"{where}.crossing={spec['crossing']!r}: LaX crossing feeds the previous block's "
-                             "latent in, which a dense LLaMA cannot express")
+            raise ValueError(f"{where}.crossing={spec['crossing']!r}: LaX crossing feeds the previous "
+                             "block's latent in, which a dense LLaMA cannot express")
         if spec.get("intra"):
-            raise ValueError(f"{where}.intra=True: intra-layer LaX makes the map differ from its materialized "
-                             "kernel")
+            raise ValueError(f"{where}.intra=True: intra-layer LaX makes the map differ from its "
+                             "materialized kernel")
 
 
 def dense_params(model: Llama) -> tuple[Weights, list[Weights]]:
@@ -211,7 +214,8 @@ def model_config_from_hf(hf: Mapping[str, Any], *, scan_layers: bool = False) ->
     cfg.update(dict(
         preset="hf", vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
         num_layers=int(hf["num_hidden_layers"]), num_heads=heads, num_kv_heads=kv_heads,
-        head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads), ffn_dim=int(hf["intermediate_size"]),
+        head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
+        ffn_dim=int(hf["intermediate_size"]),
         rope_theta=_rope_theta(hf), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), scan_layers=scan_layers,
     ))
@@ -249,12 +253,13 @@ def read_safetensors(hf_dir: Path) -> dict[str, np.ndarray]:
     elif (hf_dir / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"{hf_dir}: neither model.safetensors nor model.safetensors.index.json "
-                                "(only safetensors checkpoints are read; re-save a .bin one with transformers)")
+        raise FileNotFoundError(f"{hf_dir}: neither model.safetensors nor model.safetensors.index.json (only "
+                                "safetensors checkpoints are read; re-save a .bin one with transformers)")
     tensors = {}
     for name in files:
         if not (hf_dir / name).exists():
-            raise FileNotFoundError(f"{hf_dir / name}: a shard listed in model.safetensors.index.json is missing")
+            raise FileNotFoundError(f"{hf_dir / name}: a shard listed in model.safetensors.index.json is "
+                                    "missing")
         # The flax framework reads bfloat16 too (numpy has no such dtype); upcast on the host.
         with safe_open(hf_dir / name, framework="flax") as f:
             for key in f.keys():
@@ -273,17 +278,17 @@ def _take(tensors: dict[str, np.ndarray], hf_name: str, transpose: bool) -> np.n
 def weights_from_hf(tensors: dict[str, np.ndarray], model_cfg: Any) -> tuple[Weights, list[Weights]]:
     """HF tensors -> (top, per-block) by our names, kernels (in, out). Leftover tensors are an error."""
     tensors = dict(tensors)
-    top = {"embed": _take(tensors, HF_TOP["embed"], False), "final_norm": _take(tensors, HF_TOP["final_norm"], False)}
+    top = {name: _take(tensors, HF_TOP[name], False) for name in ("embed", "final_norm")}
     if model_cfg.tie_embeddings:
         tensors.pop(f"{HF_TOP['head']}.weight", None)  # some tied checkpoints store the copy anyway
     else:
         top["head"] = _take(tensors, HF_TOP["head"], True)
-    blocks = [{name: _take(tensors, f"model.layers.{i}.{hf}", name in PROJECTIONS) for name, hf in HF_BLOCK.items()}
-              for i in range(model_cfg.num_layers)]
+    blocks = [{name: _take(tensors, f"model.layers.{i}.{hf}", name in PROJECTIONS)
+               for name, hf in HF_BLOCK.items()} for i in range(model_cfg.num_layers)]
     leftover = sorted(k for k in tensors if not k.endswith(HF_IGNORED_SUFFIXES))
     if leftover:
-        raise ValueError(f"the checkpoint has tensors this converter does not know (wrong num_hidden_layers or "
-                         f"an unsupported feature?): {leftover[:5]}")
+        raise ValueError(f"the checkpoint has tensors this converter does not know (wrong num_hidden_layers "
+                         f"or an unsupported feature?): {leftover[:5]}")
     return top, blocks
 
 
@@ -299,7 +304,8 @@ def hf_tensors(top: Weights, blocks: list[Weights]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- the public API
 
 
-def load_hf_llama(hf_dir: str | Path, *, scan_layers: bool = False) -> tuple[Llama, ml_collections.ConfigDict]:
+def load_hf_llama(hf_dir: str | Path, *,
+                  scan_layers: bool = False) -> tuple[Llama, ml_collections.ConfigDict]:
     """(model, config.model) of a Hugging Face LlamaForCausalLM directory (config.json + safetensors)."""
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
@@ -324,7 +330,8 @@ def export_hf_llama(model: Llama, model_cfg: Any, out_dir: str | Path, *,
     top, blocks = dense_params(model)
     # transformers refuses safetensors files without a known "format" in their metadata.
     save_file(hf_tensors(top, blocks), out_dir / "model.safetensors", metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(hf_config_from_model(model_cfg, base_config), indent=2) + "\n")
+    hf_config = hf_config_from_model(model_cfg, base_config)
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return out_dir
 
 
@@ -337,7 +344,8 @@ def imported_dir(workdir: str | Path) -> Path:
 
 def save_imported(model: Llama, model_cfg: Any, workdir: str | Path,
                   hf_config: Mapping[str, Any] | None = None) -> Path:
-    """WORKDIR/imported/{params/ (orbax), config.json, hf_config.json (optional)}; replaces an earlier import."""
+    """WORKDIR/imported/{params/ (orbax), config.json, hf_config.json (optional)}; replaces an earlier
+    import."""
     import orbax.checkpoint as ocp  # only the workdir hand-over needs orbax
 
     root = imported_dir(workdir)
@@ -409,7 +417,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("hf_dir", None, "import: Hugging Face LlamaForCausalLM directory.")
     flags.DEFINE_string("out", None, "import: the workdir to write imported/ into; export: the HF directory.")
     flags.DEFINE_string("workdir", None, "export: a workdir holding imported/.")
-    flags.DEFINE_enum("to_kind", "dense", ["dense", "svd", "tt"], "import: re-initialise projections as this kind.")
+    flags.DEFINE_enum("to_kind", "dense", ["dense", "svd", "tt"],
+                      "import: re-initialise the projections as this kind.")
     flags.DEFINE_integer("rank", None, "import: svd rank / middle TT rank for --to_kind.")
     flags.DEFINE_bool("scan_layers", False, "import: stack blocks 1..L-1 for nnx.scan.")
     app.run(main)

@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 
 from lax_pretrain.config import tt_shape
-from lax_pretrain.convert.hf_llama import (check_linear, dense_params, model_from_params, module_of, norm_paths,
-                                           top_paths)
+from lax_pretrain.convert.hf_llama import (check_linear, dense_params, model_from_params, module_of,
+                                           norm_paths, top_paths)
 from lax_pretrain.layers import validate
 from lax_pretrain.models.llama import PROJECTIONS, Llama
 from lax_pretrain.models.projections import dtype_of, projection_spec
@@ -50,7 +50,8 @@ def split_svd(w_MxN: np.ndarray, rank: int, *, balanced: bool) -> tuple[np.ndarr
     """
     u, s, vt = np.linalg.svd(w_MxN, full_matrices=False)
     kept = min(rank, s.size)
-    left_scale, right_scale = (np.sqrt(s[:kept]), np.sqrt(s[:kept])) if balanced else (np.ones(kept), s[:kept])
+    root = np.sqrt(s[:kept])
+    left_scale, right_scale = (root, root) if balanced else (np.ones(kept), s[:kept])
     left = np.zeros((w_MxN.shape[0], rank))
     right = np.zeros((rank, w_MxN.shape[1]))
     left[:, :kept] = u[:, :kept] * left_scale
@@ -108,8 +109,8 @@ def low_rank_overrides(kind: str, rank: int, shapes: Mapping[str, tuple[int, int
             proj[name] = {"rank": min(rank, d_in, d_out)}
         else:
             in_modes, out_modes, ranks = (tt_shapes or {}).get(name) or tt_shape(d_in, d_out, rank)
-            proj[name] = {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes), "tt_ranks": list(ranks),
-                          "intra": False}
+            proj[name] = {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes),
+                          "tt_ranks": list(ranks), "intra": False}
     return proj
 
 
@@ -130,7 +131,8 @@ def _factorize(w: np.ndarray, spec: Any, dtype: Any) -> tuple[dict, np.ndarray]:
         down, up = (f.astype(dtype) for f in split_svd(w64, spec.rank, balanced=True))
         return {("down",): down, ("up",): up}, down.astype(np.float64) @ up.astype(np.float64)
     cores = [c.astype(dtype) for c in tt_decompose(w64, spec.tt_in_modes, spec.tt_out_modes, spec.tt_ranks)]
-    return {("cores", k): c for k, c in enumerate(cores)}, tt_full([c.astype(np.float64) for c in cores], w.shape[0])
+    w_hat = tt_full([c.astype(np.float64) for c in cores], w.shape[0])
+    return {("cores", k): c for k, c in enumerate(cores)}, w_hat
 
 
 def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: int = 64,
@@ -153,8 +155,8 @@ def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: 
     shapes = {name: blocks[0][name].shape for name in PROJECTIONS}
     cfg = low_rank_config(model_config, kind, low_rank_overrides(kind, rank, shapes, tt_shapes))
     # Validate every spec before any decomposition: a bad tt_shapes entry fails naming model.proj.<name>.
-    specs = {name: validate(projection_spec(cfg, name, first=False), *shapes[name], where=f"model.proj.{name}")
-             for name in PROJECTIONS}
+    specs = {n: validate(projection_spec(cfg, n, first=False), *shapes[n], where=f"model.proj.{n}")
+             for n in PROJECTIONS}
     dtype = np.dtype(dtype_of(cfg.param_dtype, "model.param_dtype"))
     report, block_params = {}, []
     for i, weights in enumerate(blocks):

@@ -16,7 +16,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    logging.getLogger("lax_pretrain").setLevel(logging.INFO)
     config = flags.FLAGS.config
     maybe_initialize_distributed(config.distributed)
     from lax_pretrain.train import train

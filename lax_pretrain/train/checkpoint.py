@@ -9,12 +9,15 @@ target the current mesh's shardings, so a run can resume on a different mesh.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +29,10 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, step: int, state: Any, data_state: dict | None, *, force: bool = False) -> None:
-        args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave({"step": int(step)})}
-        if data_state is not None:
-            args["data"] = ocp.args.JsonSave(data_state)
-        self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    def save(self, step: int, params: Any, opt_state: Any, data_state: dict, *, force: bool = False) -> None:
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                                  data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave({"step": int(step)}))
+        self.manager.save(step, args=args, force=force)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -38,20 +40,20 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore(self, abstract_state: Any, *, with_data: bool = True) -> tuple[int, Any, dict | None] | None:
-        """(step, state, data_state) of the newest checkpoint that restores, or None if there is none."""
+    def restore(self, abstract_params: Any, abstract_opt_state: Any = None) -> tuple[int, dict] | None:
+        """(step, {'params', 'opt_state', 'data'}) of the newest checkpoint that restores, or None if there is
+        none. Without `abstract_opt_state` only the parameters are read (sampling, export, fine-tuning)."""
         for step in sorted(self.manager.all_steps(), reverse=True):
-            args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-            if with_data:
-                args["data"] = ocp.args.JsonRestore()
+            args = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
+            if abstract_opt_state is not None:
+                args.update(opt_state=ocp.args.StandardRestore(abstract_opt_state), data=ocp.args.JsonRestore())
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**args))
             except Exception as e:  # noqa: BLE001 - any damage means "try the previous one"
                 log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); falling back to the "
                             "previous one", step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
                 continue
-            data = restored["data"] if with_data else None
-            return step, restored["state"], data
+            return step, {k: restored[k] for k in args if k != "meta"}
         return None
 
     def close(self) -> None:
@@ -62,3 +64,27 @@ class Checkpointer:
 def abstract_like(state: Any) -> Any:
     """ShapeDtypeStructs carrying the shardings of the (current-mesh) `state`: orbax restores straight into them."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --workdir must be a training run directory")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_trained_model(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
+    """(model with the newest checkpoint's parameters, its config, the step) from a training workdir."""
+    from lax_pretrain.models import build
+
+    config = load_config(workdir)
+    model = build(config.model, rngs=nnx.Rngs(0))
+    abstract = abstract_like(nnx.state(model, nnx.Param))
+    checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=1 << 30, async_save=False)
+    restored = checkpointer.restore(abstract)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+    step, state = restored
+    nnx.update(model, state["params"])
+    return model, config, step

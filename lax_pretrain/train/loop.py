@@ -97,11 +97,11 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                                                 process_count=jax.process_count())
         ckpt = Checkpointer(workdir / "checkpoints", keep=t_cfg.keep_checkpoints)
         start = 0
-        restored = ckpt.restore(abstract_like({"params": params, "opt_state": opt_state}))
+        restored = ckpt.restore(abstract_like(params), abstract_like(opt_state))
         if restored is not None:
-            start, state, data_state = restored
+            start, state = restored
             params, opt_state = state["params"], state["opt_state"]
-            train_it.set_state(data_state)
+            train_it.set_state(state["data"])
             log.info("resumed from step %d in %s", start, workdir)
 
         batch = next(train_it)
@@ -178,7 +178,7 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                         writer.write({"step": step, **evaluate(params)})
                     if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                         check_finite(*pending)  # never save parameters that came from a NaN step
-                        ckpt.save(step, {"params": params, "opt_state": opt_state}, train_it.get_state())
+                        ckpt.save(step, params, opt_state, train_it.get_state())
                         last_saved = step
                     if step < t_cfg.steps:
                         batch = next(train_it)
@@ -187,7 +187,7 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
             if pending is not None:
                 check_finite(*pending)
             if step != last_saved:  # preempted between checkpoints
-                ckpt.save(step, {"params": params, "opt_state": opt_state}, train_it.get_state(), force=True)
+                ckpt.save(step, params, opt_state, train_it.get_state(), force=True)
             summary["status"] = "preempted" if preempt.requested and step < t_cfg.steps else "done"
         ckpt.close()
         writer.close()
