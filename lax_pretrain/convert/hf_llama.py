@@ -381,10 +381,11 @@ def _report_lines(report: Mapping[tuple[int, str], float]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import flags, logging
 
     from lax_pretrain.convert.low_rank import to_low_rank
 
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
     f = flags.FLAGS
     command = argv[1] if len(argv) == 2 else None
     if command == "import":

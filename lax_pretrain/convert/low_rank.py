@@ -140,7 +140,8 @@ def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: 
                 ) -> tuple[Llama, ml_collections.ConfigDict, dict[tuple[int, str], float]]:
     """(low-rank model, its config.model, {(block, projection): relative Frobenius error}).
 
-    kind: 'svd' | 'tt'; rank: svd rank, or the latent (middle) TT rank of the default shapes;
+    kind: 'svd' | 'tt'; rank: svd rank (capped per projection at min(d_in, d_out)), or the latent (middle)
+    TT rank of the default shapes;
     tt_shapes: projection name -> (in modes, out modes, ranks) overriding `tt_shape` (e.g. the official
     ViT-style shapes, or uncapped ranks for an exact TT). The source may be any linear model (dense, svd, tt).
     """
@@ -150,6 +151,9 @@ def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: 
         raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}{why}")
     if rank < 1:
         raise ValueError(f"rank={rank} must be >= 1")
+    unknown = sorted(set(tt_shapes or {}) - set(PROJECTIONS))
+    if unknown:
+        raise ValueError(f"tt_shapes has no projection {unknown[0]!r}; known: {', '.join(PROJECTIONS)}")
     check_linear(model_config)
     top, blocks = dense_params(dense_model)
     shapes = {name: blocks[0][name].shape for name in PROJECTIONS}
