@@ -168,7 +168,8 @@ def llama_config(arg: str | None) -> ml_collections.ConfigDict:
     intra = _flag(options, "intra", False)
     c = base_config()
     c.name = f"llama-{arg}"
-    shapes = {"q": (p.d_model, p.d_model), "k": (p.d_model, p.d_model), "v": (p.d_model, p.d_model),
+    kv_dim = p.d_model  # the presets use as many kv heads as query heads
+    shapes = {"q": (p.d_model, p.d_model), "k": (p.d_model, kv_dim), "v": (p.d_model, kv_dim),
               "o": (p.d_model, p.d_model), "gate": (p.d_model, p.ffn_dim), "up": (p.d_model, p.ffn_dim),
               "down": (p.ffn_dim, p.d_model)}
     c.model = dict(

@@ -115,13 +115,14 @@ def balanced_factors(n: int) -> tuple[int, int]:
 
 
 def cap_tt_ranks(in_modes: tuple[int, ...], out_modes: tuple[int, ...], ranks: tuple[int, ...]) -> tuple[int, ...]:
-    """Caps each TT bond by the sizes of the unfoldings on either side (a larger rank adds nothing)."""
+    """Caps each TT bond by the largest rank it can carry: r_k <= r_{k-1} s_k (left sweep) and
+    r_k <= s_{k+1} r_{k+1} (right sweep), which also bounds it by the unfolding sizes. More adds nothing."""
     modes = tuple(in_modes) + tuple(out_modes)
-    capped = [1]
+    capped = [1, *ranks[1:-1], 1]
     for k in range(1, len(modes)):
-        left, right = math.prod(modes[:k]), math.prod(modes[k:])
-        capped.append(min(ranks[k], left, right))
-    capped.append(1)
+        capped[k] = min(capped[k], capped[k - 1] * modes[k - 1])
+    for k in range(len(modes) - 1, 0, -1):
+        capped[k] = min(capped[k], modes[k] * capped[k + 1])
     return tuple(capped)
 
 
