@@ -102,6 +102,15 @@ def parse_compact(arg: str | None, presets: dict[str, Any], family: str) -> tupl
     return preset, options
 
 
+def _rank(options: dict[str, str], default: int) -> int:
+    value = options.get("rank")
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"config argument rank={value!r} must be a positive integer")
+    return int(value)
+
+
 def _flag(options: dict[str, str], key: str, default: bool) -> bool:
     value = options.get(key)
     if value is None:
@@ -164,7 +173,7 @@ def llama_config(arg: str | None) -> ml_collections.ConfigDict:
     name, options = parse_compact(arg, LLAMA_PRESETS, "llama")
     p = LLAMA_PRESETS[name]
     kind = options.get("kind", "dense")
-    rank = int(options.get("rank", p.rank))
+    rank = _rank(options, p.rank)
     intra = _flag(options, "intra", False)
     c = base_config()
     c.name = f"llama-{arg}"
@@ -193,7 +202,7 @@ def vit_config(arg: str | None) -> ml_collections.ConfigDict:
     name, options = parse_compact(arg, VIT_PRESETS, "vit")
     p = VIT_PRESETS[name]
     kind = options.get("kind", "dense")
-    rank = int(options.get("rank", p.rank))
+    rank = _rank(options, p.rank)
     intra = _flag(options, "intra", False)
     c = base_config()
     c.name = f"vit-{arg}"

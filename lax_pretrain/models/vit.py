@@ -19,6 +19,7 @@ from lax_pretrain.layers import init
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param
+from lax_pretrain.parallel.constraints import RESIDUAL, constrain
 
 PROJECTIONS = ("q", "k", "v", "o", "fc1", "fc2")
 LN_EPS = 1e-6
@@ -38,8 +39,10 @@ class LayerNorm(nnx.Module):
 
 def mlp_hidden_norm_on(cfg: Any) -> bool:
     """The official code adds the hidden LayerNorm to every low-rank variant, never to the dense baseline."""
-    flag = cfg.get("mlp_hidden_norm", "auto")
-    return cfg.linear.kind != "dense" if flag == "auto" else bool(flag)
+    flag = str(cfg.get("mlp_hidden_norm", "auto")).lower()
+    if flag not in ("auto", "true", "false"):
+        raise ValueError(f"model.mlp_hidden_norm={flag!r} is not one of auto, true, false")
+    return cfg.linear.kind != "dense" if flag == "auto" else flag == "true"
 
 
 class VitBlock(nnx.Module):
@@ -68,14 +71,15 @@ class VitBlock(nnx.Module):
         heads = lambda t: t.reshape(b, p, self.num_heads, d // self.num_heads)
         a_BxPxHxE = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))
         a, lo = self.o(a_BxPxHxE.reshape(b, p, d), latents["o"])
-        x_BxPxD = tag_residual(x_BxPxD + a)
+        x_BxPxD = tag_residual(constrain(x_BxPxD + a, RESIDUAL))
         m, l1 = self.fc1(self.mlp_norm(x_BxPxD), latents["fc1"])
         m = self.dropout(jax.nn.gelu(m, approximate=False))
         if self.hidden_norm is not None:
             m = self.hidden_norm(m)
         m, l2 = self.fc2(m, latents["fc2"])
         m = self.dropout(m)
-        return tag_residual(x_BxPxD + m), {"q": lq, "k": lk, "v": lv, "o": lo, "fc1": l1, "fc2": l2}
+        x_BxPxD = tag_residual(constrain(x_BxPxD + m, RESIDUAL))
+        return x_BxPxD, {"q": lq, "k": lk, "v": lv, "o": lo, "fc1": l1, "fc2": l2}
 
 
 class ViT(nnx.Module):
@@ -109,7 +113,7 @@ class ViT(nnx.Module):
         x = x.reshape(b, -1, ps * ps * c).astype(self.dtype)
         x_BxPxD = x @ self.patch_kernel[...].astype(self.dtype) + self.patch_bias[...].astype(self.dtype)
         cls = jnp.broadcast_to(self.cls[...].astype(self.dtype), (b, 1, x_BxPxD.shape[-1]))
-        x_BxPxD = jnp.concatenate([cls, x_BxPxD], axis=1) + self.pos[...].astype(self.dtype)
+        x_BxPxD = constrain(jnp.concatenate([cls, x_BxPxD], axis=1) + self.pos[...].astype(self.dtype), RESIDUAL)
         x_BxPxD = self.final_norm(self.blocks(x_BxPxD))
         cls_BxD = x_BxPxD[:, 0]
         return jnp.dot(cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32) + self.head_bias[...]

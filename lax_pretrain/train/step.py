@@ -27,6 +27,9 @@ def make_train_step(graphdef: nnx.GraphDef, frozen: nnx.State, loss_fn: Callable
     dropout_key = jax.random.key(dropout_seed)
 
     def loss_on(trainable, frozen, batch, rng_index):
+        # Fresh Variables at this trace level: reseeding mutates the RNG variables, which NNX forbids on
+        # variables created by the outer jit trace.
+        frozen = jax.tree.map(lambda v: v, frozen)
         model = nnx.merge(graphdef, trainable, frozen)
         if reseed:
             nnx.reseed(model, dropout=jax.random.fold_in(dropout_key, rng_index), policy="match_shape")
