@@ -19,6 +19,7 @@ from lax_pretrain.data.tokenizer import Tokenizer, load_tokenizer
 __all__ = [
     "Tokenizer",
     "dataset_info",
+    "ensure_available",
     "default_data_config",
     "get_tokenizer",
     "make_eval_batches",
@@ -65,6 +66,11 @@ def make_eval_batches(
     if cfg.name in config.TEXT_DATASETS:
         return text.eval_dataset(cfg, load_tokenizer(cfg.tokenizer), **args)
     return images.eval_dataset(cfg, **args)
+
+
+def ensure_available(data_cfg) -> None:
+    """Builds the embedded datasets on first use; a real dataset that is not prepared is a clear error."""
+    tfds_io.ensure_available(config.resolve(data_cfg))
 
 
 def get_tokenizer(data_cfg) -> Tokenizer:

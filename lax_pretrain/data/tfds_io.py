@@ -44,6 +44,15 @@ def open_split(cfg, split: str) -> Sequence[dict]:
     return builder.as_data_source(split_name)
 
 
+def ensure_available(cfg) -> None:
+    """Builds an embedded dataset, or checks that a real one is prepared: the clear error comes before any
+    model is compiled."""
+    if cfg.name in _BUILDERS:
+        build_if_needed(cfg)
+    else:
+        _prepared_builder(cfg, SPLITS[cfg.name][0])
+
+
 def build_if_needed(cfg) -> tfds.core.DatasetBuilder:
     """Builds an embedded dataset once per data dir; concurrent callers wait for the first instead of racing."""
     root = data_dir(cfg)

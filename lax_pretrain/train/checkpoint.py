@@ -42,7 +42,11 @@ class Checkpointer:
 
     def restore(self, abstract_params: Any, abstract_opt_state: Any = None) -> tuple[int, dict] | None:
         """(step, {'params', 'opt_state', 'data'}) of the newest checkpoint that restores, or None if there is
-        none. Without `abstract_opt_state` only the parameters are read (sampling, export, fine-tuning)."""
+        none. Without `abstract_opt_state` only the parameters are read (sampling, export, fine-tuning).
+
+        Resuming training (`abstract_opt_state` given) deletes the damaged newer steps it skipped: orbax would
+        otherwise refuse to save those steps again and the damaged one would stay the newest."""
+        damaged: list[int] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             args = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
             if abstract_opt_state is not None:
@@ -52,9 +56,19 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any damage means "try the previous one"
                 log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); falling back to the "
                             "previous one", step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                damaged.append(step)
                 continue
+            self._drop(damaged, training=abstract_opt_state is not None)
             return step, {k: restored[k] for k in args if k != "meta"}
+        self._drop(damaged, training=abstract_opt_state is not None)
         return None
+
+    def _drop(self, steps: list[int], *, training: bool) -> None:
+        if not training or not steps:
+            return
+        for step in steps:
+            self.manager.delete(step)
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

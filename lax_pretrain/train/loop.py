@@ -104,6 +104,7 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
             train_it.set_state(state["data"])
             log.info("resumed from step %d in %s", start, workdir)
 
+        data_state = train_it.get_state()  # before the first batch: what a checkpoint at `start` holds
         batch = next(train_it)
         batch_sh = batch_shardings(batch, mesh, rules)
         step_fn = jit_train_step(
@@ -176,9 +177,11 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                         window_start, window_steps = time.perf_counter(), 0
                     if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
                         writer.write({"step": step, **evaluate(params)})
+                    # The iterator state as of the batches trained on: what every checkpoint must hold.
+                    data_state = train_it.get_state()
                     if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                         check_finite(*pending)  # never save parameters that came from a NaN step
-                        ckpt.save(step, params, opt_state, train_it.get_state())
+                        ckpt.save(step, params, opt_state, data_state)
                         last_saved = step
                     if step < t_cfg.steps:
                         batch = next(train_it)
@@ -187,7 +190,7 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
             if pending is not None:
                 check_finite(*pending)
             if step != last_saved:  # preempted between checkpoints
-                ckpt.save(step, params, opt_state, train_it.get_state(), force=True)
+                ckpt.save(step, params, opt_state, data_state, force=True)
             summary["status"] = "preempted" if preempt.requested and step < t_cfg.steps else "done"
         ckpt.close()
         writer.close()
