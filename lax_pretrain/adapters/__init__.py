@@ -1,4 +1,8 @@
-"""Adapters on top of frozen (pretrained) models: EigenLoRAx principal-subspace recycling."""
+"""Adapters on top of frozen (pretrained) models: LoRA, LaX-LoRA and EigenLoRAx principal-subspace recycling.
+
+lora.py: the wrappers (`LoRA`, `EigenLoRALinear`, `LoRAParam`, the `ADAPTER_PARAMS` filter); inject.py: model
+surgery (`add_adapters`, `adapter_state`, `save_adapter`, `load_adapter`); eigenlorax.py: bases and loadings.
+"""
 
 from lax_pretrain.adapters.eigenlorax import (
     Adapter,
@@ -25,9 +29,34 @@ from lax_pretrain.adapters.eigenlorax import (
     serve_delta,
     serving_bytes,
 )
+from lax_pretrain.adapters.inject import (
+    AdapterSpec,
+    adapter_state,
+    adapters,
+    add_adapters,
+    exact_targets,
+    load_adapter,
+    projections,
+    read_adapter,
+    save_adapter,
+)
+from lax_pretrain.adapters.lora import ADAPTER_PARAMS, EigenLoRALinear, LoRA, LoRAParam
 
 __all__ = [
+    "ADAPTER_PARAMS",
     "Adapter",
+    "AdapterSpec",
+    "EigenLoRALinear",
+    "LoRA",
+    "LoRAParam",
+    "add_adapters",
+    "adapter_state",
+    "adapters",
+    "exact_targets",
+    "load_adapter",
+    "projections",
+    "read_adapter",
+    "save_adapter",
     "Basis",
     "EigenLoRA",
     "Frozen",

@@ -17,6 +17,7 @@ from lax_pretrain.layers import init
 from lax_pretrain.layers.lax import make_gate, make_latent_norm
 from lax_pretrain.layers.spec import LinearSpec
 from lax_pretrain.nnx_compat import param
+from lax_pretrain.parallel import tp
 
 # Name under which every latent is tagged, so a remat policy can save exactly the latents (CoLA-M).
 LATENT_NAME = "lax_latent"
@@ -27,12 +28,14 @@ class FactorizedLinear(nnx.Module):
 
     A kind defines `encode(x_NxI) -> (u_NxR, aux)` (the pre-crossing latent and whatever `decode` needs),
     `decode(z_NxR, aux) -> y_NxO` (no bias), optionally `activate(u)`, and the analytic
-    `core_param_count` / `core_flops_per_token` of its factors.
+    `core_param_count` / `core_flops_per_token` of its factors. Kinds whose encode/decode are plain matmuls
+    expose their factors through `tp_factors()` for the explicit tensor-parallel path (lax_pretrain.parallel.tp).
     """
 
     def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
                  dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
         self.d_in, self.d_out, self.spec, self.name = d_in, d_out, spec, name
+        self.axes = tuple(axes)  # logical names of (input, output): where tensor parallelism splits them
         self.dtype = dtype
         if spec.crossed:
             self.gate = make_gate(spec, rngs=rngs, param_dtype=param_dtype)
@@ -43,11 +46,15 @@ class FactorizedLinear(nnx.Module):
     def activate(self, u: jax.Array) -> jax.Array:
         return u
 
+    def tp_factors(self) -> tuple[jax.Array, jax.Array] | None:
+        """(down (d_in, r), up (r, d_out)) when encode/decode are x @ down and z @ up; None otherwise."""
+        return None
+
     def __call__(self, x: jax.Array, latent_in: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         if self.dtype is not None:
             x = x.astype(self.dtype)
         lead = x.shape[:-1]
-        u, aux = self.encode(x.reshape(-1, self.d_in))
+        u, aux = tp.encode(self, x.reshape(-1, self.d_in))  # self.encode, tensor-parallel per the mesh
         if self.spec.crossed:
             if latent_in is None:
                 raise ValueError(f"{self.name}: crossing={self.spec.crossing!r} needs latent_in, the latent of the "
@@ -57,7 +64,7 @@ class FactorizedLinear(nnx.Module):
             if self.latent_norm is not None:
                 u = self.latent_norm(u)
         z = checkpoint_name(self.activate(u), LATENT_NAME)
-        y = self.decode(z, aux)
+        y = tp.decode(self, z, aux)
         if self.spec.use_bias:
             y = y + self.bias[...].astype(y.dtype)
         return y.reshape(*lead, self.d_out), z.reshape(*lead, z.shape[-1])

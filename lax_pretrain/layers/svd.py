@@ -30,6 +30,9 @@ class LowRank(FactorizedLinear):
     def decode(self, z_NxR: jax.Array, aux: None) -> jax.Array:
         return z_NxR @ self.weight(self.up).astype(z_NxR.dtype)
 
+    def tp_factors(self) -> tuple[jax.Array, jax.Array]:
+        return self.weight(self.down), self.weight(self.up)
+
     @property
     def core_param_count(self) -> int:
         return self.spec.rank * (self.d_in + self.d_out)

@@ -54,6 +54,9 @@ class TTLinear(FactorizedLinear):
         """R (r_p, d_out): the output cores contracted."""
         return chain(self._cores()[self.p:]).reshape(-1, self.d_out)
 
+    def tp_factors(self) -> tuple[jax.Array, jax.Array] | None:
+        return None if self.spec.sequential_tt else (self.input_factor(), self.output_factor())
+
     def encode(self, x_NxI: jax.Array) -> tuple[jax.Array, Any]:
         if not self.spec.sequential_tt:
             return x_NxI @ self.input_factor().astype(x_NxI.dtype), None

@@ -16,6 +16,7 @@ from flax import nnx
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param
+from lax_pretrain.parallel.constraints import RESIDUAL, constrain
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -49,6 +50,8 @@ def apply_rope(x_BxLxHxE: jax.Array, sin_LxE: jax.Array, cos_LxE: jax.Array) -> 
 class Attention(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         d, h, kv, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
+        if kv < 1 or h % kv:
+            raise ValueError(f"model.num_kv_heads={kv} must divide model.num_heads={h} (grouped-query attention)")
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, e
         proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
         self.q = proj("q", d, h * e, ("embed", "heads"))
@@ -99,9 +102,9 @@ class DecoderBlock(nnx.Module):
     def __call__(self, x_BxLxD: jax.Array, latents: dict | None, sin: jax.Array, cos: jax.Array):
         latents = latents or dict.fromkeys(PROJECTIONS)
         a, la = self.attn(self.attn_norm(x_BxLxD), latents, sin, cos)
-        x_BxLxD = tag_residual(x_BxLxD + a)
+        x_BxLxD = tag_residual(constrain(x_BxLxD + a, RESIDUAL))
         m, lm = self.mlp(self.mlp_norm(x_BxLxD), latents)
-        return tag_residual(x_BxLxD + m), {**la, **lm}
+        return tag_residual(constrain(x_BxLxD + m, RESIDUAL)), {**la, **lm}
 
 
 def head_dim(cfg: Any) -> int:
@@ -124,7 +127,8 @@ class Llama(nnx.Module):
             self.head = param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), pd), ("embed", "vocab"))
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
-        x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(self.dtype)
+        table_VxD = constrain(self.embed[...], ("vocab", None))  # gather the fsdp shards before the lookup
+        x_BxLxD = constrain(jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype), RESIDUAL)
         sin, cos = rope_tables(tokens_BxL.shape[1], head_dim(self.cfg), self.cfg.rope_theta)
         x_BxLxD = self.final_norm(self.blocks(x_BxLxD, sin, cos))
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]

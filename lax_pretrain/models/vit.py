@@ -113,7 +113,8 @@ class ViT(nnx.Module):
         x = x.reshape(b, -1, ps * ps * c).astype(self.dtype)
         x_BxPxD = x @ self.patch_kernel[...].astype(self.dtype) + self.patch_bias[...].astype(self.dtype)
         cls = jnp.broadcast_to(self.cls[...].astype(self.dtype), (b, 1, x_BxPxD.shape[-1]))
-        x_BxPxD = constrain(jnp.concatenate([cls, x_BxPxD], axis=1) + self.pos[...].astype(self.dtype), RESIDUAL)
+        x_BxPxD = jnp.concatenate([cls, x_BxPxD], axis=1) + self.pos[...].astype(self.dtype)
+        x_BxPxD = constrain(x_BxPxD, RESIDUAL)
         x_BxPxD = self.final_norm(self.blocks(x_BxPxD))
         cls_BxD = x_BxPxD[:, 0]
         return jnp.dot(cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32) + self.head_bias[...]

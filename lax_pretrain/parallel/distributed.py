@@ -1,8 +1,14 @@
 """Multi-host start-up: `jax.distributed.initialize()` from the config or the environment.
 
-TPU pods and SLURM allocations are detected by JAX itself (cluster auto-detection); an explicit coordinator,
-process count and id in `config.distributed` (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)
-covers anything else, including several processes on one machine in tests.
+Three ways in, first match wins:
+  explicit   `config.distributed.coordinator/num_processes/process_id` (or JAX_COORDINATOR_ADDRESS /
+             JAX_NUM_PROCESSES / JAX_PROCESS_ID): anything, including several CPU processes on one machine.
+  forced     LAX_DISTRIBUTED=1 in the environment: `jax.distributed.initialize()` with JAX's own cluster
+             detection. scripts/launch_tpu_pod.sh sets it: a GCE TPU VM pod is recognised through the metadata
+             server, which only JAX queries, and that must not happen on every laptop run.
+  auto       (`config.distributed.auto`, default on) inside a multi-task SLURM step (srun: the variables JAX's
+             SLURM detection reads) or on a GKE TPU pod (TPU_WORKER_HOSTNAMES lists several hosts).
+A single process does nothing. CPU processes talk through gloo (JAX's default CPU collectives).
 """
 
 from __future__ import annotations
@@ -33,9 +39,22 @@ def maybe_initialize_distributed(dist_cfg: Any) -> bool:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
         return True
-    on_cluster = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if dist_cfg.get("auto", True) and (on_cluster or on_tpu_pod):
+    if os.environ.get("LAX_DISTRIBUTED", "") == "1":
         jax.distributed.initialize()  # JAX's cluster detection fills in the coordinator and ids
         return True
+    if dist_cfg.get("auto", True) and (_in_slurm_step() or _on_gke_tpu_pod()):
+        jax.distributed.initialize()
+        return True
     return False
+
+
+def _in_slurm_step() -> bool:
+    """Inside `srun` with several tasks. A batch script's own shell (SLURM_JOB_ID, SLURM_NTASKS, but no step
+    variables) is not: initialising there would wait forever for tasks that never start."""
+    step_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+    return all(v in os.environ for v in step_vars) and (_env_int("SLURM_STEP_NUM_TASKS")
+                                                        or _env_int("SLURM_NTASKS") or 1) > 1
+
+
+def _on_gke_tpu_pod() -> bool:
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")

@@ -1,4 +1,8 @@
-"""The device mesh ('data', 'fsdp', 'tensor') from `config.mesh`; -1 fills with the remaining devices."""
+"""The device mesh ('data', 'fsdp', 'tensor') from `config.mesh`; -1 fills with the remaining devices.
+
+`mesh.num_devices` (optional, 0 or absent = all) builds the mesh on the first N devices of a single process:
+benchmarks and the tests that compare a 1-device run with an 8-device one in the same process.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +36,22 @@ def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def mesh_devices(mesh_cfg: Any) -> list:
+    """All devices, or the first `mesh.num_devices` of them (single process only)."""
+    devices = jax.devices()
+    n = int(mesh_cfg.get("num_devices", 0) or 0)
+    if n == 0:
+        return devices
+    if n < 0 or n > len(devices):
+        raise ValueError(f"mesh.num_devices={n} must be between 1 and the {len(devices)} available devices (0: all)")
+    if n != len(devices) and jax.process_count() > 1:
+        raise ValueError(f"mesh.num_devices={n}: a mesh on a subset of the devices is single-process only "
+                         f"({jax.process_count()} processes hold {len(devices)} devices)")
+    return devices[:n]
+
+
 def make_mesh(mesh_cfg: Any, devices: list | None = None) -> Mesh:
-    devices = devices if devices is not None else jax.devices()
+    devices = devices if devices is not None else mesh_devices(mesh_cfg)
     shape = mesh_shape(mesh_cfg, len(devices))
     # make_mesh orders devices for the physical topology (ICI within a slice, DCN across slices on TPU).
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)

@@ -1,0 +1,277 @@
+"""Model suite: the real train step (`make_train_step` + `jax.jit`, parameters and optimizer state donated) of
+LLaMA and ViT models in every kind, with and without LaX (kron), on synthetic random batches.
+
+For each case (family, preset, batch) every variant is compiled ahead of time, then all are timed side by side
+(`timing.time_interleaved`: warm-up, `block_until_ready`, round-robin repeats, medians). Reported per variant:
+step time (median, min/max, IQR), tokens/s (LLaMA) or images/s (ViT), TFLOP/s from the analytic training
+FLOPs (`lax_pretrain.params.model_stats`, 3x forward), MFU where the device's peak is known
+(`train.mfu.device_peak_flops`; none on CPU), and the ratios against the dense model and against the same
+low-rank model without LaX.
+
+The step is called with step index 0, where the warm-up schedule gives learning rate 0: the update is computed
+in full but the parameters do not drift, so random data cannot blow the loss up while timing.
+
+Frozen state (ViT dropout RNG streams) is passed to the step as plain arrays rather than `nnx.Variable`s.
+That is the same computation; it works around a library bug: `nnx.merge` inside the step reuses Variable
+objects created at the outer `jit` trace, and Dropout's RNG update inside `value_and_grad` then raises
+`TraceContextError` (`train()` of any ViT with dropout > 0 fails the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
+from lax_pretrain.config import llama_config, tt_shape, vit_config
+from lax_pretrain.models import build
+from lax_pretrain.params import model_stats
+from lax_pretrain.train.mfu import device_peak_flops
+from lax_pretrain.train.optimizer import make_optimizer
+from lax_pretrain.train.step import make_train_step
+from lax_pretrain.train.tasks import TASKS
+
+# (kind, crossing): every kind, low-rank ones with and without LaX (kron).
+MODEL_VARIANTS = (("dense", "none"), ("svd", "none"), ("svd", "kron"), ("cola", "none"), ("cola", "kron"),
+                  ("tt", "none"), ("tt", "kron"))
+LLAMA_SHAPES = lambda d, kv, f: {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "gate": (d, f),  # noqa: E731
+                                 "up": (d, f), "down": (f, d)}
+VIT_SHAPES = lambda d, f: {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d), "fc1": (d, f), "fc2": (f, d)}  # noqa: E731
+
+
+def variant_name(kind: str, crossing: str) -> str:
+    return kind if crossing == "none" else f"{kind}+{crossing}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One model size at one batch: every variant of it is timed side by side."""
+
+    family: str  # 'llama' | 'vit'
+    preset: str
+    batch_size: int
+    seq_len: int = 256  # LLaMA only
+    shrink: dict | None = None  # tiny smoke versions: see `shrink_model`
+
+    @property
+    def label(self) -> str:
+        tag = "" if not self.shrink else "-shrunk"
+        shape = f"{self.batch_size}x{self.seq_len}" if self.family == "llama" else f"{self.batch_size}"
+        return f"{self.family}-{self.preset}{tag} (batch {shape})"
+
+
+def default_cases(tiny: bool = False) -> list[Case]:
+    if tiny:
+        return [Case("llama", "nano", 2, 32, shrink=TINY_LLAMA)]
+    if on_accelerator():
+        return [Case("llama", "nano", 64, 256), Case("llama", "60m", 64, 256), Case("llama", "130m", 32, 256),
+                Case("vit", "tiny", 512), Case("vit", "s16", 128)]
+    return [Case("llama", "nano", 8, 256), Case("llama", "60m", 2, 256), Case("vit", "tiny", 32)]
+
+
+TINY_LLAMA = dict(d_model=64, num_layers=2, num_heads=2, ffn_dim=128, rank=16)
+TINY_VIT = dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64, rank=8)
+
+
+def parse_cases(text: str) -> list[Case]:
+    """'llama:nano:8x256,llama:60m:2x256,vit:tiny:32' -> cases (FAMILY:PRESET:BATCH[xSEQ])."""
+    cases = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        parts = item.split(":")
+        if len(parts) != 3 or parts[0] not in ("llama", "vit"):
+            raise ValueError(f"case {item!r}: expected FAMILY:PRESET:BATCH[xSEQ] with FAMILY llama or vit")
+        batch, _, seq = parts[2].partition("x")
+        cases.append(Case(parts[0], parts[1], int(batch), int(seq) if seq else 256))
+    return cases
+
+
+def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank: int, ffn_dim: int | None = None,
+                 mlp_dim: int | None = None, vocab_size: int | None = None):
+    """Shrinks a LLaMA/ViT config in place (smoke tests) and re-derives the per-projection ranks / TT shapes for the
+    new widths the way `lax_pretrain.config` does (4-core `tt_shape` with the latent bond `rank`)."""
+    m = config.model
+    m.d_model, m.num_layers, m.num_heads = d_model, num_layers, num_heads
+    if m.family == "llama":
+        m.num_kv_heads = num_heads
+        m.ffn_dim = ffn_dim or m.ffn_dim
+        if vocab_size:
+            m.vocab_size = vocab_size
+        shapes = LLAMA_SHAPES(d_model, d_model, m.ffn_dim)
+    else:
+        m.mlp_dim = mlp_dim or m.mlp_dim
+        shapes = VIT_SHAPES(d_model, m.mlp_dim)
+    kind = m.linear.kind
+    for name, (d_in, d_out) in shapes.items():
+        if kind in ("svd", "cola"):
+            m.proj[name] = {"rank": rank}
+        elif kind == "tt":
+            in_modes, out_modes, ranks = tt_shape(d_in, d_out, rank)
+            intra = bool(m.proj[name].get("intra", False)) if name in m.proj else False
+            m.proj[name] = {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes),
+                            "tt_ranks": list(ranks), "intra": intra}
+    return config
+
+
+def model_config(family: str, preset: str, kind: str, crossing: str, *, dtype: str = "float32",
+                 extra: str = "", shrink: dict | None = None):
+    """The recipe config of one variant (compact grammar of `lax_pretrain.config`), optionally shrunk."""
+    arg = f"{preset},kind={kind},lax={crossing},dtype={dtype}" + (f",{extra}" if extra else "")
+    config = (llama_config if family == "llama" else vit_config)(arg)
+    if shrink:
+        keys = dict(shrink)
+        if family == "vit":
+            keys.pop("ffn_dim", None)
+            keys.pop("vocab_size", None)
+        else:
+            keys.pop("mlp_dim", None)
+        shrink_model(config, **keys)
+    return config
+
+
+def synthetic_batch(model_cfg, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, jax.Array]:
+    """Random data in the pipelines' formats (see data/text.py, data/images.py)."""
+    rng = np.random.default_rng(seed)
+    if model_cfg.family == "llama":
+        v = model_cfg.vocab_size
+        return {"inputs": jnp.asarray(rng.integers(0, v, (batch_size, seq_len), dtype=np.int32)),
+                "targets": jnp.asarray(rng.integers(0, v, (batch_size, seq_len), dtype=np.int32)),
+                "weights": jnp.ones((batch_size, seq_len), jnp.float32)}
+    s, c, k = model_cfg.image_size, model_cfg.channels, model_cfg.num_classes
+    labels = rng.integers(0, k, batch_size).astype(np.int32)
+    return {"images": jnp.asarray(rng.uniform(-1, 1, (batch_size, s, s, c)).astype(np.float32)),
+            "labels": jnp.asarray(labels), "targets": jnp.asarray(np.eye(k, dtype=np.float32)[labels]),
+            "weights": jnp.ones((batch_size,), jnp.float32)}
+
+
+def plain(state: Any) -> Any:
+    """A state with its `nnx.Variable` leaves replaced by their values (see the module docstring)."""
+    return jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v, state,
+                        is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def train_step_parts(config, *, seed: int = 0, abstract: bool = False):
+    """(jitted step, trainable, opt_state, frozen) exactly as the training loop builds them (single device).
+
+    The model is initialised eagerly (the loop jits its init under the mesh's shardings; on one device that is
+    the same values, and eager op dispatch is cached across variants where a jitted init compiles anew each
+    time). abstract=True gives ShapeDtypeStruct leaves (compile-only memory analysis) and allocates nothing."""
+    family = config.model.family
+    loss_fn = TASKS[family][0]
+    make = lambda: build(config.model, rngs=nnx.Rngs(params=seed, dropout=seed))  # noqa: E731
+    graphdef, abs_train, abs_frozen = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    tx, schedule = make_optimizer(config.optim, config.train.steps)
+    if abstract:
+        trainable, frozen = abs_train, abs_frozen
+        opt_state = jax.eval_shape(tx.init, trainable)
+    else:
+        _, trainable, frozen = nnx.split(make(), nnx.Param, ...)
+        opt_state = tx.init(trainable)
+    step = make_train_step(graphdef, frozen, loss_fn, tx, schedule, grad_accum=1, dropout_seed=seed)
+    return jax.jit(step, donate_argnums=(0, 1)), trainable, opt_state, plain(frozen)
+
+
+class _Stepper:
+    """One train step per call, carrying the donated state."""
+
+    def __init__(self, compiled, trainable, opt_state, frozen, batch):
+        self.compiled, self.trainable, self.opt_state, self.frozen, self.batch = (
+            compiled, trainable, opt_state, frozen, batch)
+        self.index = jnp.zeros((), jnp.int32)
+
+    def __call__(self):
+        self.trainable, self.opt_state, metrics = self.compiled(self.trainable, self.opt_state, self.frozen,
+                                                                self.batch, self.index)
+        return self.trainable, metrics
+
+
+def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: int = 1, min_sample_s: float = 0.0,
+             dtype: str = "float32", seed: int = 0, log=print) -> list[dict[str, Any]]:
+    peak, device_kind = device_peak_flops()
+    n_dev = 1  # one device runs the step (no mesh): per-device numbers
+    steppers, meta = {}, {}
+    for kind, crossing in variants:
+        name = variant_name(kind, crossing)
+        config = model_config(case.family, case.preset, kind, crossing, dtype=dtype, shrink=case.shrink)
+        stats = model_stats(config.model, case.seq_len)
+        step, trainable, opt_state, frozen = train_step_parts(config, seed=seed)
+        batch = synthetic_batch(config.model, case.batch_size, case.seq_len, seed)
+        t0 = time.perf_counter()
+        compiled = step.lower(trainable, opt_state, frozen, batch, jnp.zeros((), jnp.int32)).compile()
+        compile_s = time.perf_counter() - t0
+        steppers[name] = _Stepper(compiled, trainable, opt_state, frozen, batch)
+        meta[name] = dict(kind=kind, crossing=crossing, stats=stats, compile_s=compile_s)
+        log(f"[models] {case.label} {name}: compiled in {compile_s:.1f}s")
+    timings = time_interleaved(steppers, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
+    rows = []
+    for name, st in timings.items():
+        m, stats = meta[name], meta[name]["stats"]
+        tokens_per_example = stats.seq_len  # LLaMA: seq_len; ViT: patches + cls
+        examples_per_s = case.batch_size / st.median
+        tokens_per_s = examples_per_s * tokens_per_example
+        tflops = stats.train_flops_per_token * tokens_per_s / 1e12
+        rows.append({
+            "case": case.label, "family": case.family, "preset": case.preset, "shrunk": bool(case.shrink),
+            "name": name, "kind": m["kind"], "crossing": m["crossing"], "dtype": dtype,
+            "batch_size": case.batch_size, "tokens_per_example": tokens_per_example,
+            "params": stats.total_params, "non_embedding_params": stats.non_embedding_params,
+            "lax_params": stats.lax_params, "flops_per_token": stats.flops_per_token,
+            "train_flops_per_token": stats.train_flops_per_token,
+            "train_flops_per_step": stats.train_flops_per_token * tokens_per_example * case.batch_size,
+            "step_time": st.to_json(), "step_time_s": st.median,
+            "tokens_per_s": tokens_per_s, "images_per_s": examples_per_s if case.family == "vit" else None,
+            "tflops_per_s": tflops,
+            "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
+            "peak_flops": peak, "device_kind": device_kind, "compile_s": m["compile_s"],
+        })
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        dense = by_name.get("dense")
+        if dense is not None:
+            r["time_ratio_vs_dense"] = r["step_time_s"] / dense["step_time_s"]
+            r["flop_ratio_vs_dense"] = r["train_flops_per_token"] / dense["train_flops_per_token"]
+            r["measured_over_predicted"] = r["time_ratio_vs_dense"] / r["flop_ratio_vs_dense"]
+        base = by_name.get(r["kind"]) if r["crossing"] != "none" else None
+        if base is not None:
+            r["lax_overhead"] = r["step_time_s"] / base["step_time_s"] - 1.0
+            # Spread-aware: the overhead from the fastest samples (less sensitive to load spikes).
+            r["lax_overhead_min"] = r["step_time"]["min"] / base["step_time"]["min"] - 1.0
+    log(f"[models] {case.label}: " + ", ".join(f"{r['name']} {r['step_time_s'] * 1e3:.0f}ms" for r in rows))
+    return rows
+
+
+def run_models(*, cases: list[Case] | None = None, variants=MODEL_VARIANTS, repeats: int = 3, warmup: int = 1,
+               min_sample_s: float = 0.0, dtype: str = "float32", seed: int = 0, tiny: bool = False,
+               log=print) -> dict[str, Any]:
+    """Runs every case; returns the JSON-ready result {'suite', 'settings', 'rows', 'notes', 'load'}."""
+    cases = cases if cases is not None else default_cases(tiny)
+    load_before = loadavg()
+    rows = []
+    for case in cases:
+        rows += run_case(case, variants=variants, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s,
+                         dtype=dtype, seed=seed, log=log)
+    peak, device_kind = device_peak_flops()
+    notes = []
+    if peak is None:
+        notes.append(f"MFU omitted: no peak FLOP/s known for device kind {device_kind!r} "
+                     "(lax_pretrain.train.mfu.PEAK_BF16_FLOPS; CPUs have none).")
+    elif dtype != "bfloat16":
+        notes.append(f"MFU is against the bf16 peak ({peak / 1e12:.0f} TFLOP/s) while computing in {dtype}.")
+    notes.append("FLOPs: analytic (params.model_stats), training = 3 x forward, attention counted unmasked.")
+    notes.append("Frozen state passed as plain arrays (ViT dropout RNG): works around the nnx.merge "
+                 "TraceContextError in train/step.py; same computation.")
+    return {
+        "suite": "models",
+        "settings": dict(cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
+                         variants=[variant_name(k, c) for k, c in variants], repeats=repeats, warmup=warmup,
+                         min_sample_s=min_sample_s, dtype=dtype, seed=seed,
+                         unit="one train step (forward, backward, clip, AdamW update) of the jitted real step"),
+        "notes": notes,
+        "load": {"before": load_before, "after": loadavg()},
+        "rows": rows,
+    }

@@ -1,0 +1,155 @@
+"""Collective traffic and memory of a compiled program, read from its optimized HLO (`compiled.as_text()`).
+
+    report = comm_report(jax.jit(step).lower(*args).compile())
+    report["all_reduce_bytes"], report["collectives"]["all-gather"]["count"], report["memory"]["total_bytes"]
+
+Counts are per executed step: a collective inside a `while` body (scan, grad accumulation) counts once per
+iteration when XLA knows the trip count. Bytes are per device, the size of the buffer each collective moves
+through: the operand of all-reduce, all-to-all and collective-permute (= their result), the gathered result
+of an all-gather, the unscattered operand of a reduce-scatter. Async pairs (`*-start` / `*-done`) count once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
+               "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+               "c128": 16}
+
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$")
+_CALLS = re.compile(r"\b(body|condition|to_apply|calls|branch_computations|true_computation|"
+                    r"false_computation)=(\{[^}]*\}|%?[\w.\-]+)")
+_TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
+
+
+def shape_bytes(text: str) -> int:
+    """Bytes of every array type written in `text` (a shape or a tuple of shapes)."""
+    return sum(_array_bytes(dtype, dims) for dtype, dims in _ARRAY.findall(text))
+
+
+def _split_computations(hlo: str) -> tuple[dict[str, list[str]], str | None]:
+    comps: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo.splitlines():
+        if current is None:
+            m = _COMPUTATION.match(line)
+            if m and not line.lstrip().startswith(("HloModule", "//")):
+                current = m.group(1)
+                comps[current] = []
+                if line.startswith("ENTRY"):
+                    entry = current
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        comps[current].append(line)
+    return comps, entry
+
+
+def _collective(op: str) -> str | None:
+    for kind in KINDS:
+        if op == kind or op == kind + "-start":
+            return kind
+    return None
+
+
+def count_collectives(hlo: str) -> dict[str, dict[str, int]]:
+    """{kind: {'count', 'bytes'}} over one execution of the entry computation."""
+    comps, entry = _split_computations(hlo)
+    totals = {k: {"count": 0, "bytes": 0} for k in KINDS}
+    if entry is None:
+        return totals
+
+    def visit(name: str, times: int, stack: tuple[str, ...]) -> None:
+        if name not in comps or name in stack:
+            return
+        for line in comps[name]:
+            m = _INSTRUCTION.match(line)
+            if not m:
+                continue
+            result, op, args = m.groups()
+            kind = _collective(op)
+            if kind is not None:
+                totals[kind]["count"] += times
+                totals[kind]["bytes"] += times * _moved_bytes(kind, op, result, line)
+            trips = 1
+            if op == "while":
+                t = _TRIP.search(line)
+                trips = int(t.group(1)) if t else 1
+            for attr, target in _CALLS.findall(line):
+                if attr == "to_apply" and kind is not None:
+                    continue  # the reduction computation of a collective
+                for callee in re.findall(r"%?([\w.\-]+)", target):
+                    visit(callee, times * (trips if attr == "body" else 1), stack + (name,))
+
+    visit(entry, 1, ())
+    return totals
+
+
+def _moved_bytes(kind: str, op: str, result: str, line: str) -> int:
+    """The per-device buffer a collective moves: its operand (= result) for all-reduce, all-to-all and
+    collective-permute, the gathered result of an all-gather, the unscattered operand of a reduce-scatter
+    (result x group size). An async `*-start` returns a tuple holding operands and results."""
+    arrays = [_array_bytes(dtype, dims) for dtype, dims in _ARRAY.findall(result)]
+    if not arrays:
+        return 0
+    if op.endswith("-start"):
+        nbytes = max(arrays) if kind == "all-gather" else arrays[0]
+    else:
+        nbytes = sum(arrays)
+    if kind == "reduce-scatter":
+        nbytes *= group_size(line)
+    return nbytes
+
+
+def group_size(line: str) -> int:
+    """Devices per replica group of a collective, from any of the replica_groups spellings."""
+    m = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+    if m:
+        return len(m.group(1).split(","))
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
+    if m:
+        return int(m.group(2))
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    if m:
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+        return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", m.group(2)))
+    return 1
+
+
+def _array_bytes(dtype: str, dims: str) -> int:
+    return DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+
+
+def memory_report(compiled: Any) -> dict[str, int] | None:
+    """Per-device bytes from `compiled.memory_analysis()` (None where the backend gives none)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if m is None:
+        return None
+    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias",
+                                                                   "generated_code")}
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return {f"{k}_bytes": v for k, v in out.items()}
+
+
+def comm_report(compiled: Any) -> dict[str, Any]:
+    """{'collectives': {kind: {count, bytes}}, '<kind>_bytes' / '<kind>_count' flattened, 'memory': {...}}."""
+    collectives = count_collectives(compiled.as_text())
+    report: dict[str, Any] = {"collectives": collectives}
+    for kind, v in collectives.items():
+        key = kind.replace("-", "_")
+        report[f"{key}_count"] = v["count"]
+        report[f"{key}_bytes"] = v["bytes"]
+    report["total_collective_bytes"] = sum(v["bytes"] for v in collectives.values())
+    report["memory"] = memory_report(compiled)
+    return report

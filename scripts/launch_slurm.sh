@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Multi-node GPU training under SLURM: writes an sbatch script into WORKDIR/slurm/ and submits it.
+#
+#   scripts/launch_slurm.sh --nodes=4 --gpus_per_node=8 --workdir=/shared/runs/llama-1b \
+#       [--per=gpu|node] [--partition=P] [--account=A] [--time=24:00:00] [--job_name=NAME] \
+#       [--cpus_per_task=N] [--python=PATH] [--dry_run] \
+#       -- --config=configs/llama.py:1b,kind=cola,lax=kron --config.mesh.fsdp=-1 --config.mesh.data=1
+#
+# `srun` starts one `python -m lax_pretrain.train` per GPU (--per=gpu, the default: each process sees every
+# GPU of its node and JAX's SLURM detection gives it the one at SLURM_LOCALID) or per node (--per=node:
+# JAX_LOCAL_DEVICE_IDS hands it all GPUs of the node). JAX's SLURM cluster detection supplies the
+# coordinator, process count and ids to jax.distributed.initialize().
+# Resume-safe: WORKDIR is on the shared filesystem; the job is requeueable and SLURM's SIGTERM (120 s before
+# the time limit, or on preemption) makes the run checkpoint and exit; resubmitting (or the requeue) resumes.
+# The repository (this checkout, by default) must be on a filesystem every node mounts, installed (make install).
+# --dry_run prints the sbatch script and then the submit command (last line), and writes nothing.
+set -euo pipefail
+
+NODES="" GPUS="" WORKDIR="" PER="gpu" PARTITION="" ACCOUNT="" TIME="24:00:00" JOB_NAME="" CPUS="" PYTHON="" DRY_RUN=0
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nodes=*) NODES="${1#*=}" ;;
+    --gpus_per_node=*) GPUS="${1#*=}" ;;
+    --workdir=*) WORKDIR="${1#*=}" ;;
+    --per=*) PER="${1#*=}" ;;
+    --partition=*) PARTITION="${1#*=}" ;;
+    --account=*) ACCOUNT="${1#*=}" ;;
+    --time=*) TIME="${1#*=}" ;;
+    --job_name=*) JOB_NAME="${1#*=}" ;;
+    --cpus_per_task=*) CPUS="${1#*=}" ;;
+    --python=*) PYTHON="${1#*=}" ;;
+    --dry_run) DRY_RUN=1 ;;
+    -h|--help) usage 0 ;;
+    --) shift; break ;;
+    *) echo "launch_slurm.sh: unknown option $1 (train arguments go after --)" >&2; usage 2 >&2 ;;
+  esac
+  shift
+done
+TRAIN_ARGS=("$@")
+
+die() { echo "launch_slurm.sh: $*" >&2; exit 2; }
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes=N (a positive integer) is required"
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || die "--gpus_per_node=G (a positive integer) is required"
+[[ -n "$WORKDIR" ]] || die "--workdir is required (on the shared filesystem: the run resumes from it)"
+[[ "$PER" == gpu || "$PER" == node ]] || die "--per=$PER must be gpu or node"
+[[ ${#TRAIN_ARGS[@]} -gt 0 ]] || die "no train arguments after -- (at least --config=...)"
+for arg in "${TRAIN_ARGS[@]}"; do
+  [[ "$arg" != --workdir=* && "$arg" != --workdir ]] || die "give the workdir as a launcher option (--workdir=...), not after --"
+done
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ "$WORKDIR" = /* ]] || WORKDIR="$PWD/$WORKDIR"
+PYTHON="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
+JOB_NAME="${JOB_NAME:-lax-$(basename "$WORKDIR")}"
+if [[ "$PER" == gpu ]]; then TASKS_PER_NODE="$GPUS"; else TASKS_PER_NODE=1; fi
+if [[ "$PER" == gpu ]]; then CPUS="${CPUS:-8}"; else CPUS="${CPUS:-$(( 8 * GPUS ))}"; fi
+SCRIPT="$WORKDIR/slurm/$JOB_NAME.sbatch"
+
+quote1() {
+  local a="$1" sq="'\\''"
+  if [[ "$a" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$a"
+  elif [[ "$a" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then printf "%s'%s'" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]//\'/$sq}"
+  else printf "'%s'" "${a//\'/$sq}"; fi
+}
+quote() { local out="" a; for a in "$@"; do out+="$(quote1 "$a") "; done; printf '%s' "${out% }"; }
+
+sbatch_script() {
+  echo "#!/bin/bash"
+  echo "#SBATCH --job-name=$(quote1 "$JOB_NAME")"
+  echo "#SBATCH --nodes=$NODES"
+  echo "#SBATCH --ntasks-per-node=$TASKS_PER_NODE"
+  echo "#SBATCH --gpus-per-node=$GPUS"
+  echo "#SBATCH --cpus-per-task=$CPUS"
+  echo "#SBATCH --time=$TIME"
+  [[ -n "$PARTITION" ]] && echo "#SBATCH --partition=$(quote1 "$PARTITION")"
+  [[ -n "$ACCOUNT" ]] && echo "#SBATCH --account=$(quote1 "$ACCOUNT")"
+  echo "#SBATCH --output=$(quote1 "$WORKDIR/slurm/%j.out")"
+  echo "#SBATCH --open-mode=append"
+  echo "#SBATCH --requeue"
+  echo "#SBATCH --signal=TERM@120"
+  echo "set -euo pipefail"
+  echo "cd $(quote1 "$REPO_ROOT")"
+  if [[ "$PER" == node ]]; then
+    echo "export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $(( GPUS - 1 )))  # one process per node drives all its GPUs"
+  fi
+  echo "srun --kill-on-bad-exit=1 --gpu-bind=none $(quote "$PYTHON" -m lax_pretrain.train --workdir="$WORKDIR" "${TRAIN_ARGS[@]}")"
+}
+
+if [[ $DRY_RUN -eq 1 ]]; then
+  echo "# $SCRIPT"
+  sbatch_script
+  echo "sbatch $(quote1 "$SCRIPT")"
+else
+  mkdir -p "$WORKDIR/slurm"
+  sbatch_script > "$SCRIPT"
+  sbatch "$SCRIPT"
+fi
