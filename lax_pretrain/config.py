@@ -106,9 +106,9 @@ def _rank(options: dict[str, str], default: int) -> int:
     value = options.get("rank")
     if value is None:
         return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"config argument rank={value!r} must be a positive integer")
-    return int(value)
+    if not value.lstrip("-").isdigit():
+        raise ValueError(f"config argument rank={value!r} must be an integer")
+    return int(value)  # its range is checked with the layer spec, naming model.proj.<p>.rank
 
 
 def _flag(options: dict[str, str], key: str, default: bool) -> bool:
