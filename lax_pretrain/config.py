@@ -143,7 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = dict(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
                    clip_norm=0.5, weight_decay_mask="all")
     c.wandb = dict(mode="offline", project="lax-pretrain", entity="", group="", tags=(), name="")
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, num_devices=0)
     c.parallel = dict(tp_impl="auto", rules=[])
     c.distributed = dict(coordinator="", num_processes=0, process_id=-1, auto=True)
     return c

@@ -92,6 +92,12 @@ def mesh_runs(data_dir, tmp_path_factory):
         summary = train(tiny_config(data_dir, MIX_A, mesh), workdir)
         assert summary["status"] == "done" and summary["step"] == STEPS
         runs[name] = workdir
+    # The same config through train() with the explicit shard_map tensor parallelism.
+    workdir = tmp_path_factory.mktemp("mesh_1x2x4_shard_map")
+    config = tiny_config(data_dir, MIX_A, MESHES["1x2x4"])
+    config.parallel.tp_impl = "shard_map"
+    assert train(config, workdir)["status"] == "done"
+    runs["1x2x4 shard_map"] = workdir
     return runs
 
 
@@ -158,10 +164,15 @@ def test_shard_map_tp_equals_auto_tp(data_dir):
     assert "f32[64,16]" in " ".join(line for line in hlo.splitlines() if "all-reduce(" in line)
 
 
-def test_bad_tp_impl_is_an_error():
+def test_bad_tp_impl_is_an_error(data_dir, tmp_path):
     with pytest.raises(ValueError, match="parallel.tp_impl='megatron'"):
         with sharding_context(None, None, "megatron"):
             pass
+    config = tiny_config(data_dir, MIX_A, (1, 1, 1))
+    config.parallel.tp_impl = "megatron"
+    with pytest.raises(ValueError, match="parallel.tp_impl='megatron'"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # ------------------------------------------------------------------ tensor parallelism: r-wide all-reduces

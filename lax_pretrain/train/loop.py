@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from lax_pretrain import data as data_lib
 from lax_pretrain.models import build
-from lax_pretrain.parallel import batch_shardings, make_mesh, rules_from_config, state_shardings
+from lax_pretrain.parallel import batch_shardings, make_mesh, rules_from_config, sharded_init, sharding_context
 from lax_pretrain.params import model_stats
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
 from lax_pretrain.train.metrics import MetricWriter
@@ -75,19 +75,12 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
     t_cfg = config.train
     model_factory = model_factory or (lambda rngs: build(config.model, rngs=rngs))
 
-    def init_state():
-        model = model_factory(nnx.Rngs(params=t_cfg.seed, dropout=t_cfg.seed))
-        _, train_state, frozen_state = nnx.split(model, trainable, ...)
-        return train_state, frozen_state
-
     stats = model_stats(config.model, data_info.get("seq_len", 0))
-    # Abstract first (outside the mesh context: NNX would read our logical names as mesh axes there).
-    graphdef, abstract_train, abstract_frozen = nnx.split(nnx.eval_shape(lambda: model_factory(
-        nnx.Rngs(params=t_cfg.seed, dropout=t_cfg.seed))), trainable, ...)
-    with jax.set_mesh(mesh):
-        train_sh = state_shardings(abstract_train, mesh, rules)
-        frozen_sh = state_shardings(abstract_frozen, mesh, rules)
-        params, frozen = jax.jit(init_state, out_shardings=(train_sh, frozen_sh))()
+    graphdef, init_state, (train_sh, frozen_sh) = sharded_init(model_factory, mesh, rules, seed=t_cfg.seed,
+                                                               trainable=trainable)
+    # Everything traced below (init, steps, eval) sees the mesh, the rules table and the TP implementation.
+    with sharding_context(mesh, rules, config.parallel.tp_impl):
+        params, frozen = init_state()
         tx, schedule = make_optimizer(config.optim, t_cfg.steps)
         opt_state = jax.jit(tx.init)(params)
         opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
@@ -121,7 +114,7 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
             return summarize_eval(family, sums)
 
         peak, device_kind = device_peak_flops()
-        n_dev = jax.device_count()
+        n_dev = mesh.size
         tokens_per_example = stats.seq_len
         writer = MetricWriter(workdir, config, run_name=config.name or workdir.name)
         if start == 0:

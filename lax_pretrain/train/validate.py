@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from lax_pretrain import data as data_lib
 from lax_pretrain.models import build
+from lax_pretrain.parallel.constraints import check_tp_impl
 from lax_pretrain.train.metrics import WANDB_MODES
 
 POSITIVE_TRAIN_KEYS = ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
@@ -36,6 +37,7 @@ def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
     if t.batch_size % jax.process_count():
         raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes")
 
+    check_tp_impl(config.parallel.tp_impl)
     if config.wandb.mode not in WANDB_MODES:
         raise ValueError(f"wandb.mode={config.wandb.mode!r} is not one of {', '.join(WANDB_MODES)}")
     info = data_lib.dataset_info(config.data)  # unknown data.name / bad data keys fail here
