@@ -10,11 +10,6 @@ low-rank model without LaX.
 
 The step is called with step index 0, where the warm-up schedule gives learning rate 0: the update is computed
 in full but the parameters do not drift, so random data cannot blow the loss up while timing.
-
-Frozen state (ViT dropout RNG streams) is passed to the step as plain arrays rather than `nnx.Variable`s.
-That is the same computation; it works around a library bug: `nnx.merge` inside the step reuses Variable
-objects created at the outer `jit` trace, and Dropout's RNG update inside `value_and_grad` then raises
-`TraceContextError` (`train()` of any ViT with dropout > 0 fails the same way).
 """
 
 from __future__ import annotations
@@ -149,12 +144,6 @@ def synthetic_batch(model_cfg, batch_size: int, seq_len: int, seed: int = 0) -> 
             "weights": jnp.ones((batch_size,), jnp.float32)}
 
 
-def plain(state: Any) -> Any:
-    """A state with its `nnx.Variable` leaves replaced by their values (see the module docstring)."""
-    return jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v, state,
-                        is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-
 def train_step_parts(config, *, seed: int = 0, abstract: bool = False):
     """(jitted step, trainable, opt_state, frozen) exactly as the training loop builds them (single device).
 
@@ -173,7 +162,7 @@ def train_step_parts(config, *, seed: int = 0, abstract: bool = False):
         _, trainable, frozen = nnx.split(make(), nnx.Param, ...)
         opt_state = tx.init(trainable)
     step = make_train_step(graphdef, frozen, loss_fn, tx, schedule, grad_accum=1, dropout_seed=seed)
-    return jax.jit(step, donate_argnums=(0, 1)), trainable, opt_state, plain(frozen)
+    return jax.jit(step, donate_argnums=(0, 1)), trainable, opt_state, frozen
 
 
 class _Stepper:
@@ -263,8 +252,6 @@ def run_models(*, cases: list[Case] | None = None, variants=MODEL_VARIANTS, repe
     elif dtype != "bfloat16":
         notes.append(f"MFU is against the bf16 peak ({peak / 1e12:.0f} TFLOP/s) while computing in {dtype}.")
     notes.append("FLOPs: analytic (params.model_stats), training = 3 x forward, attention counted unmasked.")
-    notes.append("Frozen state passed as plain arrays (ViT dropout RNG): works around the nnx.merge "
-                 "TraceContextError in train/step.py; same computation.")
     return {
         "suite": "models",
         "settings": dict(cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
