@@ -12,15 +12,15 @@
 section of the run config is the base's (`--config` supplies data, train, optim, wandb, mesh); the adapter
 settings are recorded in the run config under `adapter`. Data for the new task come from `config.data`.
 
-Only adapter variables train (`trainable=ADAPTER_PARAMS`): the base's parameters are frozen constants of
+Only adapter variables train (`trainable=ADAPTER_PARAMS`): the base's parameters are frozen inputs of
 the train step and have no optimizer state. The run resumes like any training run; at the end the adapter
 is written to WORKDIR/adapter.safetensors (EigenLoRAx also WORKDIR/loadings.safetensors, the task's
 loadings alone, for many-task serving from one basis).
 
 --dropout: the LLaMA forward has no train/eval switch (the loop's eval calls `model(tokens)`), so adapter
 dropout on a LLaMA base also acts during evaluation; the default is 0. ViT bases switch it off in eval.
-The base's parameters enter `train`'s jitted init as constants (the factory runs under jit): fine for the
-CPU-sized models here, wasteful for multi-GB bases.
+The base's parameters reach `train` as `init_values`: each is placed straight into its sharding, never traced
+into a jit as a constant, so multi-GB bases cost no compile time.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from lax_pretrain.adapters.inject import (
     AdapterSpec,
     adapters,
     add_adapters,
+    base_values_in,
     check_unrolled,
     exact_targets,
     save_adapter,
@@ -78,16 +79,13 @@ def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
                             "with imported/, nor a Hugging Face directory (config.json + *.safetensors)")
 
 
-def adapter_factory(model_cfg: Any, base_params: nnx.State, spec: AdapterSpec, *, basis: Basis | None = None,
+def adapter_factory(model_cfg: Any, spec: AdapterSpec, *, basis: Basis | None = None,
                     loadings: Loadings | None = None):
-    """`rngs -> adapted model`: the base architecture with `base_params`, adapters per `spec` on top.
-
-    `train` calls it under jit and eval_shape: the base parameters enter as constants (never trained)."""
+    """`rngs -> adapted model`: the base architecture (freshly initialised: the base's values come separately,
+    see `base_values_in`) with adapters per `spec` on top."""
 
     def make(rngs: nnx.Rngs) -> nnx.Module:
-        model = build(model_cfg, rngs=rngs)
-        nnx.update(model, base_params)
-        return add_adapters(model, spec, rngs=rngs, basis=basis, loadings=loadings)
+        return add_adapters(build(model_cfg, rngs=rngs), spec, rngs=rngs, basis=basis, loadings=loadings)
 
     return make
 
@@ -112,12 +110,13 @@ def finetune(config: ml_collections.ConfigDict, base: str | Path | tuple[nnx.Mod
     config.model = ml_collections.ConfigDict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
     config.adapter = dict(spec.to_dict(), base=str(base) if isinstance(base, (str, Path)) else "",
                           **{k: v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))})
-    factory = adapter_factory(config.model, base_params, spec, basis=basis, loadings=loadings)
-    summary = train(config, workdir, model_factory=factory, trainable=ADAPTER_PARAMS)
+    factory = adapter_factory(config.model, spec, basis=basis, loadings=loadings)
+    base_values = base_values_in(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), base_params)
+    summary = train(config, workdir, model_factory=factory, trainable=ADAPTER_PARAMS, init_values=base_values)
 
     seed = config.train.seed
     model = factory(nnx.Rngs(params=seed, dropout=seed))
-    nnx.update(model, summary["final_params"])
+    nnx.update(model, nnx.from_flat_state(list(base_values.items())), summary["final_params"])
     summary["model"] = model
     if jax.process_index() == 0:
         summary["adapter_path"] = workdir / ADAPTER_FILE

@@ -32,8 +32,10 @@ from lax_pretrain.adapters import (
     save_basis,
 )
 from lax_pretrain.config import llama_config
+from lax_pretrain.data import make_eval_batches
 from lax_pretrain.finetune import ADAPTER_FILE, LOADINGS_FILE, finetune, load_base
 from lax_pretrain.models import build
+from lax_pretrain.train.tasks import lm_eval, summarize_eval
 
 REPO = Path(__file__).resolve().parents[1]
 D, FFN, HEADS = 32, 48, 4
@@ -67,8 +69,10 @@ def checkpoint_leaves(workdir: Path, item: str) -> set[tuple[str, ...]]:
 @pytest.mark.parametrize("kind", ["lora", "lax_lora"])
 def test_only_adapter_parameters_train(tmp_path, kind):
     config = run_config()
-    base = build(config.model, rngs=nnx.Rngs(0))
+    base = build(config.model, rngs=nnx.Rngs(123))  # not the run's seed: the base must come from `base`
     base_params = flat(nnx.state(base, nnx.Param))
+    eval_batches = list(make_eval_batches(config.data, global_batch_size=8, process_index=0, process_count=1))
+    base_eval_loss = summarize_eval("llama", [lm_eval(base, b) for b in eval_batches])["eval_loss"]
     spec = AdapterSpec(kind=kind, rank=4, alpha=8, gate="kron")
     summary = finetune(config, (base, config.model), spec, tmp_path)
     assert summary["status"] == "done" and summary["step"] == 3
@@ -94,11 +98,13 @@ def test_only_adapter_parameters_train(tmp_path, kind):
 
     # the adapter file reproduces the fine-tuned model on a fresh base
     x = jnp.asarray(np.random.default_rng(0).integers(0, 200, (2, 16)), jnp.int32)
-    fresh = load_adapter(tmp_path / ADAPTER_FILE, build(config.model, rngs=nnx.Rngs(0)))
+    fresh = load_adapter(tmp_path / ADAPTER_FILE, build(config.model, rngs=nnx.Rngs(123)))
     np.testing.assert_array_equal(np.asarray(fresh(x)), np.asarray(model(x)))
     assert json.loads((tmp_path / "config.json").read_text())["adapter"]["kind"] == kind
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if "eval_loss" in r] == [0, 3]
+    # train() ran on the base's values (B = 0: the adapted model starts as the base)
+    assert metrics[0]["eval_loss"] == pytest.approx(base_eval_loss, rel=1e-5)
 
 
 def test_cli_eigenlorax_from_a_training_workdir(tmp_path):

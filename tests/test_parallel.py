@@ -31,7 +31,8 @@ from flax import nnx
 from lax_pretrain.config import llama_config, tt_shape
 from lax_pretrain.data import tfds_io
 from lax_pretrain.models import build
-from lax_pretrain.parallel import batch_shardings, make_mesh, rules_from_config, sharded_init, sharding_context
+from lax_pretrain.parallel import (batch_shardings, make_mesh, place_values, rules_from_config, sharded_init,
+                                   sharding_context)
 from lax_pretrain.parallel.comm import _ARRAY, _array_bytes, comm_report, count_collectives
 from lax_pretrain.parallel.programs import compile_block_step
 from lax_pretrain.train import train
@@ -130,6 +131,29 @@ def test_checkpoint_from_8x1x1_resumes_on_2x2x2_and_on_one_device(mesh_runs, dat
         assert sorted(got) == [4, 5, 6], name
         for step in got:
             assert got[step] == pytest.approx(expected[step], rel=1e-5), (name, step)
+
+
+def test_place_values_creates_given_values_in_their_shardings(data_dir, tmp_path):
+    """A pretrained value replaces the initial one, keeps the rule sharding (2-way fsdp x 4-way tensor) and equals
+    the host array; a wrong shape names the path; train() rejects paths the model does not have."""
+    config = tiny_config(data_dir, MIX_A, (1, 2, 4))
+    mesh, rules = make_mesh(config.mesh), rules_from_config(config.parallel)
+    _, init, (train_sh, _) = sharded_init(lambda r: build(config.model, rngs=r), mesh, rules)
+    with sharding_context(mesh, rules):
+        params, _ = init()
+    flat = dict(nnx.to_flat_state(params))
+    path = next(p for p, v in flat.items() if p[-1] == "kernel" and v.ndim == 2 and "up" in map(str, p))
+    value = np.random.default_rng(0).standard_normal(flat[path].shape).astype(np.float32)
+    placed = dict(nnx.to_flat_state(place_values(params, train_sh, {path: value})))
+    assert placed[path].get_value().sharding == flat[path].get_value().sharding
+    assert not placed[path].get_value().sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(placed[path].get_value()), value)
+    other = next(p for p in flat if p != path)
+    np.testing.assert_array_equal(np.asarray(placed[other].get_value()), np.asarray(flat[other].get_value()))
+    with pytest.raises(ValueError, match="/".join(map(str, path))):
+        place_values(params, train_sh, {path: value[:1]})
+    with pytest.raises(ValueError, match="init_values has 1 paths the model does not"):
+        train(config, tmp_path / "run", init_values={("no", "such", "kernel"): value})
 
 
 # -------------------------------------------------------------------------------- tensor parallelism: equality

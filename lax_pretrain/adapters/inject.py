@@ -154,6 +154,20 @@ def adapters(model: nnx.Module) -> dict[str, LoRA | EigenLoRALinear]:
     return {_dotted(parts): m for parts, m in nnx.iter_modules(model) if isinstance(m, (LoRA, EigenLoRALinear))}
 
 
+def base_values_in(adapted: nnx.Module, base_params: nnx.State) -> dict[tuple, Any]:
+    """The base model's parameters as {flat path in `adapted`: value}: a wrapped projection's parameters move
+    under its adapter's `base` (`train(..., init_values=...)` takes this)."""
+    wrapped = [tuple(p.split(".")) for p in adapters(adapted)]
+    values = {}
+    for path, variable in nnx.to_flat_state(base_params):
+        names = tuple(map(str, path))
+        prefix = next((len(w) for w in wrapped if names[:len(w)] == w), None)
+        if prefix is not None:
+            path = (*path[:prefix], "base", *path[prefix:])
+        values[path] = variable.get_value() if isinstance(variable, nnx.Variable) else variable
+    return values
+
+
 def signature(modules: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """path -> (d_in, d_out) of projections or adapters."""
     return {p: (int(m.d_in), int(m.d_out)) for p, m in modules.items()}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -97,6 +98,27 @@ def sharded_init(model_factory: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, ru
     # optimised build's by float rounding (~1e-5 relative at most), as they already do across backends.
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return graphdef, jax.jit(init_state, out_shardings=shardings, compiler_options=options), shardings
+
+
+def place_values(state: nnx.State, shardings: nnx.State, values: Mapping[tuple, Any]) -> nnx.State:
+    """`state` with its leaves at the paths of `values` replaced (paths it does not hold are ignored).
+
+    `values` maps flat state paths to host arrays (a pretrained base). Each array is created directly in its
+    leaf's sharding, every process copying only its own shards, so a multi-GB base is never traced into a jit
+    (as a constant) nor held whole on one device. Shapes must match; dtypes follow the state."""
+    shardings_by_path = dict(nnx.to_flat_state(shardings))
+    leaves = []
+    for path, variable in nnx.to_flat_state(state):
+        if path in values:
+            value = np.asarray(values[path])
+            if value.shape != tuple(variable.shape):
+                raise ValueError(f"initial value for {'/'.join(map(str, path))} has shape {value.shape}; the model "
+                                 f"expects {tuple(variable.shape)}")
+            value = value.astype(variable.dtype, copy=False)
+            array = jax.make_array_from_callback(value.shape, shardings_by_path[path], lambda idx, v=value: v[idx])
+            variable = variable.replace(array)
+        leaves.append((path, variable))
+    return nnx.from_flat_state(leaves)
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: dict[str, MeshAxes]) -> NamedSharding:

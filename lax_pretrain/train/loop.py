@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from lax_pretrain import data as data_lib
 from lax_pretrain.models import build
-from lax_pretrain.parallel import batch_shardings, make_mesh, rules_from_config, sharded_init, sharding_context
+from lax_pretrain.parallel import (batch_shardings, make_mesh, place_values, rules_from_config, sharded_init,
+                                   sharding_context)
 from lax_pretrain.params import model_stats
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
 from lax_pretrain.train.metrics import MetricWriter
@@ -63,8 +64,13 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.A
 
 
 def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | None = None,
-          trainable: nnx.filterlib.Filter = nnx.Param) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints). Returns the final metrics summary."""
+          trainable: nnx.filterlib.Filter = nnx.Param,
+          init_values: Mapping[tuple, Any] | None = None) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints). Returns the final metrics summary.
+
+    `init_values` (flat state path -> host array, e.g. a pretrained base under adapters) replace the factory's
+    initial values at those paths; they are placed straight into their shardings (`place_values`) and never
+    become constants of a jitted function. Frozen values are not checkpointed: pass them again on resume."""
     workdir = Path(workdir)
     mesh = make_mesh(config.mesh)
     data_info = validate_config(config, mesh)  # every config error before anything compiles
@@ -78,9 +84,16 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
     stats = model_stats(config.model, data_info.get("seq_len", 0))
     graphdef, init_state, (train_sh, frozen_sh) = sharded_init(model_factory, mesh, rules, seed=t_cfg.seed,
                                                                trainable=trainable)
+    unknown = set(init_values or ()) - {path for sh in (train_sh, frozen_sh) for path, _ in nnx.to_flat_state(sh)}
+    if unknown:
+        raise ValueError(f"init_values has {len(unknown)} paths the model does not, e.g. "
+                         f"{sorted('/'.join(map(str, p)) for p in unknown)[:3]}")
     # Everything traced below (init, steps, eval) sees the mesh, the rules table and the TP implementation.
     with sharding_context(mesh, rules, config.parallel.tp_impl):
         params, frozen = init_state()
+        if init_values:
+            params = place_values(params, train_sh, init_values)
+            frozen = place_values(frozen, frozen_sh, init_values)
         tx, schedule = make_optimizer(config.optim, t_cfg.steps)
         opt_state = jax.jit(tx.init)(params)
         opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
