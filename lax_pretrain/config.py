@@ -23,7 +23,6 @@ from typing import Any
 import ml_collections
 
 from lax_pretrain.data.config import default_data_config
-from lax_pretrain.layers import balanced_factors, cap_tt_ranks
 
 COMPACT_KEYS = ("kind", "lax", "rank", "intra", "norm", "init", "scan", "remat", "dtype", "only_lr_act")
 
@@ -120,16 +119,6 @@ def _flag(options: dict[str, str], key: str, default: bool) -> bool:
     return value.lower() in ("1", "true")
 
 
-def tt_shape(d_in: int, d_out: int, r_mid: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """A 4-core TT shape in the official layout: input modes descending, output ascending (768 -> [32, 24 | 24, 32]),
-    outer ranks as large as the unfoldings allow, the latent bond `r_mid`."""
-    f0, f1 = balanced_factors(d_in)
-    g0, g1 = balanced_factors(d_out)
-    in_modes, out_modes = (f1, f0), (g0, g1)
-    ranks = cap_tt_ranks(in_modes, out_modes, (1, f1, r_mid, g1, 1))
-    return in_modes, out_modes, ranks
-
-
 def _tt_override(in_modes, out_modes, ranks) -> dict[str, Any]:
     return {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes), "tt_ranks": list(ranks)}
 
@@ -154,16 +143,17 @@ def _linear(kind: str, options: dict[str, str], default_init: str, activation: s
                 intra=False, activation=activation, use_bias=use_bias, init=options.get("init", default_init))
 
 
-def _projection_overrides(kind: str, rank: int, shapes: dict[str, tuple[int, int]], intra: bool,
+def _projection_overrides(kind: str, rank: int, names: tuple[str, ...], intra: bool,
                           official_tt: dict | None) -> dict[str, dict]:
     proj: dict[str, dict] = {}
-    for name, (d_in, d_out) in shapes.items():
+    for name in names:
         if kind in ("svd", "cola"):
             proj[name] = {"rank": rank}
         elif kind == "tt":
+            # The official ViT shapes are fixed; otherwise the spec derives `tt_shape(d_in, d_out, rank)` from
+            # the widths it is built for, so width overrides need no TT overrides.
             group = "attn" if name in ("q", "k", "v", "o") else name
-            shape = official_tt[group] if official_tt and group in official_tt else tt_shape(d_in, d_out, rank)
-            proj[name] = _tt_override(*shape)
+            proj[name] = _tt_override(*official_tt[group]) if official_tt and group in official_tt else {"rank": rank}
             # Intra-layer LaX as released: the square attention projections only (n_2 == m_1, r_1 == r_3).
             proj[name]["intra"] = intra and name in ("q", "k", "v", "o")
     return proj
@@ -177,10 +167,6 @@ def llama_config(arg: str | None) -> ml_collections.ConfigDict:
     intra = _flag(options, "intra", False)
     c = base_config()
     c.name = f"llama-{arg}"
-    kv_dim = p.d_model  # the presets use as many kv heads as query heads
-    shapes = {"q": (p.d_model, p.d_model), "k": (p.d_model, kv_dim), "v": (p.d_model, kv_dim),
-              "o": (p.d_model, p.d_model), "gate": (p.d_model, p.ffn_dim), "up": (p.d_model, p.ffn_dim),
-              "down": (p.ffn_dim, p.d_model)}
     c.model = dict(
         family="llama", preset=name, vocab_size=p.vocab_size, d_model=p.d_model, num_layers=p.num_layers,
         num_heads=p.num_heads, num_kv_heads=p.num_heads, head_dim=0, ffn_dim=p.ffn_dim, rope_theta=1e4,
@@ -189,7 +175,7 @@ def llama_config(arg: str | None) -> ml_collections.ConfigDict:
         scan_layers=_flag(options, "scan", p.num_layers >= 24), remat=options.get("remat", "none"),
         dtype=options.get("dtype", "float32"), param_dtype="float32",
         linear=_linear(kind, options, "cola", "silu", use_bias=False),
-        proj=_projection_overrides(kind, rank, shapes, intra, None),
+        proj=_projection_overrides(kind, rank, ("q", "k", "v", "o", "gate", "up", "down"), intra, None),
     )
     c.data = default_data_config(p.data)
     c.train.update(steps=p.steps, batch_size=p.batch_size, eval_every=max(p.steps // 10, 1),
@@ -207,14 +193,14 @@ def vit_config(arg: str | None) -> ml_collections.ConfigDict:
     c = base_config()
     c.name = f"vit-{arg}"
     d, f = p.d_model, p.mlp_dim
-    shapes = {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d), "fc1": (d, f), "fc2": (f, d)}
     c.model = dict(
         family="vit", preset=name, image_size=p.image_size, patch_size=p.patch_size, channels=p.channels,
         num_classes=p.num_classes, d_model=d, num_layers=p.num_layers, num_heads=p.num_heads, mlp_dim=f,
         dropout=0.1, mlp_hidden_norm="auto", scan_layers=_flag(options, "scan", p.num_layers >= 24),
         remat=options.get("remat", "none"), dtype=options.get("dtype", "float32"), param_dtype="float32",
         linear=_linear(kind, options, "lax", "gelu", use_bias=True),
-        proj=_projection_overrides(kind, rank, shapes, intra, p.tt if rank == p.rank else None),
+        proj=_projection_overrides(kind, rank, ("q", "k", "v", "o", "fc1", "fc2"), intra,
+                                   p.tt if rank == p.rank else None),
     )
     c.data = default_data_config(p.data)
     c.data.image_size = p.image_size

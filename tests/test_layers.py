@@ -508,6 +508,8 @@ BAD_SPECS = [
     ("rank-zero", {"kind": "svd", "rank": 0}, D_OUT, "rank"),
     ("rank-negative", {"kind": "cola", "rank": -3}, D_OUT, "rank"),
     ("tt-modes-missing", {"kind": "tt", "tt_ranks": (1, 8, 1)}, D_OUT, "tt_in_modes"),
+    ("tt-no-shape-no-rank", {"kind": "tt"}, D_OUT, "rank"),
+    ("tt-no-shape-rank-zero", {"kind": "tt", "rank": 0}, D_OUT, "rank"),
     ("tt-in-product", {**TT, "tt_in_modes": (4, 5)}, D_OUT, "tt_in_modes"),
     ("tt-out-product", {**TT, "tt_out_modes": (5, 5)}, D_OUT, "tt_out_modes"),
     ("tt-mode-nonpositive", {**TT, "tt_in_modes": (-4, -6)}, D_OUT, "tt_in_modes"),
@@ -558,6 +560,10 @@ def test_spec_error_is_value_error_and_other_spec_forms():
     assert validate(s, D_IN, D_OUT) == s
     assert validate(ml_collections.ConfigDict({"kind": "svd", "rank": 8, "crossing": "kron"}), D_IN, D_OUT) == s
     assert validate({**TT, "tt_in_modes": [4, 6]}, D_IN, D_OUT).tt_in_modes == (4, 6)
+    # kind 'tt' with a rank and no shape: the default 4-core shape for these widths, `rank` the latent bond.
+    derived = validate({"kind": "tt", "rank": 8}, 768, 3072)
+    assert (derived.tt_in_modes, derived.tt_out_modes, derived.tt_ranks) == ((32, 24), (48, 64), (1, 32, 8, 64, 1))
+    assert derived.latent_dim == 8
 
 
 # ---------------------------------------------------------------------------------------------- gradients

@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lax_pretrain.config import LLAMA_PRESETS, VIT_PRESETS, llama_config, tt_shape, vit_config
+from lax_pretrain.config import LLAMA_PRESETS, VIT_PRESETS, llama_config, vit_config
+from lax_pretrain.layers import tt_shape
 from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS as LLAMA_PROJ
 from lax_pretrain.models.llama import head_dim, rope_tables
@@ -278,7 +279,8 @@ def test_bad_compact_args_name_the_key(make, arg, key):
     ("60m,kind=cola", lambda m: setattr(m.proj.q, "rank", 0), "model.proj.q.rank"),
     ("60m,kind=cola,rank=0", None, "model.proj.q.rank"),
     ("60m,kind=svd", lambda m: setattr(m.proj.down, "rank", -3), "model.proj.down.rank"),
-    ("60m,kind=tt", lambda m: setattr(m.proj.k, "tt_ranks", [1, 8, 8, 1]), "model.proj.k.tt_ranks"),
+    ("60m,kind=tt", lambda m: setattr(m.proj.k, "rank", 0), "model.proj.k.rank"),
+    ("b16,kind=tt", lambda m: setattr(m.proj.q, "tt_ranks", [1, 8, 8, 1]), "model.proj.q.tt_ranks"),
     ("b16,kind=tt", lambda m: setattr(m.proj.fc1, "tt_in_modes", [32, 25]), "model.proj.fc1.tt_in_modes"),
     ("60m,kind=dense,lax=kron", None, "model.proj.q.crossing"),
     ("60m,remat=everything", None, "model.remat"),
@@ -290,6 +292,17 @@ def test_bad_spec_values_raise_at_build(arg, edit, key):
         edit(cfg.model)
     with pytest.raises(ValueError, match=re.escape(key)):
         nnx.eval_shape(lambda: build(cfg.model, rngs=nnx.Rngs(0)))
+
+
+def test_tt_configs_follow_width_overrides():
+    """kind=tt stores the latent bond, not a shape: a width override on the command line just works."""
+    cfg = llama_config("60m,kind=tt,lax=kron,rank=64")
+    cfg.model.update(d_model=384, ffn_dim=1024, num_heads=6, num_kv_heads=6)
+    model = nnx.eval_shape(lambda: build(cfg.model, rngs=nnx.Rngs(0)))
+    attn, mlp = model.blocks.first.attn, model.blocks.first.mlp
+    assert (attn.q.spec.tt_in_modes, attn.q.spec.tt_out_modes) == ((24, 16), (16, 24))
+    assert (mlp.up.spec.tt_out_modes, mlp.down.spec.tt_in_modes) == ((32, 32), (32, 32))
+    assert all(m.spec.latent_dim == 64 for m in (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down))
 
 
 # ============================================================================ small models

@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lax_pretrain.config import llama_config, tt_shape
+from lax_pretrain.config import llama_config
+from lax_pretrain.layers import tt_shape
 from lax_pretrain.data import tfds_io
 from lax_pretrain.models import build
 from lax_pretrain.parallel import (batch_shardings, make_mesh, place_values, rules_from_config, sharded_init,

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
-from lax_pretrain.config import tt_shape
+from lax_pretrain.layers import tt_shape
 from lax_pretrain.layers import make_linear
 from lax_pretrain.models.projections import dtype_of
 

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
-from lax_pretrain.config import llama_config, tt_shape, vit_config
+from lax_pretrain.config import llama_config, vit_config
 from lax_pretrain.models import build
 from lax_pretrain.params import model_stats
 from lax_pretrain.train.mfu import device_peak_flops
@@ -35,9 +35,6 @@ from lax_pretrain.train.tasks import TASKS
 # (kind, crossing): every kind, low-rank ones with and without LaX (kron).
 MODEL_VARIANTS = (("dense", "none"), ("svd", "none"), ("svd", "kron"), ("cola", "none"), ("cola", "kron"),
                   ("tt", "none"), ("tt", "kron"))
-LLAMA_SHAPES = lambda d, kv, f: {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "gate": (d, f),  # noqa: E731
-                                 "up": (d, f), "down": (f, d)}
-VIT_SHAPES = lambda d, f: {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d), "fc1": (d, f), "fc2": (f, d)}  # noqa: E731
 
 
 def variant_name(kind: str, crossing: str) -> str:
@@ -88,8 +85,8 @@ def parse_cases(text: str) -> list[Case]:
 
 def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank: int, ffn_dim: int | None = None,
                  mlp_dim: int | None = None, vocab_size: int | None = None):
-    """Shrinks a LLaMA/ViT config in place (smoke tests) and re-derives the per-projection ranks / TT shapes for the
-    new widths the way `lax_pretrain.config` does (4-core `tt_shape` with the latent bond `rank`)."""
+    """Shrinks a LLaMA/ViT config in place (smoke tests) with one `rank` for every projection (svd/cola rank, TT
+    latent bond: the spec derives the 4-core `tt_shape` for the new widths)."""
     m = config.model
     m.d_model, m.num_layers, m.num_heads = d_model, num_layers, num_heads
     if m.family == "llama":
@@ -97,19 +94,12 @@ def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank:
         m.ffn_dim = ffn_dim or m.ffn_dim
         if vocab_size:
             m.vocab_size = vocab_size
-        shapes = LLAMA_SHAPES(d_model, d_model, m.ffn_dim)
     else:
         m.mlp_dim = mlp_dim or m.mlp_dim
-        shapes = VIT_SHAPES(d_model, m.mlp_dim)
-    kind = m.linear.kind
-    for name, (d_in, d_out) in shapes.items():
-        if kind in ("svd", "cola"):
-            m.proj[name] = {"rank": rank}
-        elif kind == "tt":
-            in_modes, out_modes, ranks = tt_shape(d_in, d_out, rank)
-            intra = bool(m.proj[name].get("intra", False)) if name in m.proj else False
-            m.proj[name] = {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes),
-                            "tt_ranks": list(ranks), "intra": intra}
+    if m.linear.kind != "dense":  # svd/cola rank, TT latent bond (the spec derives the TT shape per width)
+        for name in list(m.proj):
+            intra = bool(m.proj[name].get("intra", False))
+            m.proj[name] = {"rank": rank, "intra": intra} if m.linear.kind == "tt" else {"rank": rank}
     return config
 
 

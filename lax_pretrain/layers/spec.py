@@ -31,7 +31,8 @@ class LinearSpec:
     """One projection's factorization and crossing.
 
     kind: 'dense' | 'svd' (x A B) | 'cola' (act(x A) B) | 'tt' (tensor-train, input modes then output modes).
-    rank: latent width r of svd/cola.
+    rank: latent width r of svd/cola; for tt without explicit modes, the latent bond of `tt_shape(d_in, d_out,
+        rank)` (so a TT config follows width overrides).
     tt_in_modes, tt_out_modes, tt_ranks: TT shape; prod(in) = d_in, prod(out) = d_out, ranks include the
         leading and trailing 1 (len = len(in) + len(out) + 1). The bond after the last input core is the latent.
     crossing: LaX gate applied to the previous block's latent: 'none' | 'identity' | 'dense' | 'kron'.
@@ -126,6 +127,15 @@ def cap_tt_ranks(in_modes: tuple[int, ...], out_modes: tuple[int, ...], ranks: t
     return tuple(capped)
 
 
+def tt_shape(d_in: int, d_out: int, r_mid: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """A 4-core TT shape in the official layout: input modes descending, output ascending (768 -> [32, 24 | 24, 32]),
+    outer ranks as large as the unfoldings allow, the latent bond `r_mid`."""
+    f0, f1 = balanced_factors(d_in)
+    g0, g1 = balanced_factors(d_out)
+    in_modes, out_modes = (f1, f0), (g0, g1)
+    return in_modes, out_modes, cap_tt_ranks(in_modes, out_modes, (1, f1, r_mid, g1, 1))
+
+
 def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> LinearSpec:
     """Normalises a dict/ConfigDict into a LinearSpec for a (d_in -> d_out) map, or raises SpecError."""
     raw = _as_dict(spec)
@@ -156,6 +166,12 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
             warnings.warn(f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: more parameters "
                           "than the dense map it factorizes", stacklevel=3)
     if s.kind == "tt":
+        if not s.tt_in_modes and not s.tt_out_modes and not s.tt_ranks:
+            if s.rank is None or int(s.rank) < 1:
+                raise SpecError(f"{where}.rank={s.rank!r}: kind 'tt' needs tt_in_modes/tt_out_modes/tt_ranks or a "
+                                "rank >= 1 (the latent bond of the default 4-core `tt_shape`)")
+            in_modes, out_modes, ranks = tt_shape(d_in, d_out, int(s.rank))
+            s = s.replace(tt_in_modes=in_modes, tt_out_modes=out_modes, tt_ranks=ranks)
         _validate_tt(s, d_in, d_out, where)
     if s.intra and s.kind != "tt":
         raise SpecError(f"{where}.intra=True needs kind 'tt' (intra-layer LaX crosses TT core intermediates)")
