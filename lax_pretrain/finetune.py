@@ -17,8 +17,8 @@ the train step and have no optimizer state. The run resumes like any training ru
 is written to WORKDIR/adapter.safetensors (EigenLoRAx also WORKDIR/loadings.safetensors, the task's
 loadings alone, for many-task serving from one basis).
 
---dropout: the LLaMA forward has no train/eval switch (the loop's eval calls `model(tokens)`), so adapter
-dropout on a LLaMA base also acts during evaluation; the default is 0. ViT bases switch it off in eval.
+--dropout: adapter dropout acts in the train step only (`model(x, train=True)`); evaluation, sampling and the
+returned model run without it.
 The base's parameters reach `train` as `init_values`: each is placed straight into its sharding, never traced
 into a jit as a constant, so multi-GB bases cost no compile time.
 """

@@ -25,3 +25,9 @@ def param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
 def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
     """Logical axis names of a variable (None if it was created without them)."""
     return variable.get_metadata().get(AXES_KEY)
+
+
+def set_train_mode(module: nnx.Module, train: bool) -> None:
+    """Dropout on (train) or off everywhere below `module`, as a module attribute: scan and remat then see no
+    Python bool to trace."""
+    module.set_attributes(nnx.Dropout, deterministic=not train, raise_if_not_found=False)

@@ -31,7 +31,7 @@ from lax_pretrain.adapters import (
     save_adapter,
 )
 from lax_pretrain.adapters.inject import targets_match
-from lax_pretrain.config import llama_config, tt_shape, vit_config
+from lax_pretrain.config import llama_config, vit_config
 from lax_pretrain.layers import make_linear
 from lax_pretrain.models import build
 
@@ -42,15 +42,7 @@ PROJ = ("q", "k", "v", "o", "gate", "up", "down")
 def tiny_llama(arg: str = "", layers: int = 2, d: int = D):
     c = llama_config(f"nano,{arg}" if arg else "nano").model
     c.d_model, c.ffn_dim, c.num_heads, c.num_kv_heads, c.vocab_size, c.num_layers = d, FFN, HEADS, HEADS, VOCAB, layers
-    shapes = {n: (d, d) for n in ("q", "k", "v", "o")} | {"gate": (d, FFN), "up": (d, FFN), "down": (FFN, d)}
-    kind = c.linear.kind
-    if kind in ("svd", "cola"):
-        c.proj = {n: {"rank": LATENT} for n in PROJ}
-    elif kind == "tt":
-        c.proj = {n: dict(zip(("tt_in_modes", "tt_out_modes", "tt_ranks"), map(list, tt_shape(*shapes[n], LATENT))))
-                  for n in PROJ}
-    else:
-        c.proj = {}
+    c.proj = {n: {"rank": LATENT} for n in PROJ} if c.linear.kind != "dense" else {}  # tt: LATENT is the bond
     return c
 
 
@@ -380,3 +372,15 @@ def test_dropout_only_on_the_adapter_input():
     assert not np.allclose(a, b)  # a fresh mask per call
     lora.dropout.deterministic = True
     np.testing.assert_allclose(lora(x)[0], np.asarray(x) @ np.asarray(lora.merge()), atol=1e-5)
+
+
+def test_llama_adapter_dropout_only_in_train_mode():
+    """The decoder's `train` flag switches adapter dropout: off by default (eval, sampling), on in the loss."""
+    model = build_adapted(tiny_llama(), AdapterSpec(kind="lora", rank=4, dropout=0.5))
+    randomize_b(model)
+    x = tokens()
+    eval_a, eval_b = np.asarray(model(x)), np.asarray(model(x, train=False))
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train_a, train_b = np.asarray(model(x, train=True)), np.asarray(model(x, train=True))
+    assert not np.allclose(train_a, eval_a) and not np.allclose(train_a, train_b)
+    np.testing.assert_array_equal(np.asarray(model(x)), eval_a)  # and back off

@@ -15,7 +15,7 @@ from flax import nnx
 
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
-from lax_pretrain.nnx_compat import param
+from lax_pretrain.nnx_compat import param, set_train_mode
 from lax_pretrain.parallel.constraints import RESIDUAL, constrain
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -112,7 +112,8 @@ def head_dim(cfg: Any) -> int:
 
 
 class Llama(nnx.Module):
-    """`model(tokens_BxL) -> logits_BxLxV` (float32 logits)."""
+    """`model(tokens_BxL, *, train=False) -> logits_BxLxV` (float32 logits). The decoder has no dropout of its own;
+    `train` switches that of adapters (LoRA dropout) on."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -126,7 +127,8 @@ class Llama(nnx.Module):
         if not cfg.tie_embeddings:
             self.head = param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), pd), ("embed", "vocab"))
 
-    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    def __call__(self, tokens_BxL: jax.Array, *, train: bool = False) -> jax.Array:
+        set_train_mode(self, train)
         table_VxD = constrain(self.embed[...], ("vocab", None))  # gather the fsdp shards before the lookup
         x_BxLxD = constrain(jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype), RESIDUAL)
         sin, cos = rope_tables(tokens_BxL.shape[1], head_dim(self.cfg), self.cfg.rope_theta)

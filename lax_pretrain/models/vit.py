@@ -18,7 +18,7 @@ from flax import nnx
 from lax_pretrain.layers import init
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
-from lax_pretrain.nnx_compat import param
+from lax_pretrain.nnx_compat import param, set_train_mode
 from lax_pretrain.parallel.constraints import RESIDUAL, constrain
 
 PROJECTIONS = ("q", "k", "v", "o", "fc1", "fc2")
@@ -104,8 +104,7 @@ class ViT(nnx.Module):
         self.head_bias = param(jnp.zeros((cfg.num_classes,), pd), ("classes",))
 
     def __call__(self, images_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
-        # A module attribute rather than an argument: scan and remat then see no Python bool to trace.
-        self.set_attributes(nnx.Dropout, deterministic=not train, raise_if_not_found=False)
+        set_train_mode(self, train)
         b, height, width, c = images_BxHxWxC.shape
         ps = self.cfg.patch_size
         # Non-overlapping patches, flattened (row, col, channel) to match a conv kernel (ps, ps, C, D).

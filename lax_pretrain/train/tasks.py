@@ -14,7 +14,7 @@ import optax
 
 
 def lm_loss(model: Any, batch: dict) -> tuple[jax.Array, dict]:
-    logits_BxLxV = model(batch["inputs"])
+    logits_BxLxV = model(batch["inputs"], train=True)
     nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
     weights = batch["weights"].astype(jnp.float32)
     count = weights.sum()
