@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import lax_pretrain.data as data
-from lax_pretrain.data import fashion_mnist, shakespeare, text, tfds_io
+from lax_pretrain.data import autoaugment, fashion_mnist, shakespeare, text, tfds_io
 from lax_pretrain.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -445,6 +445,65 @@ def test_worker_processes_give_the_same_batches(data_dir):
     restored.set_state(state)
     assert_batches_equal(got + take(restored, 2), expected)
     restored.close()
+
+
+def random_image(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_auto_augment_policy_and_magnitudes_are_the_papers():
+    assert len(autoaugment.IMAGENET_POLICY) == 25
+    assert all(len(sp) == 2 and all(0 <= p <= 1 for _, p, _ in sp) for sp in autoaugment.IMAGENET_POLICY)
+    # torchvision's 10-bin ranges: rotate 0..30 deg, shear 0..0.3, enhance 0..0.9, posterize 8..4, solarize 255..0
+    assert [autoaugment.magnitude("posterize", k) for k in range(10)] == [8, 8, 7, 7, 6, 6, 5, 5, 4, 4]
+    assert autoaugment.magnitude("rotate", 9) == 30 and autoaugment.magnitude("shear_x", 9) == pytest.approx(0.3)
+    np.testing.assert_allclose([autoaugment.magnitude("solarize", k) for k in (0, 3, 9)], [255, 170, 0])
+    assert autoaugment.magnitude("color", 0) == 0 and autoaugment.magnitude("contrast", 8) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("mode_shape", [(20, 24), (20, 24, 3)])
+def test_auto_augment_pixel_ops_match_numpy(mode_shape):
+    x = random_image(mode_shape)
+    image = Image.fromarray(x)
+    run = lambda op, m=0.0: np.asarray(autoaugment.apply_op(image, op, m))  # noqa: E731
+    np.testing.assert_array_equal(run("invert"), 255 - x)
+    np.testing.assert_array_equal(run("posterize", 5), x & 0b11111000)
+    np.testing.assert_array_equal(run("solarize", 170.0), np.where(x >= 170, 255 - x, x))
+    y = (x.astype(np.int64) // 2 + 40).astype(np.uint8)  # a low-contrast image: autocontrast stretches it per channel
+    lo, hi = y.min(axis=(0, 1)), y.max(axis=(0, 1))
+    stretched = np.asarray(autoaugment.apply_op(Image.fromarray(y), "autocontrast", 0.0)).astype(np.float64)
+    np.testing.assert_allclose(stretched, (y - lo) * 255.0 / (hi - lo), atol=1.0)
+    for op in ("rotate", "shear_x", "color", "contrast", "sharpness"):  # magnitude 0 (factor 1): identity
+        np.testing.assert_array_equal(run(op, 0.0), x, err_msg=op)
+    rotated = run("rotate", 30.0)
+    assert (rotated[0, 0] == autoaugment.FILL).all()  # corners rotate out and fill with mid-grey
+    # shear: output row y reads input row y shifted by m*y (row 0 unchanged)
+    sheared = run("shear_x", 0.25)
+    np.testing.assert_array_equal(sheared[0], x[0])
+    np.testing.assert_array_equal(sheared[8, :-2], x[8, 2:])
+
+
+def test_auto_augment_is_a_function_of_the_generator():
+    x = random_image((32, 32, 3), 1)
+    a = [autoaugment.auto_augment(x, np.random.default_rng((0, 0, i))) for i in range(40)]
+    b = [autoaugment.auto_augment(x, np.random.default_rng((0, 0, i))) for i in range(40)]
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert all(u.shape == x.shape and u.dtype == np.uint8 for u in a)
+    changed = sum(not np.array_equal(u, x) for u in a)
+    assert 20 <= changed < 40  # most sub-policies change the image; some draws fire nothing
+
+
+def test_auto_augment_in_the_pipeline(data_dir):
+    plain = take(fmnist_iterator(data_dir, crop="none", flip=False), 2)
+    augmented = take(fmnist_iterator(data_dir, crop="none", flip=False, auto_augment="imagenet"), 2)
+    for p, a in zip(plain, augmented):
+        np.testing.assert_array_equal(p["labels"], a["labels"])  # same examples, augmented pixels
+        assert -1 <= a["images"].min() and a["images"].max() <= 1
+    assert batches_differ(plain, augmented)
+    assert_resumes(lambda: fmnist_iterator(data_dir, auto_augment="imagenet"))
+    assert data.default_data_config("imagenet2012").auto_augment == "imagenet"
+    with pytest.raises(ValueError, match=r"data\.auto_augment='randaugment'"):
+        data.dataset_info(cfg("fashion_mnist", data_dir, auto_augment="randaugment"))
 
 
 # -------------------------------------------------------------------------------------------------- errors

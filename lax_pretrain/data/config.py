@@ -6,6 +6,7 @@ TEXT_DATASETS = ("shakespeare", "c4")
 IMAGE_DATASETS = ("fashion_mnist", "imagenet2012")
 DATASETS = TEXT_DATASETS + IMAGE_DATASETS
 CROPS = ("random_resized", "pad", "none")
+AUTO_AUGMENT = ("none", "imagenet")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs
 
 _COMMON = dict(
@@ -19,6 +20,7 @@ _COMMON = dict(
     crop_scale_min=0.08,
     crop_pad=4,  # pixels of zero padding for crop='pad'
     flip=True,
+    auto_augment="none",  # 'imagenet': AutoAugment's ImageNet policy after crop and flip (data/autoaugment.py)
     mixup=0.0,  # Beta(alpha, alpha) for mixup; 0 = off
     label_smoothing=0.0,
     eval_crop=1.0,  # eval: central crop of this fraction of the shorter side, resized to image_size
@@ -31,8 +33,8 @@ _PER_DATASET = {
     # About the papers' ~10M-token validation at their global batch of 512 x 256 tokens.
     "c4": dict(eval_batches=80),
     "fashion_mnist": dict(image_size=28, crop="pad"),
-    # The LaX ViT recipe (reference/recipes.md); AutoAugment is not implemented.
-    "imagenet2012": dict(mixup=0.2, label_smoothing=0.1, eval_crop=0.9),
+    # The LaX ViT recipe (reference/recipes.md).
+    "imagenet2012": dict(auto_augment="imagenet", mixup=0.2, label_smoothing=0.1, eval_crop=0.9),
 }
 
 
@@ -66,6 +68,8 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
     _require(0 < cfg.crop_scale_min <= 1, f"data.crop_scale_min={cfg.crop_scale_min} must be in (0, 1]")
     _require(cfg.crop_pad >= 0, f"data.crop_pad={cfg.crop_pad} must be >= 0")
     _require(0 < cfg.eval_crop <= 1, f"data.eval_crop={cfg.eval_crop} must be in (0, 1]")
+    _require(cfg.auto_augment in AUTO_AUGMENT, f"data.auto_augment={cfg.auto_augment!r} must be one of "
+             f"{', '.join(AUTO_AUGMENT)}")
     _require(cfg.mixup >= 0, f"data.mixup={cfg.mixup} must be >= 0 (0 = off)")
     _require(0 <= cfg.label_smoothing < 1, f"data.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
     _require(cfg.eval_batches >= 0, f"data.eval_batches={cfg.eval_batches} must be >= 0 (0 = whole split)")

@@ -2,7 +2,8 @@
 'labels': int32[B], 'targets': float32[B, K] (soft labels), 'weights': float32[B] (0 on eval top-up rows)}.
 
 Train: random-resized-crop (scale [data.crop_scale_min, 1], aspect [3/4, 4/3]) or zero-pad-and-crop or a
-plain resize, then a horizontal flip, each drawn from (seed, position in the global stream), so an example's
+plain resize, then a horizontal flip, then AutoAugment (data.auto_augment, `autoaugment.py`), each drawn from
+(seed, position in the global stream), so an example's
 augmentation does not depend on the process count or a resume. Targets are one-hot, smoothed by
 data.label_smoothing, then mixed by mixup.
 
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lax_pretrain.data import pipeline, tfds_io
+from lax_pretrain.data.autoaugment import auto_augment
 
 NUM_CLASSES = {"fashion_mnist": 10, "imagenet2012": 1000}
 CHANNELS = {"fashion_mnist": 1, "imagenet2012": 3}
@@ -55,6 +57,7 @@ def train_dataset(
         scale_min=cfg.crop_scale_min,
         pad=cfg.crop_pad,
         flip=cfg.flip,
+        policy=cfg.auto_augment,
         num_classes=NUM_CLASSES[cfg.name],
         label_smoothing=cfg.label_smoothing,
         mixup=cfg.mixup,
@@ -85,7 +88,7 @@ def eval_dataset(
 
 
 def _train_batch(
-    rows: dict, *, source, seed, size, crop, scale_min, pad, flip, num_classes, label_smoothing, mixup
+    rows: dict, *, source, seed, size, crop, scale_min, pad, flip, policy, num_classes, label_smoothing, mixup
 ) -> dict:
     crops, labels_B = [], []
     for record, position in zip(pipeline.read(source, rows["index"]), rows["position"]):
@@ -98,6 +101,7 @@ def _train_batch(
                 scale_min=scale_min,
                 pad=pad,
                 flip=flip,
+                policy=policy,
             )
         )
         labels_B.append(record["label"])
@@ -136,7 +140,7 @@ def _eval_batch(rows: dict, *, source, shape, eval_crop, num_classes) -> dict:
 
 
 def _augment(
-    x_HxWxC: np.ndarray, rng: np.random.Generator, *, size, crop, scale_min, pad, flip
+    x_HxWxC: np.ndarray, rng: np.random.Generator, *, size, crop, scale_min, pad, flip, policy
 ) -> np.ndarray:
     if crop == "random_resized":
         x_SxSxC = _resize(x_HxWxC, size, _random_resized_box(rng, *x_HxWxC.shape[:2], scale_min))
@@ -148,6 +152,8 @@ def _augment(
         x_SxSxC = _resize(x_HxWxC, size)
     if flip and rng.random() < 0.5:
         x_SxSxC = x_SxSxC[:, ::-1]
+    if policy != "none":
+        x_SxSxC = auto_augment(np.ascontiguousarray(x_SxSxC), rng, policy)
     return x_SxSxC
 
 
