@@ -27,22 +27,18 @@ tragedies and four comedies/romances; held out: one tragedy (Hamlet) and one com
 held-out work has relatives in the basis but is never used to fit it. Within each work the first 90% of the
 text (by bytes) trains and the last 10% validates.
 
-The data package has no way to select works (`config.data` reads whole TFDS splits), so this script builds
-its own windows from `lax_pretrain.data.shakespeare.work_files()` and, for the duration of each run, points
-the loop's `data.make_train_iterator` / `data.make_eval_batches` at them (`use_domain`). A `data.works`
-option would make that unnecessary.
+Each run's data is `config.data.works` (the loop's own pipeline): the named works' first 90% of bytes train,
+the rest validates.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 
-import grain
 import jax
 import matplotlib
 import numpy as np
@@ -68,7 +64,7 @@ from lax_pretrain.adapters import (  # noqa: E402
     serving_bytes,
 )
 from lax_pretrain.config import llama_config  # noqa: E402
-from lax_pretrain.data.shakespeare import work_files  # noqa: E402
+from lax_pretrain.data import shakespeare  # noqa: E402
 from lax_pretrain.finetune import finetune, load_base  # noqa: E402
 from lax_pretrain.models import build  # noqa: E402
 from lax_pretrain.train import train  # noqa: E402
@@ -84,14 +80,12 @@ _RHO = flags.DEFINE_float("rho", 0.9, "Explained variance that chooses K.")
 _AUGMENT = flags.DEFINE_integer("augment", 16, "Random directions appended for the augmented EigenLoRAx run.")
 _LAYERS = flags.DEFINE_integer("layers", 2, "Blocks of the base model.")
 
-BASE_WORKS = ("henry_iv_part_1_gut", "henry_iv_part_2_gut", "henry_v_gut", "henry_vi_part_1_gut",
-              "henry_vi_part_2_gut", "henry_vi_part_3_gut", "henry_viii_gut", "john_gut", "richard_ii_gut",
-              "richard_iii_gut")
-IN_BASIS = {"macbeth": "macbeth_gut", "othello": "othello_gut", "lear": "lear_gut",
-            "romeo_and_juliet": "romeo_and_juliet_gut", "tempest": "tempest_gut",
-            "midsummer": "midsummer_nights_dream_gut", "merchant": "merchant_of_venice_gut",
-            "much_ado": "much_ado_about_nothing_gut"}
-HELD_OUT = {"hamlet": "hamlet_gut", "twelfth_night": "twelfth_night_gut"}
+BASE_WORKS = "henry_iv_part_1,henry_iv_part_2,henry_v,henry_vi_part_1,henry_vi_part_2,henry_vi_part_3,henry_viii," \
+             "john,richard_ii,richard_iii"
+IN_BASIS = {"macbeth": "macbeth", "othello": "othello", "lear": "lear", "romeo_and_juliet": "romeo_and_juliet",
+            "tempest": "tempest", "midsummer": "midsummer_nights_dream", "merchant": "merchant_of_venice",
+            "much_ado": "much_ado_about_nothing"}
+HELD_OUT = {"hamlet": "hamlet", "twelfth_night": "twelfth_night"}
 SEQ_LEN, BATCH, TRAIN_FRACTION = 128, 16, 0.9
 TARGETS = "q|v"
 
@@ -99,57 +93,18 @@ TARGETS = "q|v"
 # ----------------------------------------------------------------------------------------------- data
 
 
-class Domain:
-    """Windows of SEQ_LEN + 1 bytes of some works: the first 90% of each work trains, the last 10% validates."""
-
-    def __init__(self, works: tuple[str, ...]):
-        tok = data_lib.get_tokenizer({"name": "shakespeare"})
-        files = work_files()
-        train_ids, eval_ids = [], []
-        for work in works:
-            text = files[work].read_text("ascii")
-            cut = int(len(text) * TRAIN_FRACTION)
-            train_ids += tok.encode(text[:cut]) + [tok.eos_id]
-            eval_ids += tok.encode(text[cut:]) + [tok.eos_id]
-        self.pad_id = tok.pad_id
-        self.train_windows = self._windows(np.asarray(train_ids, np.int32), keep_tail=False)
-        self.eval_windows = self._windows(np.asarray(eval_ids, np.int32), keep_tail=True)
-        self.train_bytes, self.eval_bytes = len(train_ids), len(eval_ids)
-
-    def _windows(self, ids: np.ndarray, keep_tail: bool) -> np.ndarray:
-        width = SEQ_LEN + 1
-        n = -(-len(ids) // width) if keep_tail else len(ids) // width
-        out = np.full((n * width,), self.pad_id, np.int32)
-        out[: min(len(ids), n * width)] = ids[: n * width]
-        return out.reshape(n, width)
-
-    def _batch(self, windows_BxL1: np.ndarray) -> dict[str, np.ndarray]:
-        inputs, targets = windows_BxL1[:, :-1], windows_BxL1[:, 1:]
-        return {"inputs": inputs, "targets": targets, "weights": (targets != self.pad_id).astype(np.float32)}
-
-    def train_iterator(self, data_cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
-                       process_count: int = 1):
-        ds = grain.MapDataset.source(self.train_windows).seed(seed).shuffle().repeat()
-        ds = ds.batch(global_batch_size).map(self._batch)
-        return iter(ds.to_iter_dataset())
-
-    def eval_batches(self, data_cfg=None, *, global_batch_size: int = BATCH, process_index: int = 0,
-                     process_count: int = 1):
-        w = self.eval_windows
-        pad = (-len(w)) % global_batch_size  # top up the last batch with all-pad rows (weight 0)
-        w = np.concatenate([w, np.full((pad, w.shape[1]), self.pad_id, np.int32)])
-        return [self._batch(w[i: i + global_batch_size]) for i in range(0, len(w), global_batch_size)]
+def on_works(config, works: str):
+    """`config` training and validating on `works` (a copy)."""
+    config = config.copy_and_resolve_references()
+    config.data.update(works=works, works_train_fraction=TRAIN_FRACTION)
+    return config
 
 
-@contextlib.contextmanager
-def use_domain(domain: Domain):
-    """Points the training loop's data functions at `domain` for the duration of one run."""
-    saved = data_lib.make_train_iterator, data_lib.make_eval_batches
-    data_lib.make_train_iterator, data_lib.make_eval_batches = domain.train_iterator, domain.eval_batches
-    try:
-        yield
-    finally:
-        data_lib.make_train_iterator, data_lib.make_eval_batches = saved
+def work_bytes(works: str) -> tuple[int, int]:
+    """(train, validation) bytes of the works: the ASCII texts cut at TRAIN_FRACTION."""
+    files = shakespeare.work_files()
+    lengths = [len(files[w + "_gut"].read_text("ascii")) for w in shakespeare.parse_works(works)]
+    return sum(int(n * TRAIN_FRACTION) for n in lengths), sum(n - int(n * TRAIN_FRACTION) for n in lengths)
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -198,9 +153,8 @@ def main(argv):
     timings = {}
 
     # 1. the base
-    base_domain = Domain(BASE_WORKS)
-    with use_domain(base_domain):
-        train(run_config(_BASE_STEPS.value, _BASE_STEPS.value // 4, 3e-3, _LAYERS.value), out / "base")
+    train(on_works(run_config(_BASE_STEPS.value, _BASE_STEPS.value // 4, 3e-3, _LAYERS.value), BASE_WORKS),
+          out / "base")
     base_model, model_cfg = load_base(out / "base")
     base = (base_model, model_cfg)
     timings["base"] = time.perf_counter() - t0
@@ -208,13 +162,11 @@ def main(argv):
     # 2. in-basis LoRAs
     ft_config = run_config(steps, _EVAL_EVERY.value, 3e-3, _LAYERS.value)
     ft_config.train.seed = 100  # held-out runs: one seed for every method
-    domains = {name: Domain((work,)) for name, work in {**IN_BASIS, **HELD_OUT}.items()}
     recycled, lora_models = {}, {}
     for seed, name in enumerate(IN_BASIS, start=1):
-        config = ft_config.copy_and_resolve_references()
+        config = on_works(ft_config, IN_BASIS[name])
         config.train.seed = seed  # adapters from independent runs: their A's do not share one random init
-        with use_domain(domains[name]):
-            summary = finetune(config, base, lora_spec, out / "in_basis" / name, meta={"task": name})
+        summary = finetune(config, base, lora_spec, out / "in_basis" / name, meta={"task": name})
         lora_models[name] = summary["model"]
         recycled[name] = {p: tuple(np.asarray(f) for f in ab) for p, ab in adapter_state(summary["model"]).items()}
     timings["in-basis LoRAs"] = time.perf_counter() - t0 - sum(timings.values())
@@ -231,7 +183,8 @@ def main(argv):
     # 4. zero-shot reconstruction of in-basis adapters
     zero_shot = {}
     for name in IN_BASIS:
-        batches = domains[name].eval_batches()
+        work_data = on_works(ft_config, IN_BASIS[name]).data
+        batches = list(data_lib.make_eval_batches(work_data, global_batch_size=BATCH))
         model = build(model_cfg, rngs=nnx.Rngs(0))
         nnx.update(model, nnx.state(base_model, nnx.Param))
         base_loss = eval_loss(model, batches, "base")
@@ -256,8 +209,8 @@ def main(argv):
     for name in HELD_OUT:
         for method, (spec, b, run) in methods.items():
             workdir = out / "held_out" / name / run
-            with use_domain(domains[name]):
-                summary = finetune(ft_config, base, spec, workdir, basis=b, meta={"task": name})
+            config = on_works(ft_config, HELD_OUT[name])
+            summary = finetune(config, base, spec, workdir, basis=b, meta={"task": name})
             curves[name, method] = eval_curve(workdir)
             params[method] = trainable_count(summary["model"])
     timings["held-out runs"] = time.perf_counter() - t0 - sum(timings.values())
@@ -268,8 +221,7 @@ def main(argv):
               f"EigenLoRAx ({aug})": serving_bytes(augmented, 100, r)}
 
     total = time.perf_counter() - t0
-    sizes = {"base": (base_domain.train_bytes, base_domain.eval_bytes),
-             **{n: (d.train_bytes, d.eval_bytes) for n, d in domains.items()}}
+    sizes = {"base": work_bytes(BASE_WORKS), **{n: work_bytes(w) for n, w in {**IN_BASIS, **HELD_OUT}.items()}}
     write_report(out, k, rho, methods, curves, params, zero_shot, memory, sizes, timings, total,
                  trainable_count(lora_models[next(iter(IN_BASIS))]))
     plot(out, curves)

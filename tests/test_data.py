@@ -297,6 +297,40 @@ def test_text_iterator_resumes_exactly(data_dir):
     assert_resumes(lambda: shakespeare_iterator(data_dir))
 
 
+def test_works_select_a_domain_cut_by_bytes(data_dir):
+    """data.works: the named works alone; each work's first 90% of bytes trains, the last 10% validates."""
+    files = shakespeare.work_files()
+    hamlet, sonnets = files["hamlet_gut"].read_text("ascii"), files["sonnets_gut"].read_text("ascii")
+    tok = ByteTokenizer()
+
+    def expected_stream(part):
+        texts = [t[: int(len(t) * 0.9)] if part == "train" else t[int(len(t) * 0.9):] for t in (hamlet, sonnets)]
+        return np.concatenate([np.asarray(tok.encode(t) + [tok.eos_id], np.int32) for t in texts])
+
+    c = cfg("shakespeare", data_dir, seq_len=64, works="hamlet, sonnets")  # one validation and one train work
+    evals = list(data.make_eval_batches(c, global_batch_size=8))
+    got = np.concatenate([np.concatenate([b["inputs"][i, :1], b["targets"][i]])[: 1 + int(b["weights"][i].sum())]
+                          for b in evals for i in range(8) if b["weights"][i].sum() > 0])
+    np.testing.assert_array_equal(got, expected_stream("eval"))
+    train_stream = expected_stream("train")
+    windows = {tuple(train_stream[k * 65 : (k + 1) * 65]) for k in range(len(train_stream) // 65)}
+    for batch in take(data.make_train_iterator(c, global_batch_size=8, seed=0), 3):
+        rows = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+        assert all(tuple(r) in windows for r in rows)
+    assert_resumes(lambda: data.make_train_iterator(c, global_batch_size=8, seed=0))
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (dict(works="hamlet,macbeth_2"), "data.works"),
+    (dict(works="hamlet", works_train_fraction=1.0), "data.works_train_fraction"),
+])
+def test_bad_works(data_dir, overrides, key):
+    with pytest.raises(ValueError, match=key):
+        data.dataset_info(cfg("shakespeare", data_dir, **overrides))
+    with pytest.raises(ValueError, match="data.works='hamlet' selects Shakespeare works"):
+        data.dataset_info(cfg("fashion_mnist", data_dir, works="hamlet"))
+
+
 def test_text_process_slices(data_dir):
     assert_process_slices(lambda g, p, n: shakespeare_iterator(data_dir, g, p, n), global_batch=8)
 

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from lax_pretrain.data.shakespeare import parse_works
+
 TEXT_DATASETS = ("shakespeare", "c4")
 IMAGE_DATASETS = ("fashion_mnist", "imagenet2012")
 DATASETS = TEXT_DATASETS + IMAGE_DATASETS
@@ -15,6 +17,8 @@ _COMMON = dict(
     seq_len=256,
     tokenizer="byte",  # 'byte' or the path of a SentencePiece .model
     packing=False,  # C4 only: concatenate documents instead of truncate-or-pad (Shakespeare always packs)
+    works="",  # Shakespeare only: 'hamlet,twelfth_night' trains and validates on these works alone (a domain)
+    works_train_fraction=0.9,  # with data.works: each work's first fraction of bytes trains, the rest validates
     image_size=224,
     crop="random_resized",
     crop_scale_min=0.08,
@@ -63,6 +67,12 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
         )
     cfg.update(dict(data_cfg))
     _require(cfg.crop in CROPS, f"data.crop={cfg.crop!r} must be one of {', '.join(CROPS)}")
+    if cfg.works:
+        _require(cfg.name == "shakespeare", f"data.works={cfg.works!r} selects Shakespeare works; data.name is "
+                 f"{cfg.name!r}")
+        _require(0 < cfg.works_train_fraction < 1,
+                 f"data.works_train_fraction={cfg.works_train_fraction} must be in (0, 1)")
+        parse_works(cfg.works)
     _require(cfg.seq_len > 0, f"data.seq_len={cfg.seq_len} must be positive")
     _require(cfg.image_size > 0, f"data.image_size={cfg.image_size} must be positive")
     _require(0 < cfg.crop_scale_min <= 1, f"data.crop_scale_min={cfg.crop_scale_min} must be in (0, 1]")

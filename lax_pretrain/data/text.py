@@ -5,6 +5,7 @@ exactly where the target is a real token, so pads (short documents, eval top-up 
 
 - Shakespeare: each work of the split is tokenized once per process, works are joined with EOS and the stream
   is cut into non-overlapping windows (packing). Train drops the partial last window; eval keeps it, padded.
+  With `data.works` the stream is the named works' first `data.works_train_fraction` (train) or the rest (eval).
 - C4 (the papers' setup): each document + EOS is truncated or padded to L+1 tokens. With `data.packing` the
   documents are instead concatenated with EOS and split into full windows by grain's ConcatThenSplit; each
   process then packs its own disjoint share of the documents, so the per-process slices no longer add up to
@@ -16,7 +17,7 @@ import functools
 import grain
 import numpy as np
 
-from lax_pretrain.data import pipeline, tfds_io
+from lax_pretrain.data import pipeline, shakespeare, tfds_io
 from lax_pretrain.data.tokenizer import Tokenizer
 
 
@@ -75,14 +76,24 @@ def decode_text(text) -> str:
 _streams: dict[tuple, np.ndarray] = {}
 
 
+def _work_texts(cfg, split: str) -> list[str]:
+    """The split's works, or with data.works the selected works' train / eval parts (in the order named)."""
+    if not cfg.works:
+        return [decode_text(w["text"]) for w in sorted(tfds_io.open_split(cfg, split), key=lambda w: w["title"])]
+    names = shakespeare.parse_works(cfg.works)
+    records = {decode_text(w["work"]): decode_text(w["text"])
+               for part in ("train", "eval") for w in tfds_io.open_split(cfg, part)}
+    cuts = {name: int(len(records[name]) * cfg.works_train_fraction) for name in names}
+    return [records[n][: cuts[n]] if split == "train" else records[n][cuts[n]:] for n in names]
+
+
 def _work_stream(cfg, tok: Tokenizer, split: str) -> np.ndarray:
     """All works of the split as one token stream, EOS after each (tokenized once per process)."""
-    key = (tfds_io.data_dir(cfg), split, cfg.tokenizer)
+    key = (tfds_io.data_dir(cfg), split, cfg.tokenizer, cfg.works, cfg.works_train_fraction)
     if key not in _streams:
-        works = sorted(tfds_io.open_split(cfg, split), key=lambda work: work["title"])
         ids = []
-        for work in works:
-            ids += tok.encode(decode_text(work["text"]))
+        for text in _work_texts(cfg, split):
+            ids += tok.encode(text)
             ids.append(tok.eos_id)
         _streams[key] = np.asarray(ids, np.int32)
     return _streams[key]
