@@ -198,7 +198,7 @@ def test_concurrent_builds_share_one_result(tmp_path):
     assert [o.splitlines()[-1] for o in outputs] == ["38", "38"]
     # One built; the other waited for the lock and reused the result.
     assert sum("downloaded and prepared" in o for o in outputs) == 1
-    assert os.listdir(tmp_path / "shakespeare") == ["1.0.0"]  # no leftover incomplete.* dirs
+    assert os.listdir(tmp_path / "shakespeare") == [str(shakespeare.Shakespeare.VERSION)]  # no incomplete.* dirs
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
