@@ -19,6 +19,7 @@ loadings alone, for many-task serving from one basis).
 
 --dropout: adapter dropout acts in the train step only (`model(x, train=True)`); evaluation, sampling and the
 returned model run without it.
+
 The base's parameters reach `train` as `init_values`: each is placed straight into its sharding, never traced
 into a jit as a constant, so multi-GB bases cost no compile time.
 """

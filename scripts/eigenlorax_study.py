@@ -121,17 +121,13 @@ def run_config(steps: int, eval_every: int, lr: float, layers: int):
     return config
 
 
-_EVAL_STEPS: dict[str, callable] = {}
+@nnx.jit
+def _eval_sums(model: nnx.Module, batch: dict) -> dict:
+    return lm_eval(model, batch)
 
 
-def eval_loss(model: nnx.Module, batches: list[dict], structure: str) -> float:
-    """Validation loss; models of one `structure` (the graphdef holds the unhashable ConfigDict, so it cannot be
-    the cache key) share one compiled step."""
-    graphdef, state = nnx.split(model)
-    if structure not in _EVAL_STEPS:
-        _EVAL_STEPS[structure] = jax.jit(lambda s, b: lm_eval(nnx.merge(graphdef, s), b))
-    step = _EVAL_STEPS[structure]
-    return summarize_eval("llama", [jax.device_get(step(state, b)) for b in batches])["eval_loss"]
+def eval_loss(model: nnx.Module, batches: list[dict]) -> float:
+    return summarize_eval("llama", [jax.device_get(_eval_sums(model, b)) for b in batches])["eval_loss"]
 
 
 def eval_curve(workdir: Path) -> list[tuple[int, float]]:
@@ -187,10 +183,10 @@ def main(argv):
         batches = list(data_lib.make_eval_batches(work_data, global_batch_size=BATCH))
         model = build(model_cfg, rngs=nnx.Rngs(0))
         nnx.update(model, nnx.state(base_model, nnx.Param))
-        base_loss = eval_loss(model, batches, "base")
+        base_loss = eval_loss(model, batches)
         add_adapters(model, eigen_spec, basis=basis, loadings=project(basis, recycled[name]))
-        zero_shot[name] = (base_loss, eval_loss(lora_models[name], batches, "lora"),
-                           eval_loss(model, batches, "eigenlorax"))
+        zero_shot[name] = (base_loss, eval_loss(lora_models[name], batches),
+                           eval_loss(model, batches))
     timings["basis + zero-shot"] = time.perf_counter() - t0 - sum(timings.values())
 
     # 5. held-out works

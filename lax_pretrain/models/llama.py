@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from lax_pretrain.models.projections import dtype_of, make_projection
@@ -116,7 +117,7 @@ class Llama(nnx.Module):
     `train` switches that of adapters (LoRA dropout) on."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: the graphdef can key jit caches
         self.dtype = dtype_of(cfg.dtype, "model.dtype")
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
         std = cfg.embed_init_std

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from lax_pretrain.layers import init
@@ -86,7 +87,7 @@ class ViT(nnx.Module):
     """`model(images_BxHxWxC, *, train=False) -> logits_BxK` (float32 logits)."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: the graphdef can key jit caches
         self.dtype = dtype_of(cfg.dtype, "model.dtype")
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
         ps, c, d = cfg.patch_size, cfg.channels, cfg.d_model
