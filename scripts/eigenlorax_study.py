@@ -3,7 +3,7 @@ LaX-LoRA and EigenLoRAx on held-out works.
 
     python scripts/eigenlorax_study.py --out=runs/eigenlorax_study
 
-Measured: 14.7 min wall-clock on 2 CPU cores shared with other jobs (load ~8), 6.7 CPU-minutes of user time.
+Measured: 10.3 min wall-clock on 2 CPU cores shared with another training job.
 
 Steps (every training run goes through the one loop, `lax_pretrain.train.train`, via `finetune`):
  1. Pretrain a base nano LLaMA (d 128, 2 blocks, 4 heads, SwiGLU 344, byte tokenizer, dense) on the ten
