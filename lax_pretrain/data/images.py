@@ -3,9 +3,8 @@
 
 Train: random-resized-crop (scale [data.crop_scale_min, 1], aspect [3/4, 4/3]) or zero-pad-and-crop or a
 plain resize, then a horizontal flip, then AutoAugment (data.auto_augment, `autoaugment.py`), each drawn from
-(seed, position in the global stream), so an example's
-augmentation does not depend on the process count or a resume. Targets are one-hot, smoothed by
-data.label_smoothing, then mixed by mixup.
+(seed, position in the global stream), so an example's augmentation does not depend on the process count or a
+resume. Targets are one-hot, smoothed by data.label_smoothing, then mixed by mixup.
 
 Mixup pairs neighbouring rows (2j, 2j+1) and draws one Beta(alpha, alpha) weight per pair from
 (seed, global pair index), like timm's 'pair' mode rather than one weight per batch: a pair never straddles

@@ -55,8 +55,9 @@ def parse_works(works: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(w.strip() for w in works.split(",") if w.strip()))
     known = sorted(work_id(stem) for stem in work_files())
     unknown = [w for w in names if w not in known]
-    if unknown:
-        raise ValueError(f"data.works={works!r}: unknown work(s) {unknown}; known: {', '.join(known)}")
+    if unknown or not names:
+        what = f"unknown work(s) {unknown}" if unknown else "no work named"
+        raise ValueError(f"data.works={works!r}: {what}; known: {', '.join(known)}")
     return names
 
 
