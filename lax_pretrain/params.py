@@ -1,6 +1,6 @@
 """Parameter and FLOP accounting from an abstract (eval_shape) model: the 7B preset costs no memory.
 
-    python -m lax_pretrain.params --config=configs/llama.py:60m,kind=cola,lax=kron [--json]
+    python -m lax_pretrain.params --config=configs/llama.py:60m,kind=cola,lax=kron [--json] [--recipe]
 
 Prints one row per projection type (summed over blocks) and the totals: all parameters, non-embedding
 parameters (embedding, head, patch/position/cls and classifier excluded), LaX overhead (gates and latent
@@ -77,9 +77,7 @@ def model_stats(model_cfg: Any, seq_len: int = 256) -> ModelStats:
             continue
         # A scanned stack holds blocks 1..L-1 as one module with stacked parameters.
         copies = rest if (model_cfg.scan_layers and "rest" in path) else 1
-        lax = 0
-        if isinstance(module, FactorizedLinear) and module.spec.crossed:
-            lax = sum(m.param_count for m in (module.gate, module.latent_norm) if m is not None)
+        lax = module.lax_param_count if isinstance(module, FactorizedLinear) else 0
         row = rows.setdefault(str(path[-1]), ModuleRow(str(path[-1]), module.spec.kind, 0, 0, 0, 0))
         row.count += copies
         row.params += copies * module.param_count
@@ -126,6 +124,18 @@ def main(argv: list[str]) -> None:
     from absl import flags
 
     config = flags.FLAGS.config
+    if flags.FLAGS.recipe:
+        from ml_collections import config_flags
+
+        from lax_pretrain.recipe import flatten_overrides, format_recipe, recipe_rows
+
+        overridden = flatten_overrides(config_flags.get_override_values(flags.FLAGS["config"]))
+        rows = recipe_rows(config, overridden)
+        if flags.FLAGS.json:
+            print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        else:
+            print(format_recipe(rows))
+        return
     seq_len = config.data.get("seq_len", 256)
     stats = model_stats(config.model, seq_len)
     if flags.FLAGS.json:
@@ -140,6 +150,7 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "Recipe file and compact argument, e.g. configs/llama.py:60m")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+    flags.DEFINE_bool("recipe", False, "Print every training hyperparameter with the source it follows.")
     flags.mark_flags_as_required(["config"])
     jax.config.update("jax_platforms", "cpu")
     app.run(main)

@@ -217,7 +217,10 @@ def test_compact_strings_parse():
         spec = v.proj[name]
         got = (tuple(spec.tt_in_modes), tuple(spec.tt_out_modes), tuple(spec.tt_ranks))
         assert got == (in_modes, out_modes, ranks), name
-        assert not spec.intra
+        # The authors' TT + LaX configs: intra-layer LaX on the attention projections only.
+        assert spec.intra == (name in ("q", "k", "v", "o")), name
+    assert not any(vit_config("b16,kind=tt,lax=kron,intra=0").model.proj[n].intra for n in VIT_PROJ)
+    assert not any(vit_config("b16,kind=tt").model.proj[n].intra for n in VIT_PROJ)
 
     n = llama_config("nano,kind=tt,intra=1").model
     assert {p: n.proj[p].intra for p in LLAMA_PROJ} == {"q": True, "k": True, "v": True, "o": True,

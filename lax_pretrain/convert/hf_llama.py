@@ -159,6 +159,9 @@ def check_linear(model_cfg: Any) -> None:
         if spec.get("intra"):
             raise ValueError(f"{where}.intra=True: intra-layer LaX makes the map differ from its "
                              "materialized kernel")
+        if spec.get("latent_act"):
+            raise ValueError(f"{where}.latent_act=True: an activation on the latent is nonlinear, so the "
+                             "projection has no dense weight to export")
 
 
 def dense_params(model: Llama) -> tuple[Weights, list[Weights]]:

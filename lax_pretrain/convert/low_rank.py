@@ -120,6 +120,8 @@ def low_rank_config(model_cfg: Any, kind: str, proj: Mapping[str, dict]) -> ml_c
     cfg.linear.rank = None
     cfg.linear.crossing = "none"  # see the module docstring
     cfg.linear.intra = False
+    cfg.linear.intra_gate = False
+    cfg.linear.latent_act = None
     cfg.proj = dict(proj)
     return cfg
 

@@ -8,6 +8,7 @@ TEXT_DATASETS = ("shakespeare", "c4")
 IMAGE_DATASETS = ("fashion_mnist", "imagenet2012")
 DATASETS = TEXT_DATASETS + IMAGE_DATASETS
 CROPS = ("random_resized", "pad", "none")
+DOCUMENT_FORMATS = ("cola", "window")
 AUTO_AUGMENT = ("none", "imagenet")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs
 
@@ -17,6 +18,7 @@ _COMMON = dict(
     seq_len=256,
     tokenizer="byte",  # 'byte' or the path of a SentencePiece .model
     packing=False,  # C4 only: concatenate documents instead of truncate-or-pad (Shakespeare always packs)
+    document_format="window",  # C4 without packing: 'cola' (L tokens ending in EOS) or 'window' (data/text.py)
     works="",  # Shakespeare only: 'hamlet,twelfth_night' trains and validates on these works alone (a domain)
     works_train_fraction=0.9,  # with data.works: each work's first fraction of bytes trains, the rest validates
     image_size=224,
@@ -35,7 +37,7 @@ _COMMON = dict(
 _PER_DATASET = {
     "shakespeare": {},
     # About the papers' ~10M-token validation at their global batch of 512 x 256 tokens.
-    "c4": dict(eval_batches=80),
+    "c4": dict(eval_batches=80, document_format="cola"),
     "fashion_mnist": dict(image_size=28, crop="pad"),
     # The LaX ViT recipe (reference/recipes.md).
     "imagenet2012": dict(auto_augment="imagenet", mixup=0.2, label_smoothing=0.1, eval_crop=0.9),
@@ -66,6 +68,8 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
             f"known: {', '.join(sorted(cfg.keys()))}."
         )
     cfg.update(dict(data_cfg))
+    _require(cfg.document_format in DOCUMENT_FORMATS, f"data.document_format={cfg.document_format!r} must be one "
+             f"of {', '.join(DOCUMENT_FORMATS)}")
     _require(cfg.crop in CROPS, f"data.crop={cfg.crop!r} must be one of {', '.join(CROPS)}")
     if cfg.works:
         _require(cfg.name == "shakespeare", f"data.works={cfg.works!r} selects Shakespeare works; data.name is "

@@ -6,7 +6,11 @@ exactly where the target is a real token, so pads (short documents, eval top-up 
 - Shakespeare: each work of the split is tokenized once per process, works are joined with EOS and the stream
   is cut into non-overlapping windows (packing). Train drops the partial last window; eval keeps it, padded.
   With `data.works` the stream is the named works' first `data.works_train_fraction` (train) or the rest (eval).
-- C4 (the papers' setup): each document + EOS is truncated or padded to L+1 tokens. With `data.packing` the
+- C4 (the papers' setup), per `data.document_format`: 'cola' (default, the CoLA/GaLore code) truncates each
+  document to L tokens with the EOS kept as the last one (the T5 tokenizer appends `</s>` after truncation),
+  pads, and masks pads: the model reads L tokens and L-1 positions are predicted, as in a Hugging Face causal LM.
+  'window' truncates or pads document + EOS to L+1 tokens (L predictions; a long document loses its EOS). With
+  `data.packing` the
   documents are instead concatenated with EOS and split into full windows by grain's ConcatThenSplit; each
   process then packs its own disjoint share of the documents, so the per-process slices no longer add up to
   what a single process would load. Eval is always per document, as in the papers.
@@ -66,7 +70,8 @@ def _reader(cfg, tok: Tokenizer, split: str):
         )
         return read, len(windows_NxL1)
     source = tfds_io.open_split(cfg, split)
-    return functools.partial(_document_batch, source=source, tok=tok, seq_len=cfg.seq_len), len(source)
+    return functools.partial(_document_batch, source=source, tok=tok, seq_len=cfg.seq_len,
+                             document_format=cfg.document_format), len(source)
 
 
 def decode_text(text) -> str:
@@ -122,13 +127,21 @@ def _document_tokens(record, tok: Tokenizer) -> np.ndarray:
     return np.asarray(tok.encode(decode_text(record["text"])) + [tok.eos_id], np.int32)
 
 
-def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int) -> dict:
+def document_window(ids: np.ndarray, seq_len: int, document_format: str) -> np.ndarray:
+    """A document's tokens (EOS last) cut to what one row holds: L tokens ending in EOS ('cola'), or the
+    first L+1 ('window')."""
+    if document_format == "cola":
+        return ids if len(ids) <= seq_len else np.append(ids[: seq_len - 1], ids[-1])
+    return ids[: seq_len + 1]
+
+
+def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int, document_format: str) -> dict:
     records = pipeline.read(source, rows["index"])
     tokens_BxL1 = np.full((len(records), seq_len + 1), tok.pad_id, np.int32)
     lengths_B = np.zeros(len(records), np.int32)
     for i, record in enumerate(records):
         if record is not None:
-            ids = _document_tokens(record, tok)[: seq_len + 1]
+            ids = document_window(_document_tokens(record, tok), seq_len, document_format)
             tokens_BxL1[i, : len(ids)] = ids
             lengths_B[i] = len(ids)
     return _to_batch(tokens_BxL1, lengths_B)

@@ -19,6 +19,8 @@ from lax_pretrain.layers.spec import LinearSpec
 from lax_pretrain.nnx_compat import param
 from lax_pretrain.parallel import tp
 
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu": lambda u: jax.nn.gelu(u, approximate=False), "relu": jax.nn.relu}
+
 # Name under which every latent is tagged, so a remat policy can save exactly the latents (CoLA-M).
 LATENT_NAME = "lax_latent"
 
@@ -27,7 +29,7 @@ class FactorizedLinear(nnx.Module):
     """Base of the kinds that have a latent. `__call__(x, latent_in=None) -> (y, latent_out)`.
 
     A kind defines `encode(x_NxI) -> (u_NxR, aux)` (the pre-crossing latent and whatever `decode` needs),
-    `decode(z_NxR, aux) -> y_NxO` (no bias), optionally `activate(u)`, and the analytic
+    `decode(z_NxR, aux) -> y_NxO` (no bias), and the analytic
     `core_param_count` / `core_flops_per_token` of its factors. Kinds whose encode/decode are plain matmuls
     expose their factors through `tp_factors()` for the explicit tensor-parallel path (lax_pretrain.parallel.tp).
     """
@@ -44,7 +46,8 @@ class FactorizedLinear(nnx.Module):
             self.bias = param(init.bias(rngs.params(), spec, d_out, param_dtype), (axes[1],))
 
     def activate(self, u: jax.Array) -> jax.Array:
-        return u
+        """The latent activation (official `LatentAct`): CoLA's definition, optional for svd and tt."""
+        return ACTIVATIONS[self.spec.activation](u) if self.spec.latent_act else u
 
     def tp_factors(self) -> tuple[jax.Array, jax.Array] | None:
         """(down (d_in, r), up (r, d_out)) when encode/decode are x @ down and z @ up; None otherwise."""
@@ -75,15 +78,21 @@ class FactorizedLinear(nnx.Module):
         return v.astype(self.dtype) if self.dtype is not None else v
 
     @property
+    def lax_param_count(self) -> int:
+        """Parameters LaX adds: the crossing gate and latent norm (and, for TT, the intra-layer gates)."""
+        if not self.spec.crossed:
+            return 0
+        return sum(m.param_count for m in (self.gate, self.latent_norm) if m is not None)
+
+    @property
+    def lax_flops_per_token(self) -> int:
+        return self.gate.flops_per_token if self.spec.crossed and self.gate is not None else 0
+
+    @property
     def param_count(self) -> int:
-        n = self.core_param_count + (self.d_out if self.spec.use_bias else 0)
-        if self.spec.crossed:
-            n += self.gate.param_count if self.gate is not None else 0
-            n += self.latent_norm.param_count if self.latent_norm is not None else 0
-        return n
+        return self.core_param_count + (self.d_out if self.spec.use_bias else 0) + self.lax_param_count
 
     @property
     def flops_per_token(self) -> int:
-        """Forward matmul FLOPs per token (multiply-add = 2), including the gate."""
-        gate = self.gate.flops_per_token if self.spec.crossed and self.gate is not None else 0
-        return self.core_flops_per_token + gate
+        """Forward matmul FLOPs per token (multiply-add = 2), including the gates."""
+        return self.core_flops_per_token + self.lax_flops_per_token

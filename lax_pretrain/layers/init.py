@@ -35,6 +35,13 @@ def kaiming_uniform(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def torch_default_uniform(key: jax.Array, shape: Sequence[int], fan_in: int, dtype=jnp.float32) -> jax.Array:
+    """PyTorch's default nn.Linear / nn.Conv2d init of weight and bias alike (kaiming_uniform_(a=sqrt(5))
+    reduces to it): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 def variance_correct_std(sigma: float, internal_ranks: Sequence[int]) -> float:
     """Std of each of len(internal_ranks) + 1 factors whose chained product has entries of std sigma."""
     d = len(internal_ranks) + 1

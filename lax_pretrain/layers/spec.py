@@ -16,7 +16,7 @@ from typing import Any
 KINDS = ("dense", "svd", "cola", "tt")
 CROSSINGS = ("none", "identity", "dense", "kron")
 LATENT_NORMS = ("layernorm", "rmsnorm", "none")
-ACTIVATIONS = ("silu", "gelu")
+ACTIVATIONS = ("silu", "gelu", "relu")
 INITS = ("lax", "cola", "tt_variance")
 BIAS_INITS = ("zeros", "normal")
 TT_ORDERS = ("auto", "factor_first", "sequential")
@@ -38,7 +38,11 @@ class LinearSpec:
     crossing: LaX gate applied to the previous block's latent: 'none' | 'identity' | 'dense' | 'kron'.
     latent_norm: norm over the latent after the crossing (crossing layers only): 'layernorm' | 'rmsnorm' | 'none'.
     intra: TT intra-layer LaX (4 cores): the first input intermediate is added after the first output core.
-    activation: CoLA's latent activation ('silu' for LLaMA, exact 'gelu' for ViT).
+    intra_gate: the official `IntraResGate`: the intermediate (N, n_2, r_1) passes through a mode gate (n_2, m_1)
+        and a rank gate (r_1, r_3) before it is added (needs intra).
+    activation: the latent activation when one is applied ('silu' for LLaMA, exact 'gelu' for ViT, 'relu').
+    latent_act: apply `activation` to the latent (the official `LatentAct`); None = only for cola, whose
+        definition it is. svd or tt with latent_act=True are no longer linear maps (no `materialize()`).
     use_bias: output bias.
     init: 'lax' (official LaX ViT code), 'cola' (official CoLA LLaMA code), 'tt_variance' (variance-correct
         product init: every factor gets std sigma^(1/d) * (prod internal ranks)^(-1/(2d))).
@@ -58,7 +62,9 @@ class LinearSpec:
     crossing: str = "none"
     latent_norm: str = "layernorm"
     intra: bool = False
+    intra_gate: bool = False
     activation: str = "silu"
+    latent_act: bool | None = None
     use_bias: bool = False
     init: str = "lax"
     init_std: float | None = None
@@ -69,6 +75,11 @@ class LinearSpec:
     @property
     def crossed(self) -> bool:
         return self.crossing != "none"
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether the layer is a linear map of its input (so `materialize()` gives its kernel)."""
+        return not self.latent_act and not self.intra
 
     @property
     def latent_dim(self) -> int | None:
@@ -145,7 +156,7 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
     for key in _TUPLE_FIELDS:
         if raw.get(key) is not None:
             raw[key] = tuple(int(v) for v in raw[key])
-    s = LinearSpec(**{k: v for k, v in raw.items() if v is not None or k in ("rank", "init_std", "latent_in_dim")})
+    s = LinearSpec(**{k: v for k, v in raw.items() if v is not None or k in ("rank", "init_std", "latent_in_dim", "latent_act")})
 
     _choice(where, "kind", s.kind, KINDS)
     _choice(where, "crossing", s.crossing, CROSSINGS)
@@ -173,6 +184,16 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
             in_modes, out_modes, ranks = tt_shape(d_in, d_out, int(s.rank))
             s = s.replace(tt_in_modes=in_modes, tt_out_modes=out_modes, tt_ranks=ranks)
         _validate_tt(s, d_in, d_out, where)
+    if s.latent_act is None:
+        s = s.replace(latent_act=s.kind == "cola")
+    elif not isinstance(s.latent_act, bool):
+        raise SpecError(f"{where}.latent_act={s.latent_act!r} must be true, false or unset")
+    if s.kind == "cola" and not s.latent_act:
+        raise SpecError(f"{where}.latent_act=False: CoLA is defined by its latent activation; use kind 'svd'")
+    if s.kind == "dense" and s.latent_act:
+        raise SpecError(f"{where}.latent_act=True: a dense layer has no latent to activate")
+    if s.intra_gate and not s.intra:
+        raise SpecError(f"{where}.intra_gate=True gates the intra-layer skip: it needs intra=True")
     if s.intra and s.kind != "tt":
         raise SpecError(f"{where}.intra=True needs kind 'tt' (intra-layer LaX crosses TT core intermediates)")
     if s.intra and s.tt_order == "factor_first":

@@ -44,5 +44,8 @@ class LowRank(FactorizedLinear):
 
 class SVDLinear(LowRank):
     def materialize(self) -> jax.Array:
-        """The (d_in, d_out) kernel A B (bias excluded)."""
+        """The (d_in, d_out) kernel A B (bias excluded); only without a latent activation."""
+        if not self.spec.is_linear:
+            raise ValueError(f"{self.name}: an svd layer with latent_act=True is not a linear map; "
+                             "it has no kernel to materialize")
         return self.down[...] @ self.up[...]

@@ -42,6 +42,18 @@ class TTLinear(FactorizedLinear):
         super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
         self.p = len(spec.tt_in_modes)
         self.cores = nnx.List([param(c, CORE_AXES) for c in init.tt_cores(rngs.params(), spec, d_in, d_out, param_dtype)])
+        if spec.intra_gate:  # the official IntraResGate: (N, n_2, r_1) -> (N, m_1, r_3) through two small maps
+            (n2, m1), (r1, r3) = self.intra_gate_shapes
+            self.intra_mode_gate = param(init.kaiming_uniform(rngs.params(), (n2, m1), m1, param_dtype),
+                                         ("tt_mode", "tt_mode"))
+            self.intra_rank_gate = param(init.kaiming_uniform(rngs.params(), (r1, r3), r3, param_dtype),
+                                         ("tt_rank", "tt_rank"))
+
+    @property
+    def intra_gate_shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((n_2, m_1), (r_1, r_3)): the mode and rank maps of the gated intra-layer skip."""
+        s = self.spec
+        return (s.tt_in_modes[1], s.tt_out_modes[0]), (s.tt_ranks[1], s.tt_ranks[3])
 
     def _cores(self) -> list[jax.Array]:
         return [self.weight(c) for c in self.cores]
@@ -73,20 +85,39 @@ class TTLinear(FactorizedLinear):
             return z_NxR @ self.output_factor().astype(z_NxR.dtype)
         cores = [c.astype(z_NxR.dtype) for c in self._cores()[self.p:]]
         state = jnp.tensordot(z_NxR, cores[0], axes=([-1], [0]))   # (N, m_1, r_{p+1})
-        if self.spec.intra:  # intra-layer LaX: (N, n_2, r_1) joins (N, m_1, r_3)
+        if self.spec.intra_gate:  # gated intra-layer LaX: G_mode^T t1 G_rank per token
+            mode_gate = self.weight(self.intra_mode_gate).astype(z_NxR.dtype)
+            rank_gate = self.weight(self.intra_rank_gate).astype(z_NxR.dtype)
+            state = state + jnp.einsum("nbc,cd,be->ned", first_intermediate, rank_gate, mode_gate)
+        elif self.spec.intra:  # intra-layer LaX: (N, n_2, r_1) joins (N, m_1, r_3)
             state = state + first_intermediate
         for core in cores[1:]:
             state = jnp.tensordot(state, core, axes=([-1], [0]))  # (N, m_1, .., m_j, r)
         return state.reshape(-1, self.d_out)
 
     def materialize(self) -> jax.Array:
-        """The (d_in, d_out) kernel L R (bias excluded). Intra-layer LaX makes the map differ from it."""
+        """The (d_in, d_out) kernel L R of the cores (bias excluded). Intra-layer LaX makes the map differ from
+        it; with a latent activation the layer is not linear, and there is none."""
+        if self.spec.latent_act:
+            raise ValueError(f"{self.name}: a TT layer with latent_act=True is not a linear map; it has no kernel "
+                             "to materialize")
         return self.input_factor() @ self.output_factor()
 
     @property
     def core_param_count(self) -> int:
         modes, ranks = self.spec.tt_in_modes + self.spec.tt_out_modes, self.spec.tt_ranks
         return sum(ranks[k] * modes[k] * ranks[k + 1] for k in range(len(modes)))
+
+    @property
+    def lax_param_count(self) -> int:
+        (n2, m1), (r1, r3) = self.intra_gate_shapes if self.spec.intra_gate else ((0, 0), (0, 0))
+        return super().lax_param_count + n2 * m1 + r1 * r3
+
+    @property
+    def lax_flops_per_token(self) -> int:
+        (n2, m1), (r1, r3) = self.intra_gate_shapes if self.spec.intra_gate else ((0, 0), (0, 0))
+        # t1 (n_2, r_1) @ rank gate -> (n_2, r_3), then the mode gate -> (m_1, r_3); the skip's add is not a matmul.
+        return super().lax_flops_per_token + 2 * n2 * r3 * (r1 + m1)
 
     @property
     def core_flops_per_token(self) -> int:

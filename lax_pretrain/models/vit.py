@@ -24,6 +24,7 @@ from lax_pretrain.parallel.constraints import RESIDUAL, constrain
 
 PROJECTIONS = ("q", "k", "v", "o", "fc1", "fc2")
 LN_EPS = 1e-6
+EMBED_INITS = ("timm", "trunc_normal")
 
 
 class LayerNorm(nnx.Module):
@@ -44,6 +45,23 @@ def mlp_hidden_norm_on(cfg: Any) -> bool:
     if flag not in ("auto", "true", "false"):
         raise ValueError(f"model.mlp_hidden_norm={flag!r} is not one of auto, true, false")
     return cfg.linear.kind != "dense" if flag == "auto" else flag == "true"
+
+
+def embedding_init(kind: str, rngs: nnx.Rngs, fan_in: int, d: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(patch kernel (fan_in, D), patch bias (D,), cls token (1, 1, D)) per `model.embed_init`.
+
+    'timm'          the official LaX code (stock timm): the patch embedding is a Conv2d left at PyTorch's default
+                    init, weight and bias U(+-1/sqrt(C p^2)); cls token N(0, 1e-6).
+    'trunc_normal'  kernel and cls trunc-normal(0.02), zero patch bias (big_vision-like; our earlier default).
+    """
+    if kind == "timm":
+        return (init.torch_default_uniform(rngs.params(), (fan_in, d), fan_in, dtype),
+                init.torch_default_uniform(rngs.params(), (d,), fan_in, dtype),
+                init.normal(rngs.params(), (1, 1, d), 1e-6, dtype))
+    if kind == "trunc_normal":
+        return (init.truncated_normal(rngs.params(), (fan_in, d), 0.02, dtype), jnp.zeros((d,), dtype),
+                init.truncated_normal(rngs.params(), (1, 1, d), 0.02, dtype))
+    raise ValueError(f"model.embed_init={kind!r} is not one of {', '.join(EMBED_INITS)}")
 
 
 class VitBlock(nnx.Module):
@@ -94,9 +112,10 @@ class ViT(nnx.Module):
         if cfg.image_size % ps:
             raise ValueError(f"model.image_size={cfg.image_size} is not a multiple of model.patch_size={ps}")
         n_patches = (cfg.image_size // ps) ** 2
-        self.patch_kernel = param(init.truncated_normal(rngs.params(), (ps * ps * c, d), 0.02, pd), ("patch", "embed"))
-        self.patch_bias = param(jnp.zeros((d,), pd), ("embed",))
-        self.cls = param(init.truncated_normal(rngs.params(), (1, 1, d), 0.02, pd), (None, None, "embed"))
+        patch_kernel, patch_bias, cls = embedding_init(cfg.get("embed_init", "trunc_normal"), rngs, ps * ps * c, d, pd)
+        self.patch_kernel = param(patch_kernel, ("patch", "embed"))
+        self.patch_bias = param(patch_bias, ("embed",))
+        self.cls = param(cls, (None, None, "embed"))
         self.pos = param(init.truncated_normal(rngs.params(), (1, n_patches + 1, d), 0.02, pd), (None, None, "embed"))
         self.blocks = BlockStack(lambda first, r: VitBlock(cfg, first=first, rngs=r), cfg.num_layers,
                                  scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
