@@ -366,8 +366,40 @@ def test_text_eval_covers_validation_and_pads_with_weight_zero(data_dir):
     assert_batches_equal(limited, batches[:2])
 
 
+def test_c4_cola_format_matches_numpy(data_dir):
+    """The CoLA/GaLore rows: each document truncated to L tokens with EOS last, padded, pads masked; the model
+    reads L tokens and predicts the L-1 next ones (Hugging Face's shifted labels)."""
+    L = 64
+    c = cfg("c4", data_dir, seq_len=L)
+    assert c.document_format == "cola"  # the c4 default
+    tok = data.get_tokenizer(c)
+    source = tfds_io.open_split(c, "eval")
+    rows_in, rows_tgt, rows_w = [], [], []
+    for i in range(len(source)):
+        ids = tok.encode(text.decode_text(source[i]["text"])) + [tok.eos_id]
+        if len(ids) > L:
+            ids = ids[: L - 1] + [tok.eos_id]
+        padded = np.full(L + 1, tok.pad_id, np.int32)
+        padded[: len(ids)] = ids
+        rows_in.append(padded[:L])
+        rows_tgt.append(padded[1:])
+        rows_w.append((np.arange(L) < len(ids) - 1).astype(np.float32))
+    batches = list(data.make_eval_batches(c, global_batch_size=len(source)))
+    got = {k: np.concatenate([b[k] for b in batches])[: len(source)] for k in ("inputs", "targets", "weights")}
+    np.testing.assert_array_equal(got["inputs"], np.stack(rows_in))
+    np.testing.assert_array_equal(got["targets"], np.stack(rows_tgt))
+    np.testing.assert_array_equal(got["weights"], np.stack(rows_w))
+    lengths = got["weights"].sum(1)
+    assert lengths.min() < L - 1 and lengths.max() == L - 1  # short documents pad, long ones truncate
+    long_rows = lengths == L - 1
+    assert (got["inputs"][long_rows, -1] == tok.eos_id).all()  # a truncated document still ends in EOS
+    assert (got["weights"][:, -1] == 0).all()  # the last position predicts nothing
+    with pytest.raises(ValueError, match="data.document_format='packed'"):
+        data.dataset_info(cfg("c4", data_dir, document_format="packed"))
+
+
 def test_c4_truncate_or_pad(data_dir):
-    c = cfg("c4", data_dir, seq_len=64)
+    c = cfg("c4", data_dir, seq_len=64, document_format="window")
     tok = data.get_tokenizer(c)
     batch = next(data.make_train_iterator(c, global_batch_size=40, seed=0))
     lengths = batch["weights"].sum(1)

@@ -52,6 +52,11 @@ SPECS = {
     "tt": {**TT, "tt_order": "factor_first"},
     "tt_seq": {**TT, "tt_order": "sequential"},
     "tt_intra": TT_INTRA,
+    "tt_intra_gate": {**TT_INTRA, "intra_gate": True},
+    # The official LatentAct on kinds other than cola.
+    "svd_relu": {"kind": "svd", "rank": R, "latent_act": True, "activation": "relu"},
+    "tt_gelu": {**TT, "latent_act": True, "activation": "gelu"},
+    "tt_intra_silu": {**TT_INTRA, "latent_act": True, "activation": "silu"},
 }
 FACTORIZED = ["svd", "cola", "cola_gelu", "tt", "tt_seq"]
 CROSSINGS = ["none", "identity", "dense", "kron"]
@@ -61,7 +66,7 @@ NORMS = ["layernorm", "rmsnorm", "none"]
 # ------------------------------------------------------------------------------------------------ helpers
 
 def d_out_of(kind: str) -> int:
-    return D_OUT_INTRA if kind == "tt_intra" else D_OUT
+    return D_OUT_INTRA if kind.startswith("tt_intra") else D_OUT
 
 
 def build(kind: str, seed: int = 0, d_in: int = D_IN, d_out: int | None = None, dtype=None, **changes):
@@ -160,10 +165,12 @@ def np_norm(layer, u: np.ndarray) -> np.ndarray:
 
 
 def np_act(spec: LinearSpec, u: np.ndarray) -> np.ndarray:
-    if spec.kind != "cola":
+    if not spec.latent_act:  # validate() resolves it: True for cola, opt-in for svd and tt
         return u
     if spec.activation == "silu":
         return u / (1.0 + np.exp(-u))
+    if spec.activation == "relu":
+        return np.maximum(u, 0.0)
     return 0.5 * u * (1.0 + erf(u / math.sqrt(2.0)))  # exact GELU
 
 
@@ -185,7 +192,9 @@ def np_forward(layer, x, z_prev=None) -> tuple[np.ndarray, np.ndarray]:
 
 def np_intra_forward(layer, x, z_prev=None) -> tuple[np.ndarray, np.ndarray]:
     """methods.md 1.1 / 3.2, sequential with intra-layer LaX (4 cores):
-    t1 = X G_1; u = t1 G_2 (latent; crossing + norm); v = z G_3; v = v + t1; y = v G_4 + b."""
+    t1 = X G_1; u = t1 G_2 (latent; crossing + norm); z = act(u); v = z G_3; v = v + t1; y = v G_4 + b.
+    With intra_gate (the official IntraResGate) v = v + M^T t1 Q, M (n_2, m_1) the mode and Q (r_1, r_3) the
+    rank map."""
     g1, g2, g3, g4 = (f64(c[...]) for c in layer.cores)
     n1, n2 = layer.spec.tt_in_modes
     X = f64(x).reshape(-1, n1, n2)
@@ -193,8 +202,12 @@ def np_intra_forward(layer, x, z_prev=None) -> tuple[np.ndarray, np.ndarray]:
     u = np.einsum("tbr,rbs->ts", t1, g2)            # (tok, r_2)
     if layer.spec.crossed:
         u = np_norm(layer, u + np_gate(layer, f64(z_prev)))
-    z = u
-    v = np.einsum("ts,smc->tmc", z, g3) + t1       # (tok, m_1, r_3) + (tok, n_2, r_1)
+    z = np_act(layer.spec, u)
+    skip = t1
+    if layer.spec.intra_gate:
+        M, Q = f64(layer.intra_mode_gate[...]), f64(layer.intra_rank_gate[...])
+        skip = np.einsum("bm,tbr,rc->tmc", M, t1, Q)
+    v = np.einsum("ts,smc->tmc", z, g3) + skip     # (tok, m_1, r_3) + (tok, n_2, r_1) mapped to (tok, m_1, r_3)
     y = np.einsum("tmc,cn->tmn", v, g4[:, :, 0])    # (tok, m_1, m_2), row-major
     return y.reshape(len(X), -1) + np_bias(layer), z
 
@@ -403,10 +416,52 @@ def test_intra_layer_tt_matches_numpy(tt_order, crossing):
         assert np.abs(f64(y) - plain).max() > 0.1 * np.abs(plain).max()
 
 
+@pytest.mark.parametrize("kind", ["tt_intra_gate", "tt_intra_silu"])
+@pytest.mark.parametrize("crossing", ["none", "kron"])
+def test_gated_intra_and_latent_act_tt_match_numpy(kind, crossing):
+    prev = randomize(build(kind, seed=1), 1)
+    layer = randomize(build(kind, seed=0, crossing=crossing, use_bias=True), 0)
+    if layer.spec.intra_gate:
+        assert layer.intra_mode_gate[...].shape == (6, 6) and layer.intra_rank_gate[...].shape == (3, 3)
+    x = rand((6, D_IN), 5)
+    z_prev = np.asarray(prev(jnp.asarray(rand((6, D_IN), 6)))[1]) if crossing != "none" else None
+    y, z = layer(jnp.asarray(x), None if z_prev is None else jnp.asarray(z_prev))
+    y_ref, z_ref = np_intra_forward(layer, x, z_prev)
+    assert_close(y, y_ref)
+    assert_close(z, z_ref)
+
+
+@pytest.mark.parametrize("kind", ["svd_relu", "tt_gelu"])
+@pytest.mark.parametrize("crossing", ["none", "kron"])
+def test_latent_act_on_any_kind_matches_numpy(kind, crossing):
+    """The official LatentAct on svd and tt latents: act after the crossing and norm, before the up factor."""
+    prev, layer = crossed_pair(kind, crossing, use_bias=True)
+    x = rand((9, D_IN), 6)
+    z_prev = np.asarray(prev(jnp.asarray(rand((9, D_IN), 7)))[1]) if crossing != "none" else None
+    y, z = layer(jnp.asarray(x), None if z_prev is None else jnp.asarray(z_prev))
+    y_ref, z_ref = np_forward(layer, x, z_prev)
+    assert_close(y, y_ref)
+    assert_close(z, z_ref)
+    if layer.spec.activation == "relu":
+        assert float(jnp.min(z)) == 0.0
+    with pytest.raises(ValueError, match="not a linear map"):
+        layer.materialize()
+
+
+def test_intra_gate_counts():
+    layer = build("tt_intra_gate", crossing="kron")
+    plain = build("tt_intra", crossing="kron")
+    assert layer.param_count - plain.param_count == 6 * 6 + 3 * 3
+    assert layer.lax_param_count - plain.lax_param_count == 6 * 6 + 3 * 3
+    # (tok, n_2=6, r_1=3) @ (3, 3) then (6, 6) over the mode: 2 * 6 * 3 * (3 + 6).
+    assert layer.flops_per_token - plain.flops_per_token == 2 * 6 * 3 * (3 + 6)
+
+
 # ------------------------------------------------------------------------------------ counts and metadata
 
 COUNT_CASES = ([("dense", "none", "layernorm", b) for b in (False, True)]
-               + [(k, c, n, b) for k in ["svd", "cola", "tt", "tt_seq", "tt_intra"] for c in CROSSINGS
+               + [(k, c, n, b) for k in ["svd", "cola", "tt", "tt_seq", "tt_intra", "tt_intra_gate", "svd_relu"]
+                  for c in CROSSINGS
                   for n in NORMS for b in (False, True)])
 
 
