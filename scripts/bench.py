@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--memory_seq", type=int, default=None, help="memory: sequence length (256)")
     p.add_argument("--memory_variants", default=None, help="memory: KIND:CROSSING:REMAT,... (default "
                                                            "dense, cola, cola+cola_m, cola+full)")
+    p.add_argument("--memory_precisions", default=None, help="memory: fp32,bf16 (default fp32; bf16 = the CoLA "
+                                                             "code's pure-bf16 parameters and moments)")
     p.add_argument("--cpu_drop_remat", action="store_true",
                    help="memory: compile as XLA:CPU does by default (which drops remat)")
     a = p.parse_args(argv)
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["memory"]["seq_len"] = a.memory_seq
     if a.memory_variants:
         settings["memory"]["variants"] = memory.parse_variants(a.memory_variants)
+    if a.memory_precisions:
+        settings["memory"]["precisions"] = tuple(x.strip() for x in a.memory_precisions.split(",") if x.strip())
     if a.cpu_drop_remat:
         settings["memory"]["keep_remat_on_cpu"] = False
     command = "python scripts/bench.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

@@ -80,40 +80,54 @@ def compiled_memory(config, batch_size: int, seq_len: int, *, options: dict | No
     return m, compile_s
 
 
+def _twin(rows: list[dict], r: dict, **fields) -> dict | None:
+    """The row of the same preset that differs from `r` only in `fields`."""
+    keys = ("preset", "kind", "crossing", "remat", "precision")
+    want = {k: fields.get(k, r[k]) for k in keys}
+    return next((x for x in rows if all(x[k] == v for k, v in want.items())), None)
+
+
 def run_memory(*, presets: tuple[str, ...] = ("60m", "130m"), batch_size: int = 16, seq_len: int = 256,
-               variants=MEMORY_VARIANTS, dtype: str = "float32", tiny: bool = False, keep_remat_on_cpu: bool = True,
-               log=print) -> dict[str, Any]:
-    """Compiles every (preset, variant); returns the JSON-ready result {'suite', 'settings', 'rows', 'load'}."""
+               variants=MEMORY_VARIANTS, dtype: str = "float32", precisions: tuple[str, ...] = ("fp32",),
+               tiny: bool = False, keep_remat_on_cpu: bool = True, log=print) -> dict[str, Any]:
+    """Compiles every (preset, variant, precision); returns the JSON-ready result {'suite', 'settings', 'rows',
+    'load'}. precision 'bf16' is the CoLA code's pure-bf16 mode (bf16 parameters, gradients and moments)."""
     shrink = TINY_SHRINK if tiny else None
     options = compiler_options(keep_remat_on_cpu)
     load_before = loadavg()
     rows = []
     for preset in presets:
-        for kind, crossing, remat in variants:
-            name = memory_variant_name(kind, crossing, remat)
-            config = model_config("llama", preset, kind, crossing, dtype=dtype, extra=f"remat={remat}",
-                                  shrink=shrink)
-            stats = model_stats(config.model, seq_len)
-            mem, compile_s = compiled_memory(config, batch_size, seq_len, options=options)
-            rows.append({"preset": preset, "shrunk": bool(shrink), "name": name, "kind": kind,
-                         "crossing": crossing, "remat": remat, "dtype": dtype, "batch_size": batch_size,
-                         "seq_len": seq_len, "params": stats.total_params,
-                         "non_embedding_params": stats.non_embedding_params, "bytes": mem,
-                         "compile_s": compile_s})
-            log(f"[memory] {preset} {name}: temp {mem['temp'] / 2**20:.1f} MiB, argument "
-                f"{mem['argument'] / 2**20:.1f} MiB, output {mem['output'] / 2**20:.1f} MiB "
-                f"(compiled in {compile_s:.1f}s)")
+        for precision in precisions:
+            for kind, crossing, remat in variants:
+                name = memory_variant_name(kind, crossing, remat) + (" bf16" if precision == "bf16" else "")
+                compute = "bfloat16" if precision == "bf16" else dtype
+                config = model_config("llama", preset, kind, crossing, dtype=compute,
+                                      extra=f"remat={remat},precision={precision}", shrink=shrink)
+                stats = model_stats(config.model, seq_len)
+                mem, compile_s = compiled_memory(config, batch_size, seq_len, options=options)
+                rows.append({"preset": preset, "shrunk": bool(shrink), "name": name, "kind": kind,
+                             "crossing": crossing, "remat": remat, "dtype": compute, "precision": precision,
+                             "batch_size": batch_size, "seq_len": seq_len, "params": stats.total_params,
+                             "non_embedding_params": stats.non_embedding_params, "bytes": mem,
+                             "compile_s": compile_s})
+                log(f"[memory] {preset} {name}: temp {mem['temp'] / 2**20:.1f} MiB, argument "
+                    f"{mem['argument'] / 2**20:.1f} MiB, output {mem['output'] / 2**20:.1f} MiB "
+                    f"(compiled in {compile_s:.1f}s)")
     for r in rows:
-        same = {x["name"]: x for x in rows if x["preset"] == r["preset"]}
-        base_name = r["name"].split(" remat=")[0]
-        if r["remat"] != "none" and base_name in same:
-            r["temp_reduction_vs_no_remat"] = same[base_name]["bytes"]["temp"] / max(r["bytes"]["temp"], 1)
-        if "dense" in same:
-            r["temp_ratio_vs_dense"] = r["bytes"]["temp"] / max(same["dense"]["bytes"]["temp"], 1)
-            r["total_ratio_vs_dense"] = r["bytes"]["total"] / max(same["dense"]["bytes"]["total"], 1)
+        no_remat, dense = _twin(rows, r, remat="none"), _twin(rows, r, kind="dense", crossing="none", remat="none")
+        if r["remat"] != "none" and no_remat:
+            r["temp_reduction_vs_no_remat"] = no_remat["bytes"]["temp"] / max(r["bytes"]["temp"], 1)
+        if dense:
+            r["temp_ratio_vs_dense"] = r["bytes"]["temp"] / max(dense["bytes"]["temp"], 1)
+            r["total_ratio_vs_dense"] = r["bytes"]["total"] / max(dense["bytes"]["total"], 1)
+        fp32 = _twin(rows, r, precision="fp32")
+        if r["precision"] != "fp32" and fp32:
+            # argument = parameters + optimizer state + batch: what the pure-bf16 mode is meant to halve.
+            r["argument_ratio_vs_fp32"] = r["bytes"]["argument"] / max(fp32["bytes"]["argument"], 1)
     return {
         "suite": "memory",
         "settings": dict(presets=list(presets), batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                         precisions=list(precisions),
                          variants=[memory_variant_name(*v) for v in variants], shrunk=shrink,
                          compiler_options=options,
                          unit="bytes per device from compiled.memory_analysis() of the jitted train step "

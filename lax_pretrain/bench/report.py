@@ -271,11 +271,12 @@ def render_memory(suite: dict) -> list[str]:
              + ". MiB. total = temp + argument + output; peak est. = total - alias (donated buffers).", ""]
     lines += _table(
         ["preset", "variant", "params", "temp", "argument", "output", "total", "peak est.", "temp cut vs no remat",
-         "temp vs dense"],
+         "temp vs dense", "argument vs fp32"],
         [[r["preset"] + (" (shrunk)" if r.get("shrunk") else ""), r["name"], f"{r['params']:,}", mib(r["bytes"]["temp"]), mib(r["bytes"]["argument"]),
           mib(r["bytes"]["output"]), mib(r["bytes"]["total"]), mib(r["bytes"]["peak_estimate"]),
           _f(r.get("temp_reduction_vs_no_remat"), ".2f") + ("x" if r.get("temp_reduction_vs_no_remat") else ""),
-          _f(r.get("temp_ratio_vs_dense"), ".2f")] for r in suite["rows"]])
+          _f(r.get("temp_ratio_vs_dense"), ".2f"), _f(r.get("argument_ratio_vs_fp32"), ".3f")]
+         for r in suite["rows"]])
     return lines + [""]
 
 
