@@ -23,6 +23,7 @@ import matplotlib.image
 import pytest
 
 from lax_pretrain import compare, sweep
+from lax_pretrain.config import vit_config
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "configs" / "sweeps"
@@ -97,6 +98,13 @@ def test_llama_paper_grid():
 def test_vit_paper_and_cpu_grids():
     vit = names(SWEEPS / "vit_paper.py")
     assert len(vit) == 2 * 7 and vit[0] == "vit-b16_kind=dense" and vit[-1] == "vit-l16_kind=tt_lax=kron"
+    # The paper's TT + LaX runs get the authors' intra-layer skip on q, k, v, o (configs/vit.py's default).
+    _, vit_runs = sweep.load_sweep(SWEEPS / "vit_paper.py")
+    for run in vit_runs:
+        model = vit_config(run.config.split(":", 1)[1]).model
+        intra = {p: bool(model.proj[p].get("intra")) for p in model.proj}
+        want = "kind=tt,lax=kron" in run.config
+        assert intra == {p: want and p in ("q", "k", "v", "o") for p in model.proj}, run.name
     _, cpu = sweep.load_sweep(SWEEPS / "cpu.py")
     assert len(cpu) == 2 * (1 + 3 * 2 * 2) == 26
     cpu_names = [r.name for r in cpu]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from lax_pretrain.bench.models import model_config, synthetic_batch, train_step_parts
 from lax_pretrain.bench.timing import loadavg
-from lax_pretrain.params import model_stats
+from lax_pretrain.models.stats import model_stats
 
 # (kind, crossing, remat)
 MEMORY_VARIANTS = (("dense", "none", "none"), ("cola", "none", "none"), ("cola", "none", "cola_m"),
