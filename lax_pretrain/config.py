@@ -266,3 +266,14 @@ def vit_config(arg: str | None) -> ml_collections.ConfigDict:
         c.train.update(steps=375_300, batch_size=1024, eval_every=5000, checkpoint_every=5000)  # 300 epochs
         c.optim.update(warmup_steps=12_510, warmup_init_lr=1e-5)  # 10 epochs of 1.28M images at 1024, from 1e-5
     return c
+
+
+RECIPES = {"llama": llama_config, "vit": vit_config}
+
+
+def recipe_config(family: str, arg: str) -> ml_collections.ConfigDict:
+    """The recipe config of `family` for a compact argument (what configs/<family>.py:ARG gives)."""
+    if family not in RECIPES:
+        raise ValueError(f"no recipe for model family {family!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[family](arg)
+

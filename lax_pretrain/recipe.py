@@ -14,13 +14,18 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
-LLAMA_PAPER_PRESETS = ("60m", "130m", "350m", "1b", "7b")
-VIT_PAPER_PRESETS = ("b16", "l16")
+# Per family: the presets the papers define (nano, tiny and s16 are ours), and
+# the sources of the per-projection rows.
+PAPER_PRESETS = {"llama": ("60m", "130m", "350m", "1b", "7b"), "vit": ("b16", "l16")}
+SHAPE_SOURCES = {"llama": "CoLA configs: rank of the preset", "vit": "LaX ViT configs: rank / TT shapes"}
+INTRA_SOURCES = {"llama": "ours: intra-layer LaX off unless intra=1",
+                 "vit": "LaX ViT TT + LaX configs: intra-layer LaX on q, k, v, o"}
+COLUMN = {"llama": 0, "vit": 1}  # which source of a _SOURCES pair applies
 
 COLA_SCRIPT = "CoLA code: the LLaMA-{preset} script"
 GALORE = "GaLore/CoLA protocol"
 TIMM = "LaX ViT code (timm defaults)"
-OURS_CPU = "ours: the {preset} CPU preset"
+OURS_CPU = "ours: the {preset} preset"
 LAX_PAPER = "LaX paper (kron gate in every released LaX config)"
 
 # key -> (LLaMA source, ViT source); None where the key does not apply to the family. The CPU presets (nano,
@@ -98,18 +103,14 @@ def _precision_source(config: Any) -> str:
 
 def _projection_rows(config: Any) -> list[RecipeRow]:
     m = config.model
-    paper = m.preset in (LLAMA_PAPER_PRESETS if m.family == "llama" else VIT_PAPER_PRESETS)
-    shape_source = ("CoLA configs: rank of the preset" if m.family == "llama" else "LaX ViT configs: rank / TT shapes") \
-        if paper else OURS_CPU.format(preset=m.preset)
+    shape_source = SHAPE_SOURCES[m.family] if m.preset in PAPER_PRESETS[m.family] else OURS_CPU.format(preset=m.preset)
     rows = []
     for name, spec in (m.get("proj") or {}).items():
         for key in ("rank", "tt_in_modes", "tt_out_modes", "tt_ranks"):
             if spec.get(key) is not None:
                 rows.append(RecipeRow(f"model.proj.{name}.{key}", spec[key], shape_source))
         if m.linear.kind == "tt":
-            intra_source = ("LaX ViT TT + LaX configs: intra-layer LaX on q, k, v, o" if m.family == "vit"
-                            else "ours: intra-layer LaX off unless intra=1")
-            rows.append(RecipeRow(f"model.proj.{name}.intra", bool(spec.get("intra")), intra_source))
+            rows.append(RecipeRow(f"model.proj.{name}.intra", bool(spec.get("intra")), INTRA_SOURCES[m.family]))
     return rows
 
 
@@ -125,10 +126,10 @@ def recipe_rows(config: Any, overridden: Collection[str] = ()) -> list[RecipeRow
     """Every training hyperparameter of `config` with its source; keys in `overridden` (dotted, as given on
     the command line) are marked as such, with the recipe's source kept beside them."""
     family, preset = config.model.family, config.model.preset
-    cpu_preset = preset not in (LLAMA_PAPER_PRESETS if family == "llama" else VIT_PAPER_PRESETS + ("s16",))
+    cpu_preset = preset not in PAPER_PRESETS[family]
     rows = []
     for key, sources in _SOURCES.items():
-        source = sources[0 if family == "llama" else 1]
+        source = sources[COLUMN[family]]
         if source is None:
             continue
         if cpu_preset and key in CPU_PRESET_KEYS[family]:

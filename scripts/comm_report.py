@@ -48,7 +48,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from lax_pretrain.parallel import make_mesh  # noqa: E402
 from lax_pretrain.parallel.comm import KINDS, comm_report  # noqa: E402
-from lax_pretrain.parallel.programs import compile_block_step, compile_train_step  # noqa: E402
+from lax_pretrain.models import get_task  # noqa: E402
+from lax_pretrain.train.program import build_program, compile_block_step  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Recipe file and compact argument, e.g. configs/llama.py:60m")
 flags.DEFINE_string("mesh", None, "DATA,FSDP,TENSOR mesh sizes (e.g. 2,2,2)")
@@ -69,18 +70,15 @@ def report(config, mesh_sizes: tuple[int, int, int], *, block_only: bool) -> dic
         raise SystemExit(f"train.batch_size={config.train.batch_size} is not divisible by the data axes "
                          f"(mesh data x fsdp = {data_ways})")
     mesh = make_mesh(config.mesh)
-    compiled = (compile_block_step if block_only else compile_train_step)(config, mesh)
+    if block_only:
+        compiled = compile_block_step(config, mesh)
+    else:  # the train step train() runs, built by the same program builder, abstract
+        compiled = build_program(config, mesh, abstract=True).lower_train_step().compile()
     out = {"config": config.get("name", ""), "mesh": list(mesh_sizes), "block_only": block_only,
            "tp_impl": config.parallel.tp_impl, "batch_size": config.train.batch_size,
-           "seq_len": _tokens_per_example(config.model, config.data), "backend": jax.default_backend()}
+           "seq_len": get_task(config.model).tokens_per_example(config.model, config.data.get("seq_len", 0)), "backend": jax.default_backend()}
     out.update(comm_report(compiled))
     return out
-
-
-def _tokens_per_example(model_cfg, data_cfg) -> int:
-    if model_cfg.family == "llama":
-        return data_cfg.seq_len
-    return (model_cfg.image_size // model_cfg.patch_size) ** 2 + 1  # patches + cls
 
 
 def _mib(n: int) -> str:

@@ -38,7 +38,7 @@ from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS as LLAMA_PROJ
 from lax_pretrain.models.llama import head_dim, rope_tables
 from lax_pretrain.models.vit import PROJECTIONS as VIT_PROJ
-from lax_pretrain.params import model_stats
+from lax_pretrain.models.stats import model_stats
 
 TOL = 1e-5
 M = 1e6

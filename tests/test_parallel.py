@@ -35,10 +35,10 @@ from lax_pretrain.models import build
 from lax_pretrain.parallel import (batch_shardings, make_mesh, place_values, rules_from_config, sharded_init,
                                    sharding_context)
 from lax_pretrain.parallel.comm import _ARRAY, _array_bytes, comm_report, count_collectives
-from lax_pretrain.parallel.programs import compile_block_step
 from lax_pretrain.train import train
 from lax_pretrain.train.metrics import read_metrics
-from lax_pretrain.train.tasks import lm_loss
+from lax_pretrain.models.tasks import lm_loss
+from lax_pretrain.train.program import compile_block_step
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")

@@ -21,7 +21,7 @@ from flax import nnx
 
 from lax_pretrain.config import llama_config, vit_config
 from lax_pretrain.models import build
-from lax_pretrain.params import model_stats
+from lax_pretrain.models.stats import model_stats
 from lax_pretrain.recipe import recipe_rows
 from lax_pretrain.train.optimizer import _names, decay_mask, make_optimizer
 

@@ -28,6 +28,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as cc
 
 import lax_pretrain.train.loop as loop
+import lax_pretrain.train.program as program_lib
 from lax_pretrain.config import llama_config, vit_config
 from lax_pretrain.data import tfds_io
 from lax_pretrain.data.config import FASHION_MNIST_DIR
@@ -354,7 +355,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     the loss function never sees the step index) stops the run with FloatingPointError; the checkpoint due at
     that very step is not written, the newest one left is from before the NaN, and a fresh run resumes
     there."""
-    jit_train_step = loop.jit_train_step
+    jit_train_step = program_lib.jit_train_step
 
     def diverging(*args, **kwargs):
         step_fn = jit_train_step(*args, **kwargs)
@@ -368,7 +369,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
 
         return step
 
-    monkeypatch.setattr(loop, "jit_train_step", diverging)
+    monkeypatch.setattr(program_lib, "jit_train_step", diverging)
     # log every 4, checkpoint every 5: no log at step 15, so it is the pre-save check that catches the NaN.
     workdir = tmp_path / "run"
     message = rf"loss became nan at step {NAN_STEP}\b.*last good checkpoint \(step 10\)"
@@ -380,7 +381,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     step, params = newest_checkpoint(workdir)
     assert step == 10 and all(np.isfinite(v).all() for v in params.values())
 
-    monkeypatch.setattr(loop, "jit_train_step", jit_train_step)
+    monkeypatch.setattr(program_lib, "jit_train_step", jit_train_step)
     summary = train(llama(data_dir), workdir)
     assert summary["start_step"] == 10 and summary["status"] == "done" and summary["step"] == STEPS
     assert all(np.isfinite(v).all() for v in host(summary["final_params"]).values())

@@ -1,7 +1,7 @@
 """Memory suite: per-device memory of the train step from XLA's buffer assignment, compile only (nothing runs).
 
-For each scale, the real train step (`make_train_step` + `jax.jit`, parameters and optimizer state donated) is
-lowered with abstract inputs (`ShapeDtypeStruct`s: no parameter is allocated) and compiled for the local
+For each scale, the real train step (`train.program.build_program`, the loop's own program; parameters and
+optimizer state donated) is lowered with abstract inputs (`ShapeDtypeStruct`s: no parameter is allocated) and compiled for the local
 backend; `compiled.memory_analysis()` gives
     temp      activations and other intermediates (what remat trades for recomputation),
     argument  parameters + optimizer state + batch,
@@ -24,9 +24,8 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from lax_pretrain.bench.models import model_config, synthetic_batch, train_step_parts
+from lax_pretrain.bench.models import model_config, step_program
 from lax_pretrain.bench.timing import loadavg
 from lax_pretrain.models.stats import model_stats
 
@@ -63,11 +62,9 @@ def compiler_options(keep_remat_on_cpu: bool = True) -> dict[str, str]:
 def compiled_memory(config, batch_size: int, seq_len: int, *, options: dict | None = None
                     ) -> tuple[dict[str, int], float]:
     """({temp, argument, output, alias, generated_code, total, peak_estimate} bytes, compile seconds)."""
-    step, trainable, opt_state, frozen = train_step_parts(config, abstract=True)
-    batch = jax.eval_shape(lambda: synthetic_batch(config.model, batch_size, seq_len))
+    lowered = step_program(config, batch_size, seq_len, abstract=True).lower_train_step()
     t0 = time.perf_counter()
-    compiled = step.lower(trainable, opt_state, frozen, batch, jax.ShapeDtypeStruct((), jnp.int32)).compile(
-        compiler_options=options or None)
+    compiled = lowered.compile(compiler_options=options or None)
     compile_s = time.perf_counter() - t0
     ma = compiled.memory_analysis()
     if ma is None:

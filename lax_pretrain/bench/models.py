@@ -1,10 +1,11 @@
-"""Model suite: the real train step (`make_train_step` + `jax.jit`, parameters and optimizer state donated) of
-LLaMA and ViT models in every kind, with and without LaX (kron), on synthetic random batches.
+"""Model suite: the real train step (`train.program.build_program`, the program `train()` runs; parameters and
+optimizer state donated) of LLaMA and ViT models in every kind, with and without LaX (kron), on synthetic
+random batches.
 
 For each case (family, preset, batch) every variant is compiled ahead of time, then all are timed side by side
 (`timing.time_interleaved`: warm-up, `block_until_ready`, round-robin repeats, medians). Reported per variant:
 step time (median, min/max, IQR), tokens/s (LLaMA) or images/s (ViT), TFLOP/s from the analytic training
-FLOPs (`lax_pretrain.params.model_stats`, 3x forward), MFU where the device's peak is known
+FLOPs (`lax_pretrain.models.stats.model_stats`, 3x forward), MFU where the device's peak is known
 (`train.mfu.device_peak_flops`; none on CPU), and the ratios against the dense model and against the same
 low-rank model without LaX.
 
@@ -14,23 +15,21 @@ in full but the parameters do not drift, so random data cannot blow the loss up 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
-from lax_pretrain.config import llama_config, vit_config
-from lax_pretrain.models import build
-from lax_pretrain.params import model_stats
+from lax_pretrain.config import recipe_config
+from lax_pretrain.models import TASKS, get_task
+from lax_pretrain.models.stats import model_stats
+from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train.mfu import device_peak_flops
-from lax_pretrain.train.optimizer import make_optimizer
-from lax_pretrain.train.step import make_train_step
-from lax_pretrain.train.tasks import TASKS
+from lax_pretrain.train.program import Program, build_program
 
 # (kind, crossing): every kind, low-rank ones with and without LaX (kron).
 MODEL_VARIANTS = (("dense", "none"), ("svd", "none"), ("svd", "kron"), ("cola", "none"), ("cola", "kron"),
@@ -54,7 +53,7 @@ class Case:
     @property
     def label(self) -> str:
         tag = "" if not self.shrink else "-shrunk"
-        shape = f"{self.batch_size}x{self.seq_len}" if self.family == "llama" else f"{self.batch_size}"
+        shape = f"{self.batch_size}x{self.seq_len}" if get_task(self.family).counts_tokens else f"{self.batch_size}"
         return f"{self.family}-{self.preset}{tag} (batch {shape})"
 
 
@@ -76,8 +75,8 @@ def parse_cases(text: str) -> list[Case]:
     cases = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         parts = item.split(":")
-        if len(parts) != 3 or parts[0] not in ("llama", "vit"):
-            raise ValueError(f"case {item!r}: expected FAMILY:PRESET:BATCH[xSEQ] with FAMILY llama or vit")
+        if len(parts) != 3 or parts[0] not in TASKS:
+            raise ValueError(f"case {item!r}: expected FAMILY:PRESET:BATCH[xSEQ] with FAMILY one of {', '.join(TASKS)}")
         batch, _, seq = parts[2].partition("x")
         cases.append(Case(parts[0], parts[1], int(batch), int(seq) if seq else 256))
     return cases
@@ -89,13 +88,8 @@ def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank:
     latent bond: the spec derives the 4-core `tt_shape` for the new widths)."""
     m = config.model
     m.d_model, m.num_layers, m.num_heads = d_model, num_layers, num_heads
-    if m.family == "llama":
-        m.num_kv_heads = num_heads
-        m.ffn_dim = ffn_dim or m.ffn_dim
-        if vocab_size:
-            m.vocab_size = vocab_size
-    else:
-        m.mlp_dim = mlp_dim or m.mlp_dim
+    widths = {"num_kv_heads": num_heads, "ffn_dim": ffn_dim, "mlp_dim": mlp_dim, "vocab_size": vocab_size}
+    m.update({k: v for k, v in widths.items() if v and k in m})  # each family has its own subset
     if m.linear.kind != "dense":  # svd/cola rank, TT latent bond (the spec derives the TT shape per width)
         for name in list(m.proj):
             intra = bool(m.proj[name].get("intra", False))
@@ -107,52 +101,20 @@ def model_config(family: str, preset: str, kind: str, crossing: str, *, dtype: s
                  extra: str = "", shrink: dict | None = None):
     """The recipe config of one variant (compact grammar of `lax_pretrain.config`), optionally shrunk."""
     arg = f"{preset},kind={kind},lax={crossing},dtype={dtype}" + (f",{extra}" if extra else "")
-    config = (llama_config if family == "llama" else vit_config)(arg)
+    config = recipe_config(family, arg)
     if shrink:
-        keys = dict(shrink)
-        if family == "vit":
-            keys.pop("ffn_dim", None)
-            keys.pop("vocab_size", None)
-        else:
-            keys.pop("mlp_dim", None)
-        shrink_model(config, **keys)
+        shrink_model(config, **shrink)
     return config
 
 
-def synthetic_batch(model_cfg, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, jax.Array]:
-    """Random data in the pipelines' formats (see data/text.py, data/images.py)."""
-    rng = np.random.default_rng(seed)
-    if model_cfg.family == "llama":
-        v = model_cfg.vocab_size
-        return {"inputs": jnp.asarray(rng.integers(0, v, (batch_size, seq_len), dtype=np.int32)),
-                "targets": jnp.asarray(rng.integers(0, v, (batch_size, seq_len), dtype=np.int32)),
-                "weights": jnp.ones((batch_size, seq_len), jnp.float32)}
-    s, c, k = model_cfg.image_size, model_cfg.channels, model_cfg.num_classes
-    labels = rng.integers(0, k, batch_size).astype(np.int32)
-    return {"images": jnp.asarray(rng.uniform(-1, 1, (batch_size, s, s, c)).astype(np.float32)),
-            "labels": jnp.asarray(labels), "targets": jnp.asarray(np.eye(k, dtype=np.float32)[labels]),
-            "weights": jnp.ones((batch_size,), jnp.float32)}
-
-
-def train_step_parts(config, *, seed: int = 0, abstract: bool = False):
-    """(jitted step, trainable, opt_state, frozen) exactly as the training loop builds them (single device).
-
-    The model is initialised eagerly (the loop jits its init under the mesh's shardings; on one device that is
-    the same values, and eager op dispatch is cached across variants where a jitted init compiles anew each
-    time). abstract=True gives ShapeDtypeStruct leaves (compile-only memory analysis) and allocates nothing."""
-    family = config.model.family
-    loss_fn = TASKS[family][0]
-    make = lambda: build(config.model, rngs=nnx.Rngs(params=seed, dropout=seed))  # noqa: E731
-    graphdef, abs_train, abs_frozen = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    tx, schedule = make_optimizer(config.optim, config.train.steps)
-    if abstract:
-        trainable, frozen = abs_train, abs_frozen
-        opt_state = jax.eval_shape(tx.init, trainable)
-    else:
-        _, trainable, frozen = nnx.split(make(), nnx.Param, ...)
-        opt_state = tx.init(trainable)
-    step = make_train_step(graphdef, frozen, loss_fn, tx, schedule, grad_accum=1, dropout_seed=seed)
-    return jax.jit(step, donate_argnums=(0, 1)), trainable, opt_state, frozen
+def step_program(config, batch_size: int, seq_len: int, *, seed: int = 0, abstract: bool = False) -> Program:
+    """The train step exactly as `train()` builds it (`train.program.build_program`), on one device so every
+    number is per device; `abstract=True` allocates nothing (compile-only memory analysis)."""
+    config = copy.deepcopy(config)
+    config.mesh.update(data=1, fsdp=1, tensor=1, num_devices=1)
+    config.train.update(batch_size=batch_size, seed=seed, grad_accum=1)
+    config.data.seq_len = seq_len
+    return build_program(config, make_mesh(config.mesh), abstract=abstract)
 
 
 class _Stepper:
@@ -178,12 +140,13 @@ def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: i
         name = variant_name(kind, crossing)
         config = model_config(case.family, case.preset, kind, crossing, dtype=dtype, shrink=case.shrink)
         stats = model_stats(config.model, case.seq_len)
-        step, trainable, opt_state, frozen = train_step_parts(config, seed=seed)
-        batch = synthetic_batch(config.model, case.batch_size, case.seq_len, seed)
+        program = step_program(config, case.batch_size, case.seq_len, seed=seed)
+        batch = jax.device_put(program.task.batch(config.model, case.batch_size, case.seq_len, seed),
+                               program.batch_shardings)
         t0 = time.perf_counter()
-        compiled = step.lower(trainable, opt_state, frozen, batch, jnp.zeros((), jnp.int32)).compile()
+        compiled = program.lower_train_step().compile()
         compile_s = time.perf_counter() - t0
-        steppers[name] = _Stepper(compiled, trainable, opt_state, frozen, batch)
+        steppers[name] = _Stepper(compiled, program.params, program.opt_state, program.frozen, batch)
         meta[name] = dict(kind=kind, crossing=crossing, stats=stats, compile_s=compile_s)
         log(f"[models] {case.label} {name}: compiled in {compile_s:.1f}s")
     timings = time_interleaved(steppers, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
@@ -203,7 +166,7 @@ def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: i
             "train_flops_per_token": stats.train_flops_per_token,
             "train_flops_per_step": stats.train_flops_per_token * tokens_per_example * case.batch_size,
             "step_time": st.to_json(), "step_time_s": st.median,
-            "tokens_per_s": tokens_per_s, "images_per_s": examples_per_s if case.family == "vit" else None,
+            "tokens_per_s": tokens_per_s, "images_per_s": None if get_task(case.family).counts_tokens else examples_per_s,
             "tflops_per_s": tflops,
             "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
             "peak_flops": peak, "device_kind": device_kind, "compile_s": m["compile_s"],
@@ -241,7 +204,7 @@ def run_models(*, cases: list[Case] | None = None, variants=MODEL_VARIANTS, repe
                      "(lax_pretrain.train.mfu.PEAK_BF16_FLOPS; CPUs have none).")
     elif dtype != "bfloat16":
         notes.append(f"MFU is against the bf16 peak ({peak / 1e12:.0f} TFLOP/s) while computing in {dtype}.")
-    notes.append("FLOPs: analytic (params.model_stats), training = 3 x forward, attention counted unmasked.")
+    notes.append("FLOPs: analytic (models.stats.model_stats), training = 3 x forward, attention counted unmasked.")
     return {
         "suite": "models",
         "settings": dict(cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],

@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +23,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from lax_pretrain import data as data_lib
-from lax_pretrain.models import build
-from lax_pretrain.parallel import (batch_shardings, make_mesh, place_values, rules_from_config, sharded_init,
-                                   sharding_context)
-from lax_pretrain.params import model_stats
+from lax_pretrain.models.stats import model_stats
+from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
 from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
-from lax_pretrain.train.optimizer import make_optimizer
-from lax_pretrain.train.step import jit_train_step, make_eval_step, make_train_step
-from lax_pretrain.train.tasks import TASKS, summarize_eval
+from lax_pretrain.train.program import ModelFactory, build_program
 from lax_pretrain.train.validate import prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
-
-ModelFactory = Callable[[nnx.Rngs], nnx.Module]
-
 
 class _Preemption:
     """SIGTERM sets a flag; the loop checkpoints at the next step boundary and returns."""
@@ -75,29 +68,12 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
     mesh = make_mesh(config.mesh)
     data_info = validate_config(config, mesh)  # every config error before anything compiles
     prepare_workdir(workdir, config)
-    rules = rules_from_config(config.parallel)
-    family = config.model.family
-    loss_fn, eval_fn = TASKS[family]
     t_cfg = config.train
-    model_factory = model_factory or (lambda rngs: build(config.model, rngs=rngs))
-
     stats = model_stats(config.model, data_info.get("seq_len", 0))
-    graphdef, init_state, (train_sh, frozen_sh) = sharded_init(model_factory, mesh, rules, seed=t_cfg.seed,
-                                                               trainable=trainable)
-    unknown = set(init_values or ()) - {path for sh in (train_sh, frozen_sh) for path, _ in nnx.to_flat_state(sh)}
-    if unknown:
-        raise ValueError(f"init_values has {len(unknown)} paths the model does not, e.g. "
-                         f"{sorted('/'.join(map(str, p)) for p in unknown)[:3]}")
-    # Everything traced below (init, steps, eval) sees the mesh, the rules table and the TP implementation.
-    with sharding_context(mesh, rules, config.parallel.tp_impl):
-        params, frozen = init_state()
-        if init_values:
-            params = place_values(params, train_sh, init_values)
-            frozen = place_values(frozen, frozen_sh, init_values)
-        tx, schedule = make_optimizer(config.optim, t_cfg.steps)
-        opt_state = jax.jit(tx.init)(params)
-        opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
-
+    program = build_program(config, mesh, model_factory=model_factory, trainable=trainable, init_values=init_values)
+    task, params, frozen, opt_state = program.task, program.params, program.frozen, program.opt_state
+    # Everything traced below (steps, eval) sees the mesh, the rules table and the TP implementation.
+    with program.context():
         train_it = data_lib.make_train_iterator(config.data, global_batch_size=t_cfg.batch_size, seed=t_cfg.seed,
                                                 process_index=jax.process_index(),
                                                 process_count=jax.process_count())
@@ -112,19 +88,14 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
 
         data_state = train_it.get_state()  # before the first batch: what a checkpoint at `start` holds
         batch = next(train_it)
-        batch_sh = batch_shardings(batch, mesh, rules)
-        step_fn = jit_train_step(
-            make_train_step(graphdef, frozen, loss_fn, tx, schedule, grad_accum=t_cfg.grad_accum,
-                            dropout_seed=t_cfg.seed), train_sh, opt_sh, frozen_sh, batch_sh)
+        batch_sh, step_fn = program.batch_shardings, program.train_step
         eval_batches = list(data_lib.make_eval_batches(config.data, global_batch_size=t_cfg.batch_size,
                                                         process_index=jax.process_index(),
                                                         process_count=jax.process_count()))
-        eval_sh = batch_shardings(eval_batches[0], mesh, rules)
-        eval_step = make_eval_step(graphdef, eval_fn, train_sh, frozen_sh, eval_sh)
 
         def evaluate(p) -> dict[str, float]:
-            sums = [jax.device_get(eval_step(p, frozen, _to_global(b, eval_sh))) for b in eval_batches]
-            return summarize_eval(family, sums)
+            sums = [jax.device_get(program.eval_step(p, frozen, _to_global(b, batch_sh))) for b in eval_batches]
+            return task.summarize(sums)
 
         peak, device_kind = device_peak_flops()
         n_dev = mesh.size
@@ -176,8 +147,7 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                                   "grad_norm": float(host["grad_norm"]), "tflops_per_s": tflops,
                                   "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
                                   "time": time.time()}
-                        record["tokens_per_s" if family == "llama" else "images_per_s"] = (
-                            tokens_per_s if family == "llama" else examples_per_s)
+                        record[task.throughput_key] = task.throughput(examples_per_s, tokens_per_example)
                         writer.write(record)
                         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                         window_start, window_steps = time.perf_counter(), 0

@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lax_pretrain import data as data_lib
-from lax_pretrain.models import build
+from lax_pretrain.models import build, get_task
 from lax_pretrain.parallel.constraints import check_tp_impl
 from lax_pretrain.train.metrics import WANDB_MODES
 
@@ -43,15 +43,14 @@ def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
     info = data_lib.dataset_info(config.data)  # unknown data.name / bad data keys fail here
     data_lib.ensure_available(config.data)  # builds embedded data; unprepared C4/ImageNet fail here
     m = config.model
-    if m.family == "llama":
-        if info["kind"] != "text":
-            raise ValueError(f"data.name={config.data.name!r} is an image dataset; model.family 'llama' needs text")
-        if m.vocab_size < info["vocab_size"]:
-            raise ValueError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary "
-                             f"({info['vocab_size']}, data.tokenizer={config.data.tokenizer!r})")
-    elif m.family == "vit":
-        if info["kind"] != "image":
-            raise ValueError(f"data.name={config.data.name!r} is a text dataset; model.family 'vit' needs images")
+    task = get_task(m)  # an unknown model.family fails here
+    if info["kind"] != task.data_kind:
+        raise ValueError(f"data.name={config.data.name!r} is a {info['kind']} dataset; model.family {m.family!r} "
+                         f"needs {task.data_kind}")
+    if "vocab_size" in info and m.vocab_size < info["vocab_size"]:
+        raise ValueError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary "
+                         f"({info['vocab_size']}, data.tokenizer={config.data.tokenizer!r})")
+    if "image_shape" in info:
         h, w, c = info["image_shape"]
         if (m.image_size, m.image_size, m.channels) != (h, w, c):
             raise ValueError(f"model.image_size/channels = {m.image_size}x{m.image_size}x{m.channels} do not match "

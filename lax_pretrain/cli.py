@@ -1,0 +1,146 @@
+"""What every command line shares: flags on a private `FlagValues`, one-line errors and exit status 2.
+
+Each entry point (`lax-train`, `lax-sample`, ...) is a module with its flags at module level and an importable
+`main(argv=None) -> int`:
+
+    FLAGS = cli.new_flags()
+    flags.DEFINE_string("workdir", None, "...", flag_values=FLAGS)
+
+    def _run(fv) -> None: ...                     # the command's work, reading fv.workdir
+    def main(argv=None) -> int: return cli.run(_run, FLAGS, argv)
+
+    if __name__ == "__main__":
+        sys.exit(main())
+
+`argv` is the arguments after the program name, as for argparse; None means this process's command line.
+A private `FlagValues` per command means importing several commands into one process (tests, notebooks)
+defines nothing globally and never collides. A configuration or data error (ValueError, FileNotFoundError,
+a flag that does not parse, a `--config.a.b` override of a key the config lacks) prints one line
+`error: ...` naming the key and returns 2, with no traceback; `--verbose` re-raises it with the traceback.
+`--help` prints the command module's docstring and its flags.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import flags
+from absl import logging as absl_logging
+from ml_collections.config_flags.config_flags import is_config_flag
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
+HELP = ("--help", "-h", "--helpshort", "--helpfull")
+
+
+def new_flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_bool("verbose", False, "Show the full traceback of a configuration or data error.",
+                      flag_values=fv)
+    return fv
+
+
+def run(work: Callable[..., object], fv: flags.FlagValues, argv: Sequence[str] | None = None, *,
+        positional: bool = False) -> int:
+    """Parses `argv` into `fv`, runs `work(fv)` (`work(fv, args)` with the positional arguments if
+    `positional`), and turns user errors into one line on stderr and exit status 2."""
+    if argv is None:
+        argv = list(sys.argv)
+        _own_process()
+    else:
+        argv = [sys.argv[0], *argv]
+    if any(a in HELP for a in argv[1:]):
+        print(_help(work, fv))
+        return 0
+    verbose = "--verbose" in argv
+    defined = set(fv)
+    try:
+        try:
+            args = _parse(fv, argv)
+            if args and not positional:
+                raise flags.Error(f"unexpected argument {args[0]!r} (flags are spelt --name=value)")
+        except flags.Error as e:
+            if verbose:
+                raise
+            return _fail(e)
+        try:
+            if positional:
+                work(fv, args)
+            else:
+                work(fv)
+        except USER_ERRORS as e:
+            if fv.verbose:
+                raise
+            return _fail(e)
+    finally:
+        fv.unparse_flags()  # a second in-process call starts from the defaults
+        for name in set(fv) - defined:  # the `--config.a.b` flags config_flags defined while parsing
+            delattr(fv, name)
+    return 0
+
+
+def _own_process() -> None:
+    """A command that is the whole process logs as `absl.app.run` would have it; an in-process call (tests,
+    notebooks) leaves the host's logging alone."""
+    absl_logging.use_absl_handler()
+    # absl's log handler prints "Logging before flag parsing" until its own (global) flags are parsed.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+    faulthandler.enable()
+
+
+def _parse(fv: flags.FlagValues, argv: list[str]) -> list[str]:
+    """fv(argv) -> the positional arguments; config_flags' own failure modes become flag errors."""
+    saved, sys.argv = sys.argv, argv  # config_flags finds the `--config.a.b=v` overrides in sys.argv
+    try:
+        args = fv(argv)[1:]
+        for name in list(fv):
+            # config_flags defers a config file that fails to load (missing file) to the config's first use.
+            if is_config_flag(fv[name]) and fv[name].value is not None:
+                getattr(fv[name].value, "lock", None)
+    except OSError as e:  # config_flags lists the paths it tried; the last line says why
+        configs = "/".join(f"--{name}" for name in fv if is_config_flag(fv[name]))
+        raise flags.IllegalFlagValueError(f"{configs}: {str(e).strip().splitlines()[-1].strip()}") from e
+    except (AttributeError, KeyError) as e:
+        message = _missing_key(e, argv)
+        if message is None:
+            raise
+        raise flags.IllegalFlagValueError(message) from e
+    finally:
+        sys.argv = saved
+    return args
+
+
+def _missing_key(error: Exception, argv: list[str]) -> str | None:
+    """config_flags reports an override of a key the config lacks as a bare KeyError/AttributeError('key');
+    name the argument that holds it."""
+    text = str(error)
+    key = re.search(r"\w+", text)
+    for arg in argv[1:]:
+        override = re.match(r"--?(?:no)?(\w+(?:\.\w+)+)", arg)
+        if key and override and key.group() in override.group(1).split(".")[1:]:
+            hint = re.search(r'Did you mean "(\w+)"', text)
+            return (f"--{override.group(1)}: the config has no key {key.group()!r}"
+                    + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:
+        # config_flags pastes get_config's whole traceback into the flag error: keep its final line.
+        head, _, trace = text.partition("Error whilst parsing config file:")
+        text = head + re.sub(r"^[\w.]+: ", "", trace.strip().splitlines()[-1])
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _fail(error: BaseException) -> int:
+    print(f"error: {_one_line(error)}", file=sys.stderr)
+    return 2
+
+
+def _help(work: Callable[..., object], fv: flags.FlagValues) -> str:
+    doc = (sys.modules[work.__module__].__doc__ or "").strip()
+    return f"{doc}\n\nflags:\n{fv.get_help()}" if doc else fv.get_help()

@@ -1,0 +1,133 @@
+"""The house plan, checked: imports only run downward, no import cycles, no branch on the model family outside
+the task registry, and one program builder shared by the training loop and the benchmarks.
+
+Levels (docs/ARCHITECTURE.md): a module may import modules of its own level or below, never above.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "lax_pretrain"
+
+# (module prefix, level); the longest matching prefix decides. Entry points (CLIs) sit on top.
+LEVELS = [
+    ("lax_pretrain.nnx_compat", 0), ("lax_pretrain.cli", 0),
+    ("lax_pretrain.parallel", 1),  # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
+    ("lax_pretrain.layers", 2),
+    ("lax_pretrain.models", 3), ("lax_pretrain.data", 3),
+    ("lax_pretrain.config", 4), ("lax_pretrain.recipe", 4),
+    ("lax_pretrain.adapters", 5), ("lax_pretrain.convert", 5),
+    ("lax_pretrain.train", 6),
+    ("lax_pretrain.bench", 7), ("lax_pretrain.experiments", 7),
+    ("lax_pretrain.params", 8), ("lax_pretrain.sample", 8), ("lax_pretrain.quickstart", 8),
+    ("lax_pretrain.finetune", 8), ("lax_pretrain.train.__main__", 8), ("lax_pretrain.bench.cli", 8),
+    ("lax_pretrain.convert.__main__", 8),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    base = ROOT / name.replace(".", "/")
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports at any place (function-local imports included)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name, targets = module_name(path), set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lax_pretrain"):
+                for alias in node.names:  # `from pkg import submodule` depends on the submodule only
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if is_module(sub) else node.module)
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("lax_pretrain")}
+        graph[name] = targets - {name}
+    return graph
+
+
+def level(name: str) -> int:
+    if name == "lax_pretrain":  # the package's __init__: a docstring and the version
+        return 0
+    matches = [(len(prefix), lvl) for prefix, lvl in LEVELS if name == prefix or name.startswith(prefix + ".")]
+    assert matches, f"{name} has no level in LEVELS: add it (and to docs/ARCHITECTURE.md)"
+    return max(matches)[1]
+
+
+def test_imports_only_run_downward():
+    upward = [f"{a} (level {level(a)}) imports {b} (level {level(b)})"
+              for a, targets in import_graph().items() for b in targets if level(b) > level(a)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+FAMILY_BRANCH = re.compile(r"""family\s*[!=]=|[!=]=\s*["'](llama|vit)["']|["'](llama|vit)["']\s*[!=]=""")
+
+
+def test_no_family_branch_outside_the_registry():
+    registry = PACKAGE / "models" / "tasks.py"
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+            for p in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]) if p != registry
+            for i, line in enumerate(p.read_text().splitlines(), 1) if FAMILY_BRANCH.search(line)]
+    assert not hits, "ask lax_pretrain.models.get_task(...) instead:\n" + "\n".join(hits)
+
+
+def test_benchmark_times_the_program_training_runs(tmp_path, monkeypatch):
+    """The step the models/memory benchmarks compile is the loop's: same lowered program text."""
+    import lax_pretrain.train.loop as loop
+    from lax_pretrain.bench.models import model_config, shrink_model, step_program
+    from lax_pretrain.data.config import default_data_config
+    from lax_pretrain.train import train
+
+    config = model_config("llama", "nano", "cola", "kron")
+    shrink_model(config, d_model=32, num_layers=2, num_heads=2, ffn_dim=64, rank=8)
+    config.data = default_data_config("shakespeare")
+    config.data.update(seq_len=16, eval_batches=1, data_dir=str(tmp_path / "data"))
+    config.train.update(steps=1, batch_size=4, log_every=1, eval_every=1, checkpoint_every=1)
+    config.mesh.update(data=1, fsdp=1, tensor=1, num_devices=1)
+    config.wandb.mode = "disabled"
+    built = {}
+
+    def recording(*args, **kwargs):
+        built["program"] = real(*args, **kwargs)
+        return built["program"]
+
+    real = loop.build_program
+    monkeypatch.setattr(loop, "build_program", recording)
+    train(copy.deepcopy(config), tmp_path / "run")
+    loop_text = built["program"].lower_train_step().as_text()
+    bench_text = step_program(config, 4, 16).lower_train_step().as_text()
+    assert loop_text == bench_text
