@@ -17,7 +17,8 @@ from flax import nnx
 from lax_pretrain.layers.base import LATENT_NAME, FactorizedLinear
 from lax_pretrain.layers.cola import CoLALinear
 from lax_pretrain.layers.dense import DenseLinear
-from lax_pretrain.layers.lax import DenseGate, KronGate, LatentNorm
+from lax_pretrain.layers.crossing import DenseGate, KronGate
+from lax_pretrain.layers.norm import Norm
 from lax_pretrain.layers.spec import LinearSpec, SpecError, balanced_factors, cap_tt_ranks, tt_shape, validate
 from lax_pretrain.layers.svd import SVDLinear
 from lax_pretrain.layers.tt import TTLinear
@@ -43,6 +44,6 @@ def make_linear(d_in: int, d_out: int, spec: Any, *, rngs: nnx.Rngs, axes: tuple
 
 __all__ = [
     "LATENT_NAME", "KIND_CLASSES", "CoLALinear", "DenseGate", "DenseLinear", "FactorizedLinear", "KronGate",
-    "LatentNorm", "Linear", "LinearSpec", "SVDLinear", "SpecError", "TTLinear", "balanced_factors",
+    "Linear", "Norm", "LinearSpec", "SVDLinear", "SpecError", "TTLinear", "balanced_factors",
     "cap_tt_ranks", "make_linear", "tt_shape", "validate",
 ]

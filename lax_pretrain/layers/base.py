@@ -14,7 +14,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lax_pretrain.layers import init
-from lax_pretrain.layers.lax import make_gate, make_latent_norm
+from lax_pretrain.layers.crossing import make_gate, make_latent_norm
 from lax_pretrain.layers.spec import LinearSpec
 from lax_pretrain.nnx_compat import param
 from lax_pretrain.parallel import tp
@@ -25,7 +25,34 @@ ACTIVATIONS = {"silu": jax.nn.silu, "gelu": lambda u: jax.nn.gelu(u, approximate
 LATENT_NAME = "lax_latent"
 
 
-class FactorizedLinear(nnx.Module):
+class LinearBase(nnx.Module):
+    """What every kind shares: widths, spec, logical axes, compute dtype, the optional output bias."""
+
+    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
+                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
+        self.d_in, self.d_out, self.spec, self.name = d_in, d_out, spec, name
+        self.axes = tuple(axes)  # logical names of (input, output): where tensor parallelism splits them
+        self.dtype = dtype
+        if spec.use_bias:
+            self.bias = param(init.bias(rngs.params(), spec, d_out, param_dtype), (axes[1],))
+
+    def weight(self, p: nnx.Param) -> jax.Array:
+        """A parameter's value in the compute dtype."""
+        v = p[...]
+        return v.astype(self.dtype) if self.dtype is not None else v
+
+    def cast_input(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.dtype) if self.dtype is not None else x
+
+    def add_bias(self, y: jax.Array) -> jax.Array:
+        return y + self.bias[...].astype(y.dtype) if self.spec.use_bias else y
+
+    @property
+    def bias_param_count(self) -> int:
+        return self.d_out if self.spec.use_bias else 0
+
+
+class FactorizedLinear(LinearBase):
     """Base of the kinds that have a latent. `__call__(x, latent_in=None) -> (y, latent_out)`.
 
     A kind defines `encode(x_NxI) -> (u_NxR, aux)` (the pre-crossing latent and whatever `decode` needs),
@@ -36,14 +63,10 @@ class FactorizedLinear(nnx.Module):
 
     def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
                  dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
-        self.d_in, self.d_out, self.spec, self.name = d_in, d_out, spec, name
-        self.axes = tuple(axes)  # logical names of (input, output): where tensor parallelism splits them
-        self.dtype = dtype
+        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
         if spec.crossed:
             self.gate = make_gate(spec, rngs=rngs, param_dtype=param_dtype)
             self.latent_norm = make_latent_norm(spec, param_dtype=param_dtype)
-        if spec.use_bias:
-            self.bias = param(init.bias(rngs.params(), spec, d_out, param_dtype), (axes[1],))
 
     def activate(self, u: jax.Array) -> jax.Array:
         """The latent activation (official `LatentAct`): CoLA's definition, optional for svd and tt."""
@@ -54,8 +77,7 @@ class FactorizedLinear(nnx.Module):
         return None
 
     def __call__(self, x: jax.Array, latent_in: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
+        x = self.cast_input(x)
         lead = x.shape[:-1]
         u, aux = tp.encode(self, x.reshape(-1, self.d_in))  # self.encode, tensor-parallel per the mesh
         if self.spec.crossed:
@@ -67,15 +89,8 @@ class FactorizedLinear(nnx.Module):
             if self.latent_norm is not None:
                 u = self.latent_norm(u)
         z = checkpoint_name(self.activate(u), LATENT_NAME)
-        y = tp.decode(self, z, aux)
-        if self.spec.use_bias:
-            y = y + self.bias[...].astype(y.dtype)
+        y = self.add_bias(tp.decode(self, z, aux))
         return y.reshape(*lead, self.d_out), z.reshape(*lead, z.shape[-1])
-
-    def weight(self, p: nnx.Param) -> jax.Array:
-        """A parameter's value in the compute dtype."""
-        v = p[...]
-        return v.astype(self.dtype) if self.dtype is not None else v
 
     @property
     def lax_param_count(self) -> int:
@@ -90,7 +105,7 @@ class FactorizedLinear(nnx.Module):
 
     @property
     def param_count(self) -> int:
-        return self.core_param_count + (self.d_out if self.spec.use_bias else 0) + self.lax_param_count
+        return self.core_param_count + self.bias_param_count + self.lax_param_count
 
     @property
     def flops_per_token(self) -> int:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from lax_pretrain.layers import Norm
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param, set_train_mode
@@ -22,15 +23,8 @@ from lax_pretrain.parallel.constraints import RESIDUAL, constrain
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-class RMSNorm(nnx.Module):
-    def __init__(self, width: int, eps: float, *, param_dtype=jnp.float32):
-        self.eps = eps
-        self.scale = param(jnp.ones((width,), param_dtype), ("embed",))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
-        return (y * self.scale[...]).astype(x.dtype)
+def rms_norm(width: int, eps: float, param_dtype) -> Norm:
+    return Norm(width, "rmsnorm", eps=eps, axis_name="embed", param_dtype=param_dtype)
 
 
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -95,9 +89,9 @@ class SwiGLU(nnx.Module):
 class DecoderBlock(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd)
+        self.attn_norm = rms_norm(cfg.d_model, cfg.norm_eps, pd)
         self.attn = Attention(cfg, first=first, rngs=rngs)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd)
+        self.mlp_norm = rms_norm(cfg.d_model, cfg.norm_eps, pd)
         self.mlp = SwiGLU(cfg, first=first, rngs=rngs)
 
     def __call__(self, x_BxLxD: jax.Array, latents: dict | None, sin: jax.Array, cos: jax.Array):
@@ -124,7 +118,7 @@ class Llama(nnx.Module):
         self.embed = param(std * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), pd), ("vocab", "embed"))
         self.blocks = BlockStack(lambda first, r: DecoderBlock(cfg, first=first, rngs=r), cfg.num_layers,
                                  scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
-        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd)
+        self.final_norm = rms_norm(cfg.d_model, cfg.norm_eps, pd)
         if not cfg.tie_embeddings:
             self.head = param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), pd), ("embed", "vocab"))
 

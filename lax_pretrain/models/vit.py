@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lax_pretrain.layers import init
+from lax_pretrain.layers import Norm, init
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param, set_train_mode
@@ -27,16 +27,8 @@ LN_EPS = 1e-6
 EMBED_INITS = ("timm", "trunc_normal")
 
 
-class LayerNorm(nnx.Module):
-    def __init__(self, width: int, axis_name: str, *, param_dtype=jnp.float32):
-        self.scale = param(jnp.ones((width,), param_dtype), (axis_name,))
-        self.bias = param(jnp.zeros((width,), param_dtype), (axis_name,))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        x32 = x32 - x32.mean(-1, keepdims=True)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + LN_EPS)
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+def layer_norm(width: int, axis_name: str, param_dtype) -> Norm:
+    return Norm(width, "layernorm", eps=LN_EPS, axis_name=axis_name, param_dtype=param_dtype)
 
 
 def mlp_hidden_norm_on(cfg: Any) -> bool:
@@ -69,15 +61,15 @@ class VitBlock(nnx.Module):
         d, f, self.num_heads = cfg.d_model, cfg.mlp_dim, cfg.num_heads
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
         proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
-        self.attn_norm = LayerNorm(d, "embed", param_dtype=pd)
+        self.attn_norm = layer_norm(d, "embed", pd)
         self.q = proj("q", d, d, ("embed", "heads"))
         self.k = proj("k", d, d, ("embed", "heads"))
         self.v = proj("v", d, d, ("embed", "heads"))
         self.o = proj("o", d, d, ("heads", "embed"))
-        self.mlp_norm = LayerNorm(d, "embed", param_dtype=pd)
+        self.mlp_norm = layer_norm(d, "embed", pd)
         self.fc1 = proj("fc1", d, f, ("embed", "mlp"))
         self.fc2 = proj("fc2", f, d, ("mlp", "embed"))
-        self.hidden_norm = LayerNorm(f, "mlp", param_dtype=pd) if mlp_hidden_norm_on(cfg) else None
+        self.hidden_norm = layer_norm(f, "mlp", pd) if mlp_hidden_norm_on(cfg) else None
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x_BxPxD: jax.Array, latents: dict | None):
@@ -119,7 +111,7 @@ class ViT(nnx.Module):
         self.pos = param(init.truncated_normal(rngs.params(), (1, n_patches + 1, d), 0.02, pd), (None, None, "embed"))
         self.blocks = BlockStack(lambda first, r: VitBlock(cfg, first=first, rngs=r), cfg.num_layers,
                                  scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
-        self.final_norm = LayerNorm(d, "embed", param_dtype=pd)
+        self.final_norm = layer_norm(d, "embed", pd)
         self.head_kernel = param(init.truncated_normal(rngs.params(), (d, cfg.num_classes), 0.02, pd), ("embed", "classes"))
         self.head_bias = param(jnp.zeros((cfg.num_classes,), pd), ("classes",))
 

@@ -1,4 +1,4 @@
-"""LaX (latent crossing): the gate that maps the previous block's latent, and the latent norm.
+"""LaX (latent crossing): the gates that map the previous block's latent, and the latent norm after them.
 
 Per projection p and block l >= 1 (reference/methods.md 3.2):
     u = encode(x) + gate(z_{l-1}^p);  u = latent_norm(u);  z_l^p = act(u);  y = decode(z_l^p) + b
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lax_pretrain.layers import init
+from lax_pretrain.layers.norm import Norm
 from lax_pretrain.layers.spec import LinearSpec, balanced_factors
 from lax_pretrain.nnx_compat import param
 
@@ -63,30 +64,6 @@ class DenseGate(nnx.Module):
         return 2 * self.in_width * self.width
 
 
-class LatentNorm(nnx.Module):
-    """Affine LayerNorm (scale, bias) or RMSNorm (scale) over the latent, eps 1e-6, computed in float32."""
-
-    def __init__(self, width: int, kind: str, *, param_dtype=jnp.float32):
-        self.kind, self.width = kind, width
-        self.scale = param(jnp.ones((width,), param_dtype), ("rank",))
-        if kind == "layernorm":
-            self.bias = param(jnp.zeros((width,), param_dtype), ("rank",))
-
-    def __call__(self, u: jax.Array) -> jax.Array:
-        u32 = u.astype(jnp.float32)
-        if self.kind == "layernorm":
-            u32 = u32 - u32.mean(-1, keepdims=True)
-        y = u32 * jax.lax.rsqrt(jnp.mean(u32 * u32, -1, keepdims=True) + LATENT_NORM_EPS)
-        y = y * self.scale[...]
-        if self.kind == "layernorm":
-            y = y + self.bias[...]
-        return y.astype(u.dtype)
-
-    @property
-    def param_count(self) -> int:
-        return self.width * (2 if self.kind == "layernorm" else 1)
-
-
 def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> KronGate | DenseGate | None:
     """The gate of a crossing layer; None for the identity crossing (u + z, no parameters)."""
     width = spec.latent_dim
@@ -97,7 +74,8 @@ def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> K
     return None
 
 
-def make_latent_norm(spec: LinearSpec, *, param_dtype=jnp.float32) -> LatentNorm | None:
+def make_latent_norm(spec: LinearSpec, *, param_dtype=jnp.float32) -> Norm | None:
+    """The norm over the latent after the crossing (crossing layers only), eps 1e-6."""
     if spec.latent_norm == "none":
         return None
-    return LatentNorm(spec.latent_dim, spec.latent_norm, param_dtype=param_dtype)
+    return Norm(spec.latent_dim, spec.latent_norm, eps=LATENT_NORM_EPS, axis_name="rank", param_dtype=param_dtype)
