@@ -22,31 +22,43 @@ returned model run without it.
 
 The base's parameters reach `train` as `init_values`: each is placed straight into its sharding, never traced
 into a jit as a constant, so multi-GB bases cost no compile time.
+
+`main(argv)` is the command line, importable: bad input (a flag, a config key, a file) prints one line
+`error: ...` on stderr and returns 2; `--verbose` re-raises it with its traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+from absl import flags
+from absl import logging as absl_logging
 from flax import nnx
+from ml_collections import config_flags
 
-from lax_pretrain.adapters.eigenlorax import Basis, Loadings, augment, load_basis, save_loadings
+from lax_pretrain.adapters.eigenlorax import INIT_SCALE, Basis, Loadings, augment
 from lax_pretrain.adapters.inject import (
+    ADAPTER_KINDS,
+    EIGEN_INITS,
     AdapterSpec,
     adapters,
     add_adapters,
     base_values_in,
     check_unrolled,
     exact_targets,
+    loadings_state,
     save_adapter,
 )
-from lax_pretrain.adapters.lora import ADAPTER_PARAMS
+from lax_pretrain.adapters.io import load_basis, save_loadings
+from lax_pretrain.adapters.lora import ADAPTER_PARAMS, LAX_GATES, LAX_LATENTS, LORA_INITS
 from lax_pretrain.models import build
+from lax_pretrain.parallel.distributed import maybe_initialize_distributed
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +133,79 @@ def finetune(config: ml_collections.ConfigDict, base: str | Path | tuple[nnx.Mod
     summary["model"] = model
     if jax.process_index() == 0:
         summary["adapter_path"] = workdir / ADAPTER_FILE
-        save_adapter(summary["adapter_path"], model, spec, meta={"base": config.adapter.base, **(meta or {})})
+        file_meta = {"base": config.adapter.base, **(meta or {})}
+        save_adapter(summary["adapter_path"], model, spec, meta=file_meta)
         if spec.kind == "eigenlorax":
-            found = adapters(model)
-            task = Loadings({p: m.delta.alpha_A[...] for p, m in found.items()},
-                            {p: m.delta.alpha_B[...] for p, m in found.items()})
-            save_loadings(workdir / LOADINGS_FILE, task, meta={"base": config.adapter.base, **(meta or {})})
+            save_loadings(workdir / LOADINGS_FILE, loadings_state(model), meta=file_meta)
     return summary
 
 
-def spec_from_flags(f: Any, basis: Basis | None) -> AdapterSpec:
+# ----------------------------------------------------------------------------------------------- command line
+
+FLAGS = flags.FlagValues()  # private: importing this module defines no flag in absl's global FLAGS
+# The config flag defines its --config.* override flags from the argv in this list (from sys.argv when given
+# none), so `main` puts the argv it parses here: an in-process main(argv) is not sys.argv.
+_ARGV: list[str] = []
+config_flags.DEFINE_config_file("config", None, "Recipe and compact argument (data/train/optim), e.g. "
+                                "configs/llama.py:nano; the model section comes from --base.", flag_values=FLAGS,
+                                sys_argv=_ARGV)
+flags.DEFINE_string("base", None, "Training workdir, workdir with imported/, or Hugging Face directory.",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("adapter", "lora", list(ADAPTER_KINDS), "Adapter kind.", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Run directory (resumes if present); adapter.safetensors goes here.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("rank", None, "LoRA rank r (default 8; eigenlorax: the basis's rank).", flag_values=FLAGS)
+flags.DEFINE_float("alpha", None, "LoRA alpha, scale s = alpha / r (default 2 r, i.e. 16 at r = 8).",
+                   flag_values=FLAGS)
+flags.DEFINE_string("targets", None, "Regex over projection paths, matched against a whole dotted tail "
+                    "('q|v' default, 'all', 'attn\\..*'; eigenlorax: the basis's modules).", flag_values=FLAGS)
+flags.DEFINE_float("dropout", 0.0, "Dropout on the adapter input.", flag_values=FLAGS)
+flags.DEFINE_enum("init", "kaiming_uniform", list(LORA_INITS), "Init of A (B = 0).", flag_values=FLAGS)
+flags.DEFINE_enum("gate", "identity", list(LAX_GATES), "LaX-LoRA crossing gate.", flag_values=FLAGS)
+flags.DEFINE_enum("lax_latent", "own", list(LAX_LATENTS), "LaX-LoRA: latent passed on, x A or x A + gate(h).",
+                  flag_values=FLAGS)
+flags.DEFINE_string("basis", None, "EigenLoRAx basis file (save_basis).", flag_values=FLAGS)
+flags.DEFINE_integer("augment", 0, "EigenLoRAx: append this many random orthonormal directions to the basis.",
+                     flag_values=FLAGS)
+flags.DEFINE_float("init_scale", INIT_SCALE, "EigenLoRAx: fresh loadings U(-init_scale, init_scale).",
+                   flag_values=FLAGS)
+flags.DEFINE_enum("eigen_init", "uniform", list(EIGEN_INITS), "EigenLoRAx: 'uniform' loadings (the reference's "
+                  "default) or alpha_B = 0 (start exactly at the base, like LoRA's B = 0).", flag_values=FLAGS)
+flags.DEFINE_bool("verbose", False, "Re-raise bad input (a flag, a config key, a file) with its traceback instead "
+                  "of printing one line.", flag_values=FLAGS)
+flags.mark_flags_as_required(["config", "base", "workdir"], flag_values=FLAGS)
+
+_USER_ERRORS = (ValueError, FileNotFoundError, flags.Error)
+_HELP = ("-h", "-help", "--help", "--helpshort", "--helpfull")
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line; a multi-line one (ml_collections pastes a whole traceback into its
+    config errors) gives way to the message of the exception that caused it."""
+    while "\n" in str(error).strip() and (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _parse(argv: list[str]) -> None:
+    """Parses argv into FLAGS from scratch, so that a second in-process `main` sees nothing of the first."""
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if n.startswith("config.")]:
+        delattr(FLAGS, name)  # the config flag defines one flag per --config.* override on every parse
+    _ARGV[:] = argv
+    try:
+        FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # what ConfigDict raises for an override of a key it does not have
+        key = str(e).strip("\"'")
+        raise ValueError(f"no config key {key!r}: a --config.* override names a key the config does not "
+                         "have") from e
+    try:
+        FLAGS.config.get("train")
+    except OSError as e:  # ml_collections defers the config file's load error to the first read of the config
+        raise FileNotFoundError(f"--config: {_one_line(e)}") from e
+
+
+def spec_from_flags(f: flags.FlagValues, basis: Basis | None) -> AdapterSpec:
     rank = f.rank if f.rank is not None else (basis.rank if basis is not None else 8)
     targets = f.targets if f.targets is not None else (exact_targets(basis.modules) if basis is not None else "q|v")
     return AdapterSpec(kind=f.adapter, rank=rank, alpha=f.alpha if f.alpha is not None else 2.0 * rank,
@@ -138,21 +213,19 @@ def spec_from_flags(f: Any, basis: Basis | None) -> AdapterSpec:
                        init_scale=f.init_scale, eigen_init=f.eigen_init)
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def _run(f: flags.FlagValues) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("lax_pretrain").setLevel(logging.INFO)
-    f = flags.FLAGS
     maybe_initialize_distributed(f.config.distributed)
     basis = None
     if f.adapter == "eigenlorax":
         if not f.basis:
-            raise app.UsageError("--adapter=eigenlorax needs --basis=PATH.safetensors")
+            raise ValueError("--adapter=eigenlorax needs --basis=PATH.safetensors")
         basis = load_basis(f.basis)
         if f.augment:
             basis = augment(basis, f.augment, seed=f.config.train.seed)
     elif f.basis or f.augment:
-        raise app.UsageError("--basis and --augment are for --adapter=eigenlorax")
+        raise ValueError("--basis and --augment are for --adapter=eigenlorax")
     spec = spec_from_flags(f, basis)
     meta = {"basis": f.basis, "augment": f.augment} if basis is not None else {}
     summary = finetune(f.config, f.base, spec, f.workdir, basis=basis, meta=meta)
@@ -161,29 +234,29 @@ def main(argv: list[str]) -> None:
           f"adapter: {summary.get('adapter_path')}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line; `argv` as sys.argv (the program name first), default sys.argv. Returns the exit status:
+    0, or 2 after one line `error: ...` on stderr for bad input (with --verbose: the exception propagates)."""
+    argv = list(argv or sys.argv)
+    if any(arg in _HELP for arg in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        return 0
+    try:
+        _parse(argv)
+        _run(FLAGS)
+    except _USER_ERRORS as e:
+        # a flag that does not parse leaves FLAGS unparsed, --verbose included
+        if (FLAGS.verbose if FLAGS.is_parsed() else "--verbose" in argv):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    from lax_pretrain.parallel.distributed import maybe_initialize_distributed
-
-    config_flags.DEFINE_config_file("config", None, "Recipe and compact argument (data/train/optim), e.g. "
-                                    "configs/llama.py:nano; the model section comes from --base.")
-    flags.DEFINE_string("base", None, "Training workdir, workdir with imported/, or Hugging Face directory.")
-    flags.DEFINE_enum("adapter", "lora", ["lora", "lax_lora", "eigenlorax"], "Adapter kind.")
-    flags.DEFINE_string("workdir", None, "Run directory (resumes if present); adapter.safetensors goes here.")
-    flags.DEFINE_integer("rank", None, "LoRA rank r (default 8; eigenlorax: the basis's rank).")
-    flags.DEFINE_float("alpha", None, "LoRA alpha, scale s = alpha / r (default 2 r, i.e. 16 at r = 8).")
-    flags.DEFINE_string("targets", None, "Regex over projection paths, matched against a whole dotted tail "
-                        "('q|v' default, 'all', 'attn\\..*'; eigenlorax: the basis's modules).")
-    flags.DEFINE_float("dropout", 0.0, "Dropout on the adapter input.")
-    flags.DEFINE_enum("init", "kaiming_uniform", ["kaiming_uniform", "gaussian"], "Init of A (B = 0).")
-    flags.DEFINE_enum("gate", "identity", ["identity", "kron", "dense"], "LaX-LoRA crossing gate.")
-    flags.DEFINE_enum("lax_latent", "own", ["own", "crossed"], "LaX-LoRA: latent passed on, x A or x A + gate(h).")
-    flags.DEFINE_string("basis", None, "EigenLoRAx basis file (save_basis).")
-    flags.DEFINE_integer("augment", 0, "EigenLoRAx: append this many random orthonormal directions to the basis.")
-    flags.DEFINE_float("init_scale", 0.5, "EigenLoRAx: fresh loadings U(-init_scale, init_scale).")
-    flags.DEFINE_enum("eigen_init", "uniform", ["uniform", "zero_b"], "EigenLoRAx: 'uniform' loadings (the "
-                      "reference's default) or alpha_B = 0 (start exactly at the base, like LoRA's B = 0).")
-    flags.mark_flags_as_required(["config", "base", "workdir"])
-    app.run(main)
+    # What absl's app.run did for this command: log records to stderr in absl's format. absl's handler warns
+    # about logging before flag parsing unless its global FLAGS (which hold none of ours) count as parsed.
+    absl_logging.use_absl_handler()
+    flags.FLAGS.mark_as_parsed()
+    sys.exit(main())

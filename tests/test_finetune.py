@@ -1,6 +1,6 @@
 """Fine-tuning through the one training loop: only adapter variables train and hold optimizer state, the base
-stays bit-identical, the adapter file is written and loads; the CLI from a training workdir (EigenLoRAx);
-bases from Hugging Face / imported directories.
+stays bit-identical, the adapter file is written and loads; the CLI from a training workdir (EigenLoRAx) and,
+in process, on bad input; bases from Hugging Face / imported directories.
 
 Tiny LLaMA (d = 32, 2 blocks) on Shakespeare windows of 32 bytes, a few steps each (8 fake CPU devices: the
 batch is 8).
@@ -145,6 +145,31 @@ def test_cli_eigenlorax_from_a_training_workdir(tmp_path):
     bad = subprocess.run([*cmd[:5], "--adapter=eigenlorax", f"--workdir={tmp_path / 'x'}"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "needs --basis" in bad.stderr
+
+
+def test_main_in_process_reports_bad_input_in_one_line(tmp_path, capsys):
+    from absl import flags
+
+    import lax_pretrain.finetune as cli
+
+    assert not any(name in flags.FLAGS for name in ("base", "adapter", "basis", "eigen_init"))  # nothing global
+    # a --config.* override too: the config flag must read it from this argv, not from pytest's sys.argv
+    argv = ["finetune", f"--config={REPO / 'configs/llama.py'}:nano", "--config.train.steps=2",
+            f"--base={tmp_path}", f"--workdir={tmp_path / 'out'}", "--adapter=eigenlorax"]
+    for _ in range(2):  # a second call in the same process starts from the defaults again
+        assert cli.main(argv) == 2
+        out, err = capsys.readouterr()
+        assert err == "error: --adapter=eigenlorax needs --basis=PATH.safetensors\n" and out == ""
+    assert cli.main([*argv[:3], f"--base={tmp_path}", "--workdir=w", "--adapter=qlora"]) == 2
+    assert capsys.readouterr().err == ("error: flag --adapter=qlora: value should be one of "
+                                       "<lora|lax_lora|eigenlorax>\n")
+    assert cli.main([argv[0], f"--config={REPO / 'configs/llama.py'}:nano,nope=1", f"--base={tmp_path}",
+                     "--workdir=w"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config argument 'nope=1'") and err.count("\n") == 1  # not the pasted traceback
+    with pytest.raises(ValueError, match="needs --basis"):
+        cli.main([*argv, "--verbose"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_bases_from_hugging_face_and_imported_directories(tmp_path):

@@ -1,13 +1,16 @@
 """Adapters on top of frozen (pretrained) models: LoRA, LaX-LoRA and EigenLoRAx principal-subspace recycling.
 
-lora.py: the wrappers (`LoRA`, `EigenLoRALinear`, `LoRAParam`, the `ADAPTER_PARAMS` filter); inject.py: model
-surgery (`add_adapters`, `adapter_state`, `save_adapter`, `load_adapter`); eigenlorax.py: bases and loadings.
+lora.py: the LoRA / LaX-LoRA wrapper (`LoRA`, `LoRAParam`, the `ADAPTER_PARAMS` filter); eigenlorax/: bases,
+loadings and the EigenLoRAx layers (`EigenLoRALinear`, ...); inject.py: model surgery (`add_adapters`,
+`adapter_state`, `loadings_state`, `save_adapter`, `load_adapter`); io.py: the safetensors files of adapters,
+bases and loadings; base.py, signature.py: what the wrappers share.
 """
 
 from lax_pretrain.adapters.eigenlorax import (
     Adapter,
     Basis,
     EigenLoRA,
+    EigenLoRALinear,
     Frozen,
     Loadings,
     MultiTaskEigenLoRA,
@@ -28,6 +31,7 @@ from lax_pretrain.adapters.eigenlorax import (
     save_loadings,
     serve_delta,
     serving_bytes,
+    zero_b_loadings,
 )
 from lax_pretrain.adapters.inject import (
     AdapterSpec,
@@ -36,11 +40,12 @@ from lax_pretrain.adapters.inject import (
     add_adapters,
     exact_targets,
     load_adapter,
+    loadings_state,
     projections,
     read_adapter,
     save_adapter,
 )
-from lax_pretrain.adapters.lora import ADAPTER_PARAMS, EigenLoRALinear, LoRA, LoRAParam
+from lax_pretrain.adapters.lora import ADAPTER_PARAMS, LoRA, LoRAParam
 
 __all__ = [
     "ADAPTER_PARAMS",
@@ -54,6 +59,7 @@ __all__ = [
     "adapters",
     "exact_targets",
     "load_adapter",
+    "loadings_state",
     "projections",
     "read_adapter",
     "save_adapter",
@@ -79,4 +85,5 @@ __all__ = [
     "save_loadings",
     "serve_delta",
     "serving_bytes",
+    "zero_b_loadings",
 ]

@@ -4,6 +4,7 @@
     model = add_adapters(model, spec, rngs=nnx.Rngs(0))       # in place; returns the model
     train(config, workdir, model_factory=..., trainable=ADAPTER_PARAMS)
     adapter_state(model)        # {'blocks.first.attn.q': (A, s B), ...}: EigenLoRAx's convention
+    loadings_state(model)       # an EigenLoRAx model's task alone: its Loadings (save_loadings)
     save_adapter("adapter.safetensors", model, spec); load_adapter("adapter.safetensors", fresh_model)
 
 Projections are named by their path in the model: 'blocks.first.attn.q' (block 0), 'blocks.rest.3.mlp.down'
@@ -16,7 +17,6 @@ Only unrolled models can be adapted: under `model.scan_layers=True` blocks 1..L-
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Mapping
 from os import PathLike
@@ -26,19 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
-from lax_pretrain.adapters.eigenlorax import Basis, EigenLoRA, Frozen, Loadings
-from lax_pretrain.adapters.lora import (
-    EIGEN_ATTR,
-    LAX_GATES,
-    LAX_LATENTS,
-    LORA_INITS,
+from lax_pretrain.adapters.base import base_axes
+from lax_pretrain.adapters.eigenlorax import (
+    INIT_SCALE,
+    Basis,
+    EigenLoRA,
     EigenLoRALinear,
-    LoRA,
-    base_axes,
+    Frozen,
+    Loadings,
+    zero_b_loadings,
 )
+from lax_pretrain.adapters.eigenlorax.module import EIGEN_ATTR
+from lax_pretrain.adapters.io import load_adapter_file, save_adapter_file
+from lax_pretrain.adapters.lora import LAX_GATES, LAX_LATENTS, LORA_INITS, LoRA
+from lax_pretrain.adapters.signature import signature, signature_diff
 from lax_pretrain.layers import DenseLinear, FactorizedLinear
 from lax_pretrain.models.stack import BlockStack
 
@@ -46,9 +48,6 @@ ADAPTER_KINDS = ("lora", "lax_lora", "eigenlorax")
 EIGEN_INITS = ("uniform", "zero_b")
 DEFAULT_TARGETS = "q|v"
 ALL_TARGETS = "all"
-_FORMAT = "lax_pretrain.adapter"
-_FORMAT_VERSION = 1
-_HEADER_KEY = "lax_pretrain_adapter"
 _BLOCK = re.compile(r"^(?P<pre>(?:.*\.)?)blocks\.(?:first|rest\.(?P<index>\d+))\.(?P<role>.+)$")
 
 
@@ -76,7 +75,7 @@ class AdapterSpec:
     init: str = "kaiming_uniform"
     gate: str = "identity"
     lax_latent: str = "own"
-    init_scale: float = 0.5
+    init_scale: float = INIT_SCALE
     eigen_init: str = "uniform"
 
     def __post_init__(self):
@@ -166,11 +165,6 @@ def base_values_in(adapted: nnx.Module, base_params: nnx.State) -> dict[tuple, A
             path = (*path[:prefix], "base", *path[prefix:])
         values[path] = variable.get_value() if isinstance(variable, nnx.Variable) else variable
     return values
-
-
-def signature(modules: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """path -> (d_in, d_out) of projections or adapters."""
-    return {p: (int(m.d_in), int(m.d_out)) for p, m in modules.items()}
 
 
 def _block_of(path: str) -> tuple[str, int] | None:
@@ -269,15 +263,6 @@ def add_adapters(model: nnx.Module, spec: AdapterSpec, *, rngs: nnx.Rngs | None 
     return model
 
 
-def zero_b_loadings(basis: Basis, rank: int, *, rngs: nnx.Rngs, scale: float) -> Loadings:
-    """Fresh loadings that leave the model unchanged: alpha_A ~ U(-scale, scale), alpha_B = 0."""
-    cols = 1 if basis.unwind else rank
-    alpha_a = {p: jax.random.uniform(rngs.params(), (basis.C_A[p].shape[1], cols), jnp.float32, -scale, scale)
-               for p in basis.modules}
-    alpha_b = {p: jnp.zeros((basis.C_B[p].shape[1], cols), jnp.float32) for p in basis.modules}
-    return Loadings(alpha_a, alpha_b)
-
-
 def adapter_state(model: nnx.Module) -> dict[str, tuple[jax.Array, jax.Array]]:
     """{module path: (A (d_in, r), B (r, d_out))} with the LoRA scale folded into B: EigenLoRAx's adapter
     format (fit_basis / project take it as is). LaX-LoRA gates are not part of it."""
@@ -285,6 +270,16 @@ def adapter_state(model: nnx.Module) -> dict[str, tuple[jax.Array, jax.Array]]:
     if not found:
         raise ValueError("the model has no adapters (add_adapters first)")
     return {p: tuple(jnp.asarray(f) for f in m.factors()) for p, m in found.items()}
+
+
+def loadings_state(model: nnx.Module) -> Loadings:
+    """The task of a model with EigenLoRAx adapters: its loadings alone, to serve from the shared basis."""
+    found = adapters(model)
+    kinds = {_kind_of(m) for m in found.values()}
+    if kinds != {"eigenlorax"}:
+        raise ValueError(f"loadings are EigenLoRAx's: the model's adapters are {sorted(kinds)}")
+    return Loadings({p: m.delta.alpha_A[...] for p, m in found.items()},
+                    {p: m.delta.alpha_B[...] for p, m in found.items()})
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -307,9 +302,7 @@ def _check_against(found: Mapping[str, nnx.Module], spec: AdapterSpec, sig: Mapp
     kinds = {_kind_of(m) for m in found.values()}
     if kinds != {spec.kind}:
         raise ValueError(f"{where}: adapter kind {spec.kind!r} vs the model's adapters {sorted(kinds)}")
-    missing, extra = sorted(set(sig) - set(found)), sorted(set(found) - set(sig))
-    shapes = {p: (tuple(sig[p]), (m.d_in, m.d_out)) for p, m in found.items()
-              if p in sig and tuple(sig[p]) != (m.d_in, m.d_out)}
+    missing, extra, shapes = signature_diff(sig, signature(found))
     if missing or extra or shapes:
         raise ValueError(f"{where}: mismatched module sets: modules only in the file {missing}, only in the model "
                          f"{extra}, (d_in, d_out) file vs model {shapes}")
@@ -328,26 +321,14 @@ def save_adapter(path: str | PathLike, model: nnx.Module, spec: AdapterSpec, met
         raise ValueError("the model has no adapters to save")
     sig = signature(found)
     _check_against(found, spec, sig, "save_adapter")
-    tensors = {f"{p}/{name}": np.ascontiguousarray(np.asarray(var.get_value(), np.float32))
-               for p, m in found.items() for name, var in _variables(m).items()}
-    unwind = {p: m.delta.unwind_shape is not None for p, m in found.items() if isinstance(m, EigenLoRALinear)}
-    header = {"format": _FORMAT, "version": _FORMAT_VERSION, "spec": spec.to_dict(),
-              "modules": {p: list(s) for p, s in sig.items()}, "unwind": any(unwind.values()),
-              "meta": dict(meta or {})}
-    save_file(tensors, str(path), metadata={_HEADER_KEY: json.dumps(header)})
+    tensors = {f"{p}/{name}": var.get_value() for p, m in found.items() for name, var in _variables(m).items()}
+    unwind = any(m.delta.unwind_shape is not None for m in found.values() if isinstance(m, EigenLoRALinear))
+    save_adapter_file(path, tensors, spec=spec.to_dict(), modules=sig, unwind=unwind, meta=meta)
 
 
 def read_adapter(path: str | PathLike) -> tuple[AdapterSpec, dict[str, Any], dict[str, np.ndarray]]:
     """(spec, header, tensors) of an adapter file."""
-    with safe_open(str(path), framework="numpy") as f:
-        raw = (f.metadata() or {}).get(_HEADER_KEY)
-        if raw is None:
-            raise ValueError(f"{path}: not an adapter file (no {_HEADER_KEY!r} metadata)")
-        header = json.loads(raw)
-        if header.get("format") != _FORMAT or header.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{path}: format {header.get('format')!r} v{header.get('version')}, this code reads "
-                             f"{_FORMAT!r} v{_FORMAT_VERSION}")
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    header, tensors = load_adapter_file(path)
     return AdapterSpec.from_dict(header["spec"]), header, tensors
 
 
@@ -372,9 +353,8 @@ def load_adapter(path: str | PathLike, model: nnx.Module, *, rngs: nnx.Rngs | No
     sig = {p: tuple(s) for p, s in header["modules"].items()}
     if not adapters(model):
         exact = dataclasses.replace(spec, targets=exact_targets(sig))
-        selected, every = _select(model, exact.targets)
-        missing = sorted(set(sig) - set(selected))
-        shapes = {p: (sig[p], (m.d_in, m.d_out)) for p, m in selected.items() if sig[p] != (m.d_in, m.d_out)}
+        selected, _ = _select(model, exact.targets)
+        missing, _, shapes = signature_diff(sig, signature(selected))  # extra modules: _check_against below
         if missing or shapes:
             raise ValueError(f"{path} does not fit this model: modules missing from the model {missing}, "
                              f"(d_in, d_out) file vs model {shapes}")

@@ -1,10 +1,11 @@
-"""LoRA, LaX-LoRA and EigenLoRAx wrappers around any frozen linear map of the factory (dense, svd, cola, tt).
+"""LoRA and LaX-LoRA wrappers around any frozen linear map of the factory (dense, svd, cola, tt).
 
 Row-vector convention, s = alpha / r, A (d_in, r), B (r, d_out):
 
     LoRA        y = base(x) + s * (drop(x) A) B
     LaX-LoRA    y = base(x) + s * (drop(x) A_l + gate(h_{l-1})) B_l        (reference/methods.md 3.3)
-    EigenLoRAx  y = base(x) + (drop(x) C_A alpha_A)(C_B alpha_B)^T         (reference/eigenlorax.md, no s)
+
+(EigenLoRAx's wrapper, `EigenLoRALinear`, is in eigenlorax/module.py.)
 
 Every wrapper keeps the factory contract `__call__(x, latent_in=None) -> (y, latent_out)`:
 - LoRA and EigenLoRAx are transparent to latents: the base's latent goes in and comes out unchanged, so a
@@ -39,14 +40,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lax_pretrain.adapters.eigenlorax import EigenLoRA
-from lax_pretrain.layers import CoLALinear, DenseGate, KronGate
-from lax_pretrain.nnx_compat import AXES_KEY, logical_axes
+from lax_pretrain.adapters.base import base_axes, check_base, merged_kernel
+from lax_pretrain.adapters.eigenlorax.module import EIGEN_ATTR
+from lax_pretrain.layers import DenseGate, KronGate
+from lax_pretrain.nnx_compat import AXES_KEY
 
 LORA_INITS = ("kaiming_uniform", "gaussian")
 LAX_GATES = ("identity", "kron", "dense")
 LAX_LATENTS = ("own", "crossed")
-EIGEN_ATTR = "eigenlora"  # attribute name of the EigenLoRA delta inside `EigenLoRALinear`
 
 
 class LoRAParam(nnx.Param):
@@ -59,32 +60,6 @@ ADAPTER_PARAMS = nnx.Any(LoRAParam, nnx.All(nnx.Param, nnx.PathContains(EIGEN_AT
 
 def lora_param(value: jax.Array, axes: tuple[str | None, ...]) -> LoRAParam:
     return LoRAParam(value, **{AXES_KEY: tuple(axes)}, eager_sharding=False)
-
-
-def base_axes(base: nnx.Module) -> tuple[str | None, str | None]:
-    """Logical names of the base map's (d_in, d_out), read from its parameters (TT cores: unknown)."""
-    if hasattr(base, "kernel"):
-        axes = logical_axes(base.kernel)
-        return (axes[0], axes[1]) if axes else (None, None)
-    if hasattr(base, "down") and hasattr(base, "up"):
-        down, up = logical_axes(base.down), logical_axes(base.up)
-        return (down[0] if down else None, up[1] if up else None)
-    return None, None
-
-
-def _check_base(base: nnx.Module) -> None:
-    if not (hasattr(base, "d_in") and hasattr(base, "d_out") and callable(base)):
-        raise TypeError(f"an adapter wraps a linear map of the factory (make_linear), got {type(base).__name__}")
-
-
-def _dense_kernel(base: nnx.Module, what: str) -> jax.Array:
-    if isinstance(base, CoLALinear):
-        raise ValueError(f"cannot merge {what} into a CoLA base: y = act(x A) B + b is not a linear map, so there "
-                         "is no dense kernel to add the adapter to (keep the adapter separate)")
-    if getattr(base.spec, "crossed", False) or getattr(base.spec, "intra", False):
-        raise ValueError(f"cannot merge {what}: the base uses LaX crossing (crossing={base.spec.crossing!r}, "
-                         f"intra={base.spec.intra}), so it is not one dense kernel")
-    return base.materialize()
 
 
 def _as_adapter_params(module: nnx.Module) -> nnx.Module:
@@ -109,7 +84,7 @@ class LoRA(nnx.Module):
                  lax: bool = False, first: bool = True, gate: str = "identity", lax_latent: str = "own",
                  init: str = "kaiming_uniform", axes: tuple[str | None, str | None] | None = None,
                  rngs: nnx.Rngs, name: str = "lora"):
-        _check_base(base)
+        check_base(base)
         if int(rank) < 1:
             raise ValueError(f"{name}: LoRA rank must be >= 1, got {rank}")
         if init not in LORA_INITS:
@@ -183,8 +158,7 @@ class LoRA(nnx.Module):
         if self.crossed:
             raise ValueError(f"{self.name}: a LaX-LoRA block adds the previous block's adapter latent, which "
                              "depends on the previous block's input; it has no single merged kernel")
-        a, sb = self.factors()
-        return _dense_kernel(self.base, "a LoRA") + jnp.matmul(a, sb, precision=jax.lax.Precision.HIGHEST)
+        return merged_kernel(self.base, *self.factors(), "a LoRA")
 
     @property
     def param_count(self) -> int:
@@ -192,55 +166,3 @@ class LoRA(nnx.Module):
         gate = self.gate.param_count if self.gate is not None else 0
         return self.rank * (self.d_in + self.d_out) + gate
 
-
-class EigenLoRALinear(nnx.Module):
-    """A frozen factory map plus an EigenLoRAx delta (frozen components, trainable loadings):
-    y = base(x) + eigenlora(drop(x)). Transparent to the base's latent. Build with `from_basis`."""
-
-    def __init__(self, base: nnx.Module, delta: EigenLoRA, *, dropout: float = 0.0, rngs: nnx.Rngs | None = None,
-                 name: str = "eigenlora"):
-        _check_base(base)
-        if dropout > 0 and rngs is None:
-            raise ValueError(f"{name}: dropout needs rngs")
-        self.base = base
-        self.d_in, self.d_out, self.name = base.d_in, base.d_out, name
-        self.rank = delta.rank
-        setattr(self, EIGEN_ATTR, delta)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
-
-    @classmethod
-    def from_basis(cls, base: nnx.Module, basis: Any, path: str, rank: int, *, rngs: nnx.Rngs | None = None,
-                   loadings: Any = None, dropout: float = 0.0, init_scale: float = 0.5) -> EigenLoRALinear:
-        dims = tuple(basis.model_signature[path]) if path in basis.model_signature else None
-        if dims != (base.d_in, base.d_out):
-            raise ValueError(f"model signature mismatch at {path}: the basis has (d_in, d_out) = {dims}, the model "
-                             f"({base.d_in}, {base.d_out})")
-        delta = EigenLoRA.from_basis(basis, path, rank, rngs=rngs, loadings=loadings, axes=base_axes(base),
-                                     init_scale=init_scale)
-        return cls(base, delta, dropout=dropout, rngs=rngs, name=path)
-
-    @property
-    def delta(self) -> EigenLoRA:
-        return getattr(self, EIGEN_ATTR)
-
-    def __call__(self, x: jax.Array, latent_in: Any = None) -> tuple[jax.Array, Any]:
-        y, base_out = self.base(x, latent_in)
-        x_in = self.dropout(x) if self.dropout is not None else x
-        return y + self.delta(x_in).astype(y.dtype), base_out
-
-    def factors(self) -> tuple[jax.Array, jax.Array]:
-        """(A_hat (d_in, r), B_hat (r, d_out)); EigenLoRAx has no separate scale."""
-        return self.delta.factors()
-
-    def merge(self) -> jax.Array:
-        """The dense (d_in, d_out) kernel W + A_hat B_hat (bias excluded)."""
-        a, b = self.factors()
-        return _dense_kernel(self.base, "an EigenLoRAx adapter") + jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
-
-    @property
-    def param_count(self) -> int:
-        """Trainable loadings only (the components are frozen and shared)."""
-        return self.delta.alpha_A[...].size + self.delta.alpha_B[...].size
-
-
-Adapted = LoRA | EigenLoRALinear
