@@ -12,7 +12,9 @@ Each entry point (`lax-train`, `lax-sample`, ...) is a module with its flags at 
     if __name__ == "__main__":
         sys.exit(main())
 
-`argv` is the arguments after the program name, as for argparse; None means this process's command line.
+`argv` is sys.argv-style (the program name first) or the arguments alone (the first starts with "-" or
+is one of the command's `commands`); None means this process's own command line. A command with
+sub-commands (`lax-convert import|export`) passes `commands=` and its work gets the one that was named.
 A private `FlagValues` per command means importing several commands into one process (tests, notebooks)
 defines nothing globally and never collides. A configuration or data error (ValueError, FileNotFoundError,
 a flag that does not parse, a `--config.a.b` override of a key the config lacks) prints one line
@@ -43,41 +45,50 @@ def new_flags() -> flags.FlagValues:
 
 
 def run(work: Callable[..., object], fv: flags.FlagValues, argv: Sequence[str] | None = None, *,
-        positional: bool = False) -> int:
-    """Parses `argv` into `fv`, runs `work(fv)` (`work(fv, args)` with the positional arguments if
-    `positional`), and turns user errors into one line on stderr and exit status 2."""
+        commands: Sequence[str] = ()) -> int:
+    """Parses `argv` into `fv`, runs `work(fv)` (`work(fv, command)` given `commands`), and turns user errors
+    into one line on stderr and exit status 2."""
     if argv is None:
-        argv = list(sys.argv)
         _own_process()
-    else:
+        return _parse_and_work(work, fv, list(sys.argv), commands)
+    argv = list(argv)
+    if not argv or argv[0].startswith("-") or argv[0] in commands:
         argv = [sys.argv[0], *argv]
+    defined = set(fv)
+    try:
+        return _parse_and_work(work, fv, argv, commands)
+    finally:
+        # The next in-process call starts from the defaults, without the `--config.a.b` flags that
+        # config_flags defined while parsing.
+        fv.unparse_flags()
+        for name in set(fv) - defined:
+            delattr(fv, name)
+
+
+def _parse_and_work(work: Callable[..., object], fv: flags.FlagValues, argv: list[str],
+                    commands: Sequence[str]) -> int:
     if any(a in HELP for a in argv[1:]):
         print(_help(work, fv))
         return 0
-    verbose = "--verbose" in argv
-    defined = set(fv)
     try:
-        try:
-            args = _parse(fv, argv)
-            if args and not positional:
-                raise flags.Error(f"unexpected argument {args[0]!r} (flags are spelt --name=value)")
-        except flags.Error as e:
-            if verbose:
-                raise
-            return _fail(e)
-        try:
-            if positional:
-                work(fv, args)
-            else:
-                work(fv)
-        except USER_ERRORS as e:
-            if fv.verbose:
-                raise
-            return _fail(e)
-    finally:
-        fv.unparse_flags()  # a second in-process call starts from the defaults
-        for name in set(fv) - defined:  # the `--config.a.b` flags config_flags defined while parsing
-            delattr(fv, name)
+        args = _parse(fv, argv)
+        if commands and (len(args) != 1 or args[0] not in commands):
+            raise flags.Error(f"expected one command, {' or '.join(commands)}; got {args}")
+        if args and not commands:
+            raise flags.Error(f"unexpected argument {args[0]!r} (flags are spelt --name=value)")
+    except flags.Error as e:
+        if "--verbose" in argv:
+            raise
+        return _fail(e)
+    try:
+        if commands:
+            work(fv, args[0])
+        else:
+            work(fv)
+    except USER_ERRORS as e:
+        if fv.verbose:
+            raise
+        return _fail(e)
     return 0
 
 
@@ -87,7 +98,8 @@ def _own_process() -> None:
     absl_logging.use_absl_handler()
     # absl's log handler prints "Logging before flag parsing" until its own (global) flags are parsed.
     if not flags.FLAGS.is_parsed():
-        flags.FLAGS(sys.argv[:1])
+        flags.FLAGS.mark_as_parsed()
+        flags.FLAGS.verbosity = 0  # INFO, as app.run sets it
     faulthandler.enable()
 
 

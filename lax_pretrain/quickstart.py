@@ -9,17 +9,24 @@ perplexity next to the same run's starting perplexity, writes loss.png into the 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from absl import flags  # noqa: E402
 
+from lax_pretrain import cli  # noqa: E402
 from lax_pretrain.config import llama_config  # noqa: E402
 from lax_pretrain.sample import generate  # noqa: E402
 from lax_pretrain.train import train  # noqa: E402
 from lax_pretrain.train.metrics import read_metrics  # noqa: E402
+
+FLAGS = cli.new_flags()
+flags.DEFINE_string("workdir", "runs/quickstart", "Run directory.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 500, "Training steps.", flag_values=FLAGS)
 
 
 def quickstart_config(steps: int):
@@ -52,11 +59,10 @@ def plot_losses(workdir: Path) -> Path:
     return path
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def _run(fv: flags.FlagValues) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
-    workdir = Path(flags.FLAGS.workdir)
-    summary = train(quickstart_config(flags.FLAGS.steps), workdir)
+    workdir = Path(fv.workdir)
+    summary = train(quickstart_config(fv.steps), workdir)
     evals = [r for r in read_metrics(workdir) if "eval_ppl" in r]
     first, last = evals[0], evals[-1]
     print(f"\nrun {summary['status']} at step {summary['step']} in {workdir}")
@@ -66,9 +72,9 @@ def main(argv: list[str]) -> None:
     print("sample:\n" + generate(workdir, "ROMEO:\n", max_new_tokens=300))
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_run, FLAGS, argv)
 
-    flags.DEFINE_string("workdir", "runs/quickstart", "Run directory.")
-    flags.DEFINE_integer("steps", 500, "Training steps.")
-    app.run(main)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Generate text from the newest checkpoint of a LLaMA training run.
 
-    python -m lax_pretrain.sample --workdir=runs/x --prompt="ROMEO:" [--max_new_tokens=300 --temperature=0.8 --top_k=40]
+    lax-sample --workdir=runs/x --prompt="ROMEO:" [--max_new_tokens=300 --temperature=0.8 --top_k=40]
+    python -m lax_pretrain.sample ...   (the same)
 
 Decoding re-runs the model over a fixed window of `data.seq_len` tokens (one compiled shape, no KV cache):
 simple and exact for the small models this is meant for; the window slides for longer outputs.
@@ -8,14 +9,26 @@ simple and exact for the small models this is meant for; the window slides for l
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from lax_pretrain import cli
 from lax_pretrain import data as data_lib
 from lax_pretrain.train.checkpoint import load_trained_model
+
+FLAGS = cli.new_flags()
+flags.DEFINE_string("workdir", None, "Training run directory.", flag_values=FLAGS)
+flags.DEFINE_string("prompt", "", "Text to continue.", flag_values=FLAGS)
+flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate.", flag_values=FLAGS)
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.", flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens (0 = all).", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
+flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 
 
 def generate(workdir: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
@@ -52,21 +65,14 @@ def generate(workdir: str | Path, prompt: str, *, max_new_tokens: int = 200, tem
     return prompt + tokenizer.decode(out)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    f = flags.FLAGS
-    print(generate(f.workdir, f.prompt, max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,
-                   seed=f.seed))
+def _run(fv: flags.FlagValues) -> None:
+    print(generate(fv.workdir, fv.prompt, max_new_tokens=fv.max_new_tokens, temperature=fv.temperature,
+                   top_k=fv.top_k, seed=fv.seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_run, FLAGS, argv)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("workdir", None, "Training run directory.")
-    flags.DEFINE_string("prompt", "", "Text to continue.")
-    flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate.")
-    flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
-    flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens (0 = all).")
-    flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    sys.exit(main())

@@ -1,83 +1,12 @@
 #!/usr/bin/env python
-"""Benchmarks on whatever backend JAX finds; writes OUT/bench.json and OUT/bench.md (see lax_pretrain/bench).
+"""`lax-bench` from a checkout that is not installed (see lax_pretrain/bench/cli.py)."""
 
-    python scripts/bench.py --suite=all --out=docs/benchmarks/cpu
-    python scripts/bench.py --suite=layers --tiny --out=/tmp/bench
-    python scripts/bench.py --suite=models --dtype=bfloat16 --cases=llama:1b:8x2048 --out=docs/benchmarks/h100
-"""
-
-from __future__ import annotations
-
-import argparse
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lax_pretrain import bench  # noqa: E402
-from lax_pretrain.bench import memory, models  # noqa: E402
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="all", choices=(*bench.SUITES, "all"))
-    p.add_argument("--out", default=None, help="output directory (default docs/benchmarks/<backend>)")
-    p.add_argument("--tiny", action="store_true", help="seconds-long smoke version of every suite")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (layers 5, models 3)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (1)")
-    p.add_argument("--min_sample_s", type=float, default=None, help="calls per timed sample last at least this")
-    p.add_argument("--widths", default=None, help="layers: comma-separated widths (CPU 512,1024,2048; "
-                                                  "accelerators also 4096)")
-    p.add_argument("--tokens", type=int, default=None, help="layers: tokens per call (1024)")
-    p.add_argument("--cases", default=None, help="models: FAMILY:PRESET:BATCH[xSEQ],... e.g. "
-                                                 "llama:nano:8x256,llama:60m:2x256,vit:tiny:32")
-    p.add_argument("--memory_presets", default=None, help="memory: LLaMA presets (60m,130m)")
-    p.add_argument("--memory_batch", type=int, default=None, help="memory: per-device batch (16)")
-    p.add_argument("--memory_seq", type=int, default=None, help="memory: sequence length (256)")
-    p.add_argument("--memory_variants", default=None, help="memory: KIND:CROSSING:REMAT,... (default "
-                                                           "dense, cola, cola+cola_m, cola+full)")
-    p.add_argument("--memory_precisions", default=None, help="memory: fp32,bf16 (default fp32; bf16 = the CoLA "
-                                                             "code's pure-bf16 parameters and moments)")
-    p.add_argument("--cpu_drop_remat", action="store_true",
-                   help="memory: compile as XLA:CPU does by default (which drops remat)")
-    a = p.parse_args(argv)
-
-    import jax
-
-    out = Path(a.out or f"docs/benchmarks/{jax.default_backend()}")
-    suites = bench.SUITES if a.suite == "all" else (a.suite,)
-    timing = {k: v for k, v in (("repeats", a.repeats), ("warmup", a.warmup), ("min_sample_s", a.min_sample_s))
-              if v is not None}
-    settings: dict[str, dict] = {"layers": dict(timing), "models": dict(timing), "memory": {}}
-    if a.widths:
-        settings["layers"]["widths"] = _ints(a.widths)
-    if a.tokens:
-        settings["layers"]["tokens"] = a.tokens
-    if a.cases:
-        settings["models"]["cases"] = models.parse_cases(a.cases)
-    if a.memory_presets:
-        settings["memory"]["presets"] = tuple(x.strip() for x in a.memory_presets.split(",") if x.strip())
-    if a.memory_batch:
-        settings["memory"]["batch_size"] = a.memory_batch
-    if a.memory_seq:
-        settings["memory"]["seq_len"] = a.memory_seq
-    if a.memory_variants:
-        settings["memory"]["variants"] = memory.parse_variants(a.memory_variants)
-    if a.memory_precisions:
-        settings["memory"]["precisions"] = tuple(x.strip() for x in a.memory_precisions.split(",") if x.strip())
-    if a.cpu_drop_remat:
-        settings["memory"]["keep_remat_on_cpu"] = False
-    command = "python scripts/bench.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    json_path, md_path = bench.run(suites, out, tiny=a.tiny, dtype=a.dtype, command=command.strip(),
-                                   settings=settings)
-    print(f"wrote {json_path} and {md_path}")
-
+from lax_pretrain.bench.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

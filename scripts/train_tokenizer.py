@@ -8,28 +8,27 @@ Ids: pad 0, bos 1, eos 2, unk 3, as the byte tokenizer's specials; text round-tr
 """
 
 import os
+import sys
 
-from absl import app, flags
+from absl import flags
 
+from lax_pretrain import cli
 from lax_pretrain.data import config, text, tfds_io
 from lax_pretrain.data.tokenizer import train_sentencepiece
 
-_DATASET = flags.DEFINE_enum(
-    "dataset", "shakespeare", list(config.TEXT_DATASETS), "Text dataset (data.name)."
-)
-_VOCAB_SIZE = flags.DEFINE_integer(
-    "vocab_size", 4096, "Number of pieces, the 4 specials and 256 byte pieces included."
-)
-_OUT = flags.DEFINE_string("out", None, "Where to write the model (PATH.model).", required=True)
-_MODEL_TYPE = flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece algorithm.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", "", "TFDS data dir (data.data_dir); default $TFDS_DATA_DIR or ~/tensorflow_datasets."
-)
-_MAX_DOCUMENTS = flags.DEFINE_integer(
-    "max_documents",
-    0,
-    "Train on the first N documents only (0: all); C4 needs a limit, about 1M documents is plenty.",
-)
+FLAGS = cli.new_flags()
+flags.DEFINE_enum("dataset", "shakespeare", list(config.TEXT_DATASETS), "Text dataset (data.name).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("vocab_size", 4096, "Number of pieces, the 4 specials and 256 byte pieces included.",
+                     flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Where to write the model (PATH.model).", required=True, flag_values=FLAGS)
+flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece algorithm.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", "",
+                    "TFDS data dir (data.data_dir); default $TFDS_DATA_DIR or ~/tensorflow_datasets.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("max_documents", 0,
+                     "Train on the first N documents only (0: all); C4 needs a limit, about 1M documents is "
+                     "plenty.", flag_values=FLAGS)
 
 
 def train_lines(cfg, max_documents: int):
@@ -39,19 +38,19 @@ def train_lines(cfg, max_documents: int):
         yield from (line for line in text.decode_text(documents[i]["text"]).split("\n") if line.strip())
 
 
-def main(argv):
-    del argv
-    cfg = config.resolve({"name": _DATASET.value, "data_dir": _DATA_DIR.value})
-    model = train_sentencepiece(
-        train_lines(cfg, _MAX_DOCUMENTS.value), vocab_size=_VOCAB_SIZE.value, model_type=_MODEL_TYPE.value
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "wb") as f:
+def _run(fv: flags.FlagValues) -> None:
+    cfg = config.resolve({"name": fv.dataset, "data_dir": fv.data_dir})
+    model = train_sentencepiece(train_lines(cfg, fv.max_documents), vocab_size=fv.vocab_size,
+                                model_type=fv.model_type)
+    os.makedirs(os.path.dirname(os.path.abspath(fv.out)), exist_ok=True)
+    with open(fv.out, "wb") as f:
         f.write(model)
-    print(
-        f"wrote {_OUT.value} ({_VOCAB_SIZE.value} pieces); use it with --config.data.tokenizer={_OUT.value}"
-    )
+    print(f"wrote {fv.out} ({fv.vocab_size} pieces); use it with --config.data.tokenizer={fv.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_run, FLAGS, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -6,6 +6,7 @@ init (std 0.02) every logit is near zero and a 1e-4 tolerance would prove nothin
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -22,8 +23,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lax_pretrain.config import llama_config
 from lax_pretrain.convert import export_hf_llama, load_hf_llama, load_imported, save_imported, to_low_rank
-from lax_pretrain.convert.hf_llama import blocks_of, projection
 from lax_pretrain.convert.low_rank import tt_full
+from lax_pretrain.convert.weights import blocks_of, projection
 from lax_pretrain.layers import cap_tt_ranks
 from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS
@@ -151,12 +152,18 @@ def test_workdir_round_trip(tmp_path, imported):
 
 
 def test_cli_import_svd_then_export(tmp_path, hf_dir):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "lax_pretrain.convert.hf_llama", *args],
-                                       capture_output=True, text=True, check=True,
-                                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    shown = run("import", f"--hf_dir={hf_dir}", f"--out={tmp_path}", "--to_kind=svd", "--rank=1000").stdout
-    assert "mean rel. error" in shown and (tmp_path / "imported" / "params").is_dir()
-    run("export", f"--workdir={tmp_path}", f"--out={tmp_path / 'hf'}")
+    """`python -m lax_pretrain.convert.hf_llama import`, then the `lax-convert` console script exports."""
+    def run(*argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+    shown = run(sys.executable, "-m", "lax_pretrain.convert.hf_llama", "import", f"--hf_dir={hf_dir}",
+                f"--out={tmp_path}", "--to_kind=svd", "--rank=1000")
+    assert "mean rel. error" in shown.stdout and (tmp_path / "imported" / "params").is_dir()
+    # runpy warns when the package has imported the module it is about to run as __main__.
+    assert "RuntimeWarning" not in shown.stderr, shown.stderr
+    lax_convert = Path(sys.executable).parent / "lax-convert"
+    run(lax_convert, "export", f"--workdir={tmp_path}", f"--out={tmp_path / 'hf'}")
     exported = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert exported["max_position_embeddings"] == 128  # kept from the source config.json
     np.testing.assert_allclose(hf_logits(tmp_path / "hf"), hf_logits(hf_dir), atol=1e-4, rtol=0)
@@ -269,3 +276,20 @@ def test_old_style_rope_theta_is_read():
     config = {k: v for k, v in LlamaConfig(**SMALL).to_dict().items() if k != "rope_parameters"}
     config.update(rope_theta=500000, rope_scaling=None)  # transformers 4.x layout
     assert model_config_from_hf(config).rope_theta == 500000.0
+
+
+def test_modules_import_one_way():
+    """No import cycle inside the package, and `lax_pretrain.convert` does not load its command line."""
+    package = Path(__file__).resolve().parents[1] / "lax_pretrain" / "convert"
+    imports = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {node.module.rsplit(".", 1)[-1] for node in ast.walk(tree)
+                              if isinstance(node, ast.ImportFrom) and node.module
+                              and node.module.startswith("lax_pretrain.convert.")}
+    assert "hf_llama" not in imports["__init__"]
+    done: list[str] = []
+    while len(done) < len(imports):  # peel off modules whose imports are all done; a cycle never peels
+        ready = sorted(m for m in imports if m not in done and imports[m] <= set(done))
+        assert ready, f"import cycle among {sorted(set(imports) - set(done))}"
+        done += ready

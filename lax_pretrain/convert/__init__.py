@@ -5,20 +5,14 @@
     model, model_config, report = to_low_rank(model, model_config, kind="svd", rank=64)
     export_hf_llama(model, model_config, out_dir)      # dense, svd or tt models (materialized)
 
-Command line: `python -m lax_pretrain.convert.hf_llama import|export ...` (see hf_llama's docstring).
+Modules import one way: weights (parameters <-> arrays) <- hf_checkpoint, low_rank; workdir (the hand-over
+to training) stands alone; hf_llama, the command line (`lax-convert import|export`), uses them all and is
+not imported here, so `python -m lax_pretrain.convert.hf_llama` runs it once.
 """
 
-import importlib
-from typing import Any
+from lax_pretrain.convert.hf_checkpoint import export_hf_llama, load_hf_llama, model_config_from_hf
+from lax_pretrain.convert.low_rank import to_low_rank
+from lax_pretrain.convert.workdir import load_imported, save_imported
 
-# Resolved on first use, so `python -m lax_pretrain.convert.hf_llama` does not import that module twice.
-_EXPORTS = {"export_hf_llama": "hf_llama", "load_hf_llama": "hf_llama", "load_imported": "hf_llama",
-            "model_config_from_hf": "hf_llama", "save_imported": "hf_llama", "to_low_rank": "low_rank"}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__ = ["export_hf_llama", "load_hf_llama", "load_imported", "model_config_from_hf", "save_imported",
+           "to_low_rank"]

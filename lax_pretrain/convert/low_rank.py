@@ -30,10 +30,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lax_pretrain.layers import tt_shape
-from lax_pretrain.convert.hf_llama import (check_linear, dense_params, model_from_params, module_of,
-                                           norm_paths, top_paths)
-from lax_pretrain.layers import validate
+from lax_pretrain.convert.weights import (check_linear, dense_params, model_from_params, module_of,
+                                          norm_paths, top_paths)
+from lax_pretrain.layers import tt_shape, validate
 from lax_pretrain.models.llama import PROJECTIONS, Llama
 from lax_pretrain.models.projections import dtype_of, projection_spec
 

@@ -14,6 +14,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lax_pretrain.layers import init
+from lax_pretrain.layers.broadcast import trailing
 from lax_pretrain.layers.crossing import make_gate, make_latent_norm
 from lax_pretrain.layers.spec import LinearSpec
 from lax_pretrain.nnx_compat import param
@@ -45,7 +46,7 @@ class LinearBase(nnx.Module):
         return x.astype(self.dtype) if self.dtype is not None else x
 
     def add_bias(self, y: jax.Array) -> jax.Array:
-        return y + self.bias[...].astype(y.dtype) if self.spec.use_bias else y
+        return y + trailing(self.bias[...], y) if self.spec.use_bias else y
 
     @property
     def bias_param_count(self) -> int:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lax_pretrain.layers import init
+from lax_pretrain.layers.broadcast import trailing
 from lax_pretrain.layers.norm import Norm
 from lax_pretrain.layers.spec import LinearSpec, balanced_factors
 from lax_pretrain.nnx_compat import param
@@ -53,7 +54,8 @@ class DenseGate(nnx.Module):
         self.bias = param(jnp.zeros((width,), param_dtype), ("rank",))
 
     def __call__(self, z_NxR: jax.Array) -> jax.Array:
-        return z_NxR @ self.kernel[...].astype(z_NxR.dtype) + self.bias[...].astype(z_NxR.dtype)
+        y_NxR = z_NxR @ self.kernel[...].astype(z_NxR.dtype)
+        return y_NxR + trailing(self.bias[...], y_NxR)
 
     @property
     def param_count(self) -> int:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lax_pretrain.layers.broadcast import trailing
 from lax_pretrain.nnx_compat import param
 
 NORMS = ("layernorm", "rmsnorm")
@@ -29,9 +30,9 @@ class Norm(nnx.Module):
         if self.kind == "layernorm":
             x32 = x32 - x32.mean(-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
-        y = y * self.scale[...]
+        y = y * trailing(self.scale[...], y)
         if self.kind == "layernorm":
-            y = y + self.bias[...]
+            y = y + trailing(self.bias[...], y)
         return y.astype(x.dtype)
 
     @property

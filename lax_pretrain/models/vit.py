@@ -17,6 +17,7 @@ import ml_collections
 from flax import nnx
 
 from lax_pretrain.layers import Norm, init
+from lax_pretrain.layers.broadcast import trailing
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param, set_train_mode
@@ -122,10 +123,12 @@ class ViT(nnx.Module):
         # Non-overlapping patches, flattened (row, col, channel) to match a conv kernel (ps, ps, C, D).
         x = images_BxHxWxC.reshape(b, height // ps, ps, width // ps, ps, c).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, -1, ps * ps * c).astype(self.dtype)
-        x_BxPxD = x @ self.patch_kernel[...].astype(self.dtype) + self.patch_bias[...].astype(self.dtype)
+        x_BxPxD = x @ self.patch_kernel[...].astype(self.dtype)
+        x_BxPxD = x_BxPxD + trailing(self.patch_bias[...], x_BxPxD)
         cls = jnp.broadcast_to(self.cls[...].astype(self.dtype), (b, 1, x_BxPxD.shape[-1]))
         x_BxPxD = jnp.concatenate([cls, x_BxPxD], axis=1) + self.pos[...].astype(self.dtype)
         x_BxPxD = constrain(x_BxPxD, RESIDUAL)
         x_BxPxD = self.final_norm(self.blocks(x_BxPxD))
         cls_BxD = x_BxPxD[:, 0]
-        return jnp.dot(cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32) + self.head_bias[...]
+        logits_BxK = jnp.dot(cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        return logits_BxK + trailing(self.head_bias[...], logits_BxK)

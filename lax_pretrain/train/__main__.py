@@ -1,30 +1,42 @@
-"""python -m lax_pretrain.train --config=configs/llama.py:nano,kind=cola,lax=kron --workdir=runs/x [--config.a.b=v]"""
+"""Pretrain a model from a recipe: checkpoints, metrics.jsonl, config.json in the workdir (resumes if there).
+
+    lax-train --config=configs/llama.py:nano,kind=cola,lax=kron --workdir=runs/x [--config.a.b=v]
+    python -m lax_pretrain.train ...   (the same)
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from lax_pretrain import cli
 from lax_pretrain.parallel.distributed import maybe_initialize_distributed
+from lax_pretrain.train import train
 
-config_flags.DEFINE_config_file("config", None, "Recipe file and compact argument, e.g. configs/llama.py:nano")
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, config.json (resumes if present).")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = cli.new_flags()
+config_flags.DEFINE_config_file(
+    "config", None, "Recipe file and compact argument, e.g. configs/llama.py:nano", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None,
+                    "Run directory: checkpoints, metrics.jsonl, config.json (resumes if present).",
+                    flag_values=FLAGS)
+flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def _run(fv: flags.FlagValues) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     logging.getLogger("lax_pretrain").setLevel(logging.INFO)
-    config = flags.FLAGS.config
+    config = fv.config
     maybe_initialize_distributed(config.distributed)
-    from lax_pretrain.train import train
-
-    summary = train(config, flags.FLAGS.workdir)
+    summary = train(config, fv.workdir)
     print(f"{summary['status']} at step {summary['step']}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_run, FLAGS, argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

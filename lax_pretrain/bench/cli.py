@@ -1,0 +1,103 @@
+"""Benchmarks on whatever backend JAX finds; writes OUT/bench.json and OUT/bench.md (see lax_pretrain/bench).
+
+    lax-bench --suite=all --out=docs/benchmarks/cpu
+    lax-bench --suite=layers --tiny --out=/tmp/bench
+    lax-bench --suite=models --dtype=bfloat16 --cases=llama:1b:8x2048 --out=docs/benchmarks/h100
+    python scripts/bench.py ...   (the same, from a checkout that is not installed)
+
+A configuration error (an unknown suite, a malformed --cases or --memory_variants) prints one line
+`error: ...` and returns 2; --verbose shows its traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import jax
+
+from lax_pretrain import bench
+from lax_pretrain.bench import memory, models
+
+
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag}={text}: expected comma-separated integers") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="all", choices=(*bench.SUITES, "all"))
+    p.add_argument("--out", default=None, help="output directory (default docs/benchmarks/<backend>)")
+    p.add_argument("--tiny", action="store_true", help="seconds-long smoke version of every suite")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (layers 5, models 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (1)")
+    p.add_argument("--min_sample_s", type=float, default=None,
+                   help="calls per timed sample last at least this")
+    p.add_argument("--widths", default=None, help="layers: comma-separated widths (CPU 512,1024,2048; "
+                                                  "accelerators also 4096)")
+    p.add_argument("--tokens", type=int, default=None, help="layers: tokens per call (1024)")
+    p.add_argument("--cases", default=None, help="models: FAMILY:PRESET:BATCH[xSEQ],... e.g. "
+                                                 "llama:nano:8x256,llama:60m:2x256,vit:tiny:32")
+    p.add_argument("--memory_presets", default=None, help="memory: LLaMA presets (60m,130m)")
+    p.add_argument("--memory_batch", type=int, default=None, help="memory: per-device batch (16)")
+    p.add_argument("--memory_seq", type=int, default=None, help="memory: sequence length (256)")
+    p.add_argument("--memory_variants", default=None, help="memory: KIND:CROSSING:REMAT,... (default "
+                                                           "dense, cola, cola+cola_m, cola+full)")
+    p.add_argument("--memory_precisions", default=None,
+                   help="memory: fp32,bf16 (default fp32; bf16 = the CoLA code's pure-bf16 parameters and "
+                        "moments)")
+    p.add_argument("--cpu_drop_remat", action="store_true",
+                   help="memory: compile as XLA:CPU does by default (which drops remat)")
+    p.add_argument("--verbose", action="store_true", help="show the full traceback of a configuration error")
+    return p
+
+
+def _settings(a: argparse.Namespace) -> dict[str, dict]:
+    """Per-suite keyword arguments of `bench.run` from the flags that were given."""
+    given = (("repeats", a.repeats), ("warmup", a.warmup), ("min_sample_s", a.min_sample_s))
+    timing = {k: v for k, v in given if v is not None}
+    settings: dict[str, dict] = {"layers": dict(timing), "models": dict(timing), "memory": {}}
+    if a.widths:
+        settings["layers"]["widths"] = _ints("--widths", a.widths)
+    if a.tokens:
+        settings["layers"]["tokens"] = a.tokens
+    if a.cases:
+        settings["models"]["cases"] = models.parse_cases(a.cases)
+    if a.memory_presets:
+        settings["memory"]["presets"] = tuple(x.strip() for x in a.memory_presets.split(",") if x.strip())
+    if a.memory_batch:
+        settings["memory"]["batch_size"] = a.memory_batch
+    if a.memory_seq:
+        settings["memory"]["seq_len"] = a.memory_seq
+    if a.memory_variants:
+        settings["memory"]["variants"] = memory.parse_variants(a.memory_variants)
+    if a.memory_precisions:
+        precisions = a.memory_precisions.split(",")
+        settings["memory"]["precisions"] = tuple(x.strip() for x in precisions if x.strip())
+    if a.cpu_drop_remat:
+        settings["memory"]["keep_remat_on_cpu"] = False
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    out = Path(a.out or f"docs/benchmarks/{jax.default_backend()}")
+    suites = bench.SUITES if a.suite == "all" else (a.suite,)
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python scripts/bench.py " + " ".join(shlex.quote(x) for x in given)
+    try:
+        json_path, md_path = bench.run(suites, out, tiny=a.tiny, dtype=a.dtype, command=command.strip(),
+                                       settings=_settings(a))
+    except ValueError as e:
+        if a.verbose:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {json_path} and {md_path}")
+    return 0
