@@ -38,10 +38,10 @@ from typing import Any
 import jax
 import ml_collections
 from absl import flags
-from absl import logging as absl_logging
 from flax import nnx
 from ml_collections import config_flags
 
+from lax_pretrain import cli
 from lax_pretrain.adapters.eigenlorax import INIT_SCALE, Basis, Loadings, augment
 from lax_pretrain.adapters.inject import (
     ADAPTER_KINDS,
@@ -142,13 +142,9 @@ def finetune(config: ml_collections.ConfigDict, base: str | Path | tuple[nnx.Mod
 
 # ----------------------------------------------------------------------------------------------- command line
 
-FLAGS = flags.FlagValues()  # private: importing this module defines no flag in absl's global FLAGS
-# The config flag defines its --config.* override flags from the argv in this list (from sys.argv when given
-# none), so `main` puts the argv it parses here: an in-process main(argv) is not sys.argv.
-_ARGV: list[str] = []
+FLAGS = cli.new_flags()  # private: importing this module defines no flag in absl's global FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe and compact argument (data/train/optim), e.g. "
-                                "configs/llama.py:nano; the model section comes from --base.", flag_values=FLAGS,
-                                sys_argv=_ARGV)
+                                "configs/llama.py:nano; the model section comes from --base.", flag_values=FLAGS)
 flags.DEFINE_string("base", None, "Training workdir, workdir with imported/, or Hugging Face directory.",
                     flag_values=FLAGS)
 flags.DEFINE_enum("adapter", "lora", list(ADAPTER_KINDS), "Adapter kind.", flag_values=FLAGS)
@@ -171,38 +167,7 @@ flags.DEFINE_float("init_scale", INIT_SCALE, "EigenLoRAx: fresh loadings U(-init
                    flag_values=FLAGS)
 flags.DEFINE_enum("eigen_init", "uniform", list(EIGEN_INITS), "EigenLoRAx: 'uniform' loadings (the reference's "
                   "default) or alpha_B = 0 (start exactly at the base, like LoRA's B = 0).", flag_values=FLAGS)
-flags.DEFINE_bool("verbose", False, "Re-raise bad input (a flag, a config key, a file) with its traceback instead "
-                  "of printing one line.", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "base", "workdir"], flag_values=FLAGS)
-
-_USER_ERRORS = (ValueError, FileNotFoundError, flags.Error)
-_HELP = ("-h", "-help", "--help", "--helpshort", "--helpfull")
-
-
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line; a multi-line one (ml_collections pastes a whole traceback into its
-    config errors) gives way to the message of the exception that caused it."""
-    while "\n" in str(error).strip() and (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _parse(argv: list[str]) -> None:
-    """Parses argv into FLAGS from scratch, so that a second in-process `main` sees nothing of the first."""
-    FLAGS.unparse_flags()
-    for name in [n for n in FLAGS if n.startswith("config.")]:
-        delattr(FLAGS, name)  # the config flag defines one flag per --config.* override on every parse
-    _ARGV[:] = argv
-    try:
-        FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # what ConfigDict raises for an override of a key it does not have
-        key = str(e).strip("\"'")
-        raise ValueError(f"no config key {key!r}: a --config.* override names a key the config does not "
-                         "have") from e
-    try:
-        FLAGS.config.get("train")
-    except OSError as e:  # ml_collections defers the config file's load error to the first read of the config
-        raise FileNotFoundError(f"--config: {_one_line(e)}") from e
 
 
 def spec_from_flags(f: flags.FlagValues, basis: Basis | None) -> AdapterSpec:
@@ -235,28 +200,9 @@ def _run(f: flags.FlagValues) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; `argv` as sys.argv (the program name first), default sys.argv. Returns the exit status:
-    0, or 2 after one line `error: ...` on stderr for bad input (with --verbose: the exception propagates)."""
-    argv = list(argv or sys.argv)
-    if any(arg in _HELP for arg in argv[1:]):
-        print(__doc__)
-        print(FLAGS.get_help())
-        return 0
-    try:
-        _parse(argv)
-        _run(FLAGS)
-    except _USER_ERRORS as e:
-        # a flag that does not parse leaves FLAGS unparsed, --verbose included
-        if (FLAGS.verbose if FLAGS.is_parsed() else "--verbose" in argv):
-            raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+    """The command line (`lax-finetune`); returns the exit status (lax_pretrain/cli.py)."""
+    return cli.run(_run, FLAGS, argv)
 
 
 if __name__ == "__main__":
-    # What absl's app.run did for this command: log records to stderr in absl's format. absl's handler warns
-    # about logging before flag parsing unless its global FLAGS (which hold none of ours) count as parsed.
-    absl_logging.use_absl_handler()
-    flags.FLAGS.mark_as_parsed()
     sys.exit(main())

@@ -19,6 +19,7 @@ from absl import flags
 
 from lax_pretrain import cli
 from lax_pretrain import data as data_lib
+from lax_pretrain.models import get_task
 from lax_pretrain.train.checkpoint import load_trained_model
 
 FLAGS = cli.new_flags()
@@ -34,7 +35,7 @@ flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 def generate(workdir: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
              top_k: int = 40, seed: int = 0) -> str:
     model, config, _ = load_trained_model(workdir)
-    if config.model.family != "llama":
+    if get_task(config.model).data_kind != "text":
         raise ValueError(f"{workdir} holds a {config.model.family!r} model; sampling needs a language model")
     tokenizer = data_lib.get_tokenizer(config.data)
     window = config.data.seq_len

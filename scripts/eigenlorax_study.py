@@ -69,7 +69,7 @@ from lax_pretrain.finetune import finetune, load_base  # noqa: E402
 from lax_pretrain.models import build  # noqa: E402
 from lax_pretrain.train import train  # noqa: E402
 from lax_pretrain.train.metrics import read_metrics  # noqa: E402
-from lax_pretrain.train.tasks import lm_eval, summarize_eval  # noqa: E402
+from lax_pretrain.models.tasks import lm_eval, lm_summary  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "runs/eigenlorax_study", "Output directory (runs resume if present).")
 _BASE_STEPS = flags.DEFINE_integer("base_steps", 300, "Pretraining steps of the base.")
@@ -127,7 +127,7 @@ def _eval_sums(model: nnx.Module, batch: dict) -> dict:
 
 
 def eval_loss(model: nnx.Module, batches: list[dict]) -> float:
-    return summarize_eval("llama", [jax.device_get(_eval_sums(model, b)) for b in batches])["eval_loss"]
+    return lm_summary([jax.device_get(_eval_sums(model, b)) for b in batches])["eval_loss"]
 
 
 def eval_curve(workdir: Path) -> list[tuple[int, float]]:

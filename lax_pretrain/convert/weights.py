@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from lax_pretrain.layers import DenseLinear, FactorizedLinear
-from lax_pretrain.models import build
+from lax_pretrain.models import build, get_task
 from lax_pretrain.models.llama import PROJECTIONS, Llama
 from lax_pretrain.models.projections import projection_spec
 
@@ -104,7 +104,7 @@ def projection(block: nnx.Module, name: str) -> DenseLinear | FactorizedLinear:
 
 def check_linear(model_cfg: Any) -> None:
     """Raises unless every projection is one linear map (a kernel), i.e. the model has a dense equivalent."""
-    if model_cfg.get("family") != "llama":
+    if get_task(model_cfg).model_class is not Llama:
         raise ValueError(f"model.family={model_cfg.get('family')!r}: only LLaMA models convert")
     if model_cfg.only_lr_act:
         raise ValueError("model.only_lr_act=True drops the SwiGLU's SiLU: no LLaMA equivalent")
