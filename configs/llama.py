@@ -13,8 +13,8 @@ Expected (published, C4 validation perplexity after 1.3B tokens): full-rank 34.0
 LaX reports low-rank + LaX matching full rank. Parameter totals: 58.07M dense, 42.77M CoLA/SVD (60M).
 """
 
-from lax_pretrain.config import llama_config
+from lax_pretrain.config import from_compact
 
 
 def get_config(arg: str | None = None):
-    return llama_config(arg or "nano")
+    return from_compact("llama", arg or "nano")

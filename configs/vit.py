@@ -12,8 +12,8 @@ Train the paper's ViT-B/16 CoLA + LaX on ImageNet (TFDS imagenet2012 prepared as
 Expected (LaX paper): low-rank + LaX matches full-rank ViT-B top-1 with 44.2M instead of 86.6M parameters.
 """
 
-from lax_pretrain.config import vit_config
+from lax_pretrain.config import from_compact
 
 
 def get_config(arg: str | None = None):
-    return vit_config(arg or "tiny")
+    return from_compact("vit", arg or "tiny")

@@ -19,11 +19,16 @@ A private `FlagValues` per command means importing several commands into one pro
 defines nothing globally and never collides. A configuration or data error (ValueError, FileNotFoundError,
 a flag that does not parse, a `--config.a.b` override of a key the config lacks) prints one line
 `error: ...` naming the key and returns 2, with no traceback; `--verbose` re-raises it with the traceback.
-`--help` prints the command module's docstring and its flags.
+`--help` prints the command module's docstring and its flags. A work function that returns an int gives the
+exit status (lax-sweep: 1 when a run failed).
+
+Commands that take positional arguments (`lax-compare RUN_DIR...`) use argparse through the same rules:
+`p = cli.parser(prog, __doc__)`, `def main(argv=None) -> int: return cli.run_parsed(p, _run, argv)`.
 """
 
 from __future__ import annotations
 
+import argparse
 import faulthandler
 import re
 import sys
@@ -81,15 +86,12 @@ def _parse_and_work(work: Callable[..., object], fv: flags.FlagValues, argv: lis
             raise
         return _fail(e)
     try:
-        if commands:
-            work(fv, args[0])
-        else:
-            work(fv)
+        status = work(fv, args[0]) if commands else work(fv)
     except USER_ERRORS as e:
         if fv.verbose:
             raise
         return _fail(e)
-    return 0
+    return status if isinstance(status, int) else 0  # a command may report its own status (lax-sweep: 1)
 
 
 def _own_process() -> None:
@@ -156,3 +158,40 @@ def _fail(error: BaseException) -> int:
 def _help(work: Callable[..., object], fv: flags.FlagValues) -> str:
     doc = (sys.modules[work.__module__].__doc__ or "").strip()
     return f"{doc}\n\nflags:\n{fv.get_help()}" if doc else fv.get_help()
+
+
+class _BadArguments(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage and exit the process
+        raise _BadArguments(message)
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argparse parser whose errors come back to `run_parsed`, with the shared `--verbose`."""
+    p = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="show the traceback of a configuration or data error")
+    return p
+
+
+def run_parsed(p: argparse.ArgumentParser, work: Callable[[argparse.Namespace], int | None],
+               argv: Sequence[str] | None) -> int:
+    """`run` for argparse commands: parses `argv` (default sys.argv[1:]) and returns work(args) (None: 0), or 2
+    after one line on stderr for bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = p.parse_intermixed_args(argv)
+    except _BadArguments as e:
+        return _fail(e)
+    except SystemExit as e:  # --help: printed; a status to return rather than this process's end
+        return int(e.code or 0)
+    try:
+        status = work(args)
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        return _fail(e)
+    return status if isinstance(status, int) else 0
+

@@ -1,7 +1,12 @@
 """Experiment configs: the base ConfigDict, the model presets at the papers' scales, and the compact grammar.
 
-A recipe file in configs/ calls `llama_config(arg)` or `vit_config(arg)` where `arg` is a compact string
-`PRESET[,key=value...]`, e.g. `60m,kind=cola,lax=kron,rank=128` or `b16,kind=tt,lax=kron,intra=1`.
+Recipes are keyword functions:
+
+    llama_config("60m", kind="cola", lax="kron", rank=128)
+    vit_config("b16", kind="tt", lax="kron")            # TT + LaX: intra-layer LaX on q, k, v, o by default
+
+The compact string `PRESET[,key=value...]` of the command line (`--config=configs/llama.py:60m,kind=cola`) is
+parsed once, at the config-file boundary (`from_compact`, called by each configs/<family>.py `get_config`).
 Compact keys (everything else: `--config.x.y=...` on the command line):
   kind      dense | svd | cola | tt                      (model.linear.kind)
   lax       none | identity | dense | kron               (model.linear.crossing)
@@ -17,14 +22,16 @@ Compact keys (everything else: `--config.x.y=...` on the command line):
   dtype     float32 | bfloat16                            (model.dtype, compute)
   precision fp32 | bf16: fp32 = float32 parameters and AdamW moments (compute per `dtype`); bf16 = the CoLA
             code's `model.to(bfloat16)`: parameters, gradients, moments and compute all bfloat16
-  only_lr_act 0 | 1                                       (model.only_lr_act, CoLA's SwiGLU switch)
+  only_lr_act 0 | 1 (LLaMA)                               (model.only_lr_act, CoLA's SwiGLU switch)
 
-Where each default comes from: `python -m lax_pretrain.params --config=... --recipe` (lax_pretrain/recipe.py).
+Where each default comes from: `lax-params --config=... --recipe` (lax_pretrain/recipe.py, docs/recipes.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -32,40 +39,44 @@ from ml_collections import config_dict
 
 from lax_pretrain.data.config import default_data_config
 
-COMPACT_KEYS = ("kind", "lax", "rank", "intra", "norm", "init", "act", "latent_act", "scan", "remat", "dtype",
-                "precision", "only_lr_act")
 PRECISIONS = ("fp32", "bf16")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LlamaPreset:
     d_model: int
     num_layers: int
     num_heads: int
     ffn_dim: int
-    rank: int
+    rank: int  # the paper's latent width of every projection
     lr: float
     steps: int
     warmup: int
     batch_size: int
-    only_lr_act: bool
+    only_lr_act: bool  # CoLA's default for the size (applies to kind=cola only)
     vocab_size: int = 32000
     data: str = "c4"
 
 
-# The released CoLA / LaX LLaMA configs (reference/methods.md 4, recipes.md). `nano` is ours: a CPU-sized
+# The released CoLA / LaX LLaMA configs (docs/methods.md 4, docs/recipes.md). `nano` is ours: a CPU-sized
 # model for the embedded Shakespeare corpus with the byte tokenizer.
 LLAMA_PRESETS = {
-    "nano": LlamaPreset(256, 4, 4, 688, 64, 3e-3, 1000, 100, 32, False, vocab_size=259, data="shakespeare"),
-    "60m": LlamaPreset(512, 8, 8, 1376, 128, 6e-3, 10_000, 2_000, 512, False),
-    "130m": LlamaPreset(768, 12, 12, 2048, 256, 3e-3, 20_000, 2_000, 512, False),
-    "350m": LlamaPreset(1024, 24, 16, 2736, 256, 3e-3, 60_000, 6_000, 512, True),
-    "1b": LlamaPreset(2048, 24, 32, 5461, 512, 2e-3, 100_000, 10_000, 512, True),
-    "7b": LlamaPreset(4096, 32, 32, 11008, 1024, 1e-3, 150_000, 15_000, 512, True),
+    "nano": LlamaPreset(d_model=256, num_layers=4, num_heads=4, ffn_dim=688, rank=64, lr=3e-3, steps=1000,
+                        warmup=100, batch_size=32, only_lr_act=False, vocab_size=259, data="shakespeare"),
+    "60m": LlamaPreset(d_model=512, num_layers=8, num_heads=8, ffn_dim=1376, rank=128, lr=6e-3, steps=10_000,
+                       warmup=2_000, batch_size=512, only_lr_act=False),
+    "130m": LlamaPreset(d_model=768, num_layers=12, num_heads=12, ffn_dim=2048, rank=256, lr=3e-3, steps=20_000,
+                        warmup=2_000, batch_size=512, only_lr_act=False),
+    "350m": LlamaPreset(d_model=1024, num_layers=24, num_heads=16, ffn_dim=2736, rank=256, lr=3e-3, steps=60_000,
+                        warmup=6_000, batch_size=512, only_lr_act=True),
+    "1b": LlamaPreset(d_model=2048, num_layers=24, num_heads=32, ffn_dim=5461, rank=512, lr=2e-3, steps=100_000,
+                      warmup=10_000, batch_size=512, only_lr_act=True),
+    "7b": LlamaPreset(d_model=4096, num_layers=32, num_heads=32, ffn_dim=11008, rank=1024, lr=1e-3,
+                      steps=150_000, warmup=15_000, batch_size=512, only_lr_act=True),
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VitPreset:
     d_model: int
     num_layers: int
@@ -79,6 +90,13 @@ class VitPreset:
     data: str = "imagenet2012"
     # The official LaX TT shapes: projection -> (in modes, out modes, ranks). Others derive from `rank`.
     tt: dict | None = None
+    # The LaX budget: 300 epochs of ImageNet-1k at batch 1024, 10 warm-up epochs from 1e-5, no clipping.
+    steps: int = 375_300
+    batch_size: int = 1024
+    warmup: int = 12_510
+    warmup_init_lr: float = 1e-5
+    clip_norm: float = 0.0
+    eval_every: int = 5000
 
 
 _B16_TT = {"attn": ((32, 24), (24, 32), (1, 32, 336, 32, 1)), "fc1": ((32, 24), (48, 64), (1, 32, 158, 64, 1)),
@@ -87,74 +105,43 @@ _L16_TT = {"attn": ((32, 32), (32, 32), (1, 32, 256, 32, 1)), "fc1": ((32, 32), 
            "fc2": ((64, 64), (32, 32), (1, 64, 198, 32, 1))}
 
 VIT_PRESETS = {
-    "tiny": VitPreset(128, 6, 4, 512, 32, image_size=28, patch_size=4, channels=1, num_classes=10,
-                      data="fashion_mnist"),
-    "s16": VitPreset(384, 12, 6, 1536, 128),
-    "b16": VitPreset(768, 12, 12, 3072, 256, tt=_B16_TT),
-    "l16": VitPreset(1024, 24, 16, 4096, 256, tt=_L16_TT),
+    # Ours: a CPU budget on Fashion-MNIST, clipped for its short warm-up.
+    "tiny": VitPreset(d_model=128, num_layers=6, num_heads=4, mlp_dim=512, rank=32, image_size=28, patch_size=4,
+                      channels=1, num_classes=10, data="fashion_mnist", steps=2000, batch_size=128, warmup=100,
+                      warmup_init_lr=0.0, clip_norm=1.0, eval_every=250),
+    "s16": VitPreset(d_model=384, num_layers=12, num_heads=6, mlp_dim=1536, rank=128),
+    "b16": VitPreset(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072, rank=256, tt=_B16_TT),
+    "l16": VitPreset(d_model=1024, num_layers=24, num_heads=16, mlp_dim=4096, rank=256, tt=_L16_TT),
 }
 
 
-def parse_compact(arg: str | None, presets: dict[str, Any], family: str) -> tuple[str, dict[str, str]]:
-    """'60m,kind=cola,lax=kron' -> ('60m', {'kind': 'cola', 'lax': 'kron'}), with errors naming the key."""
-    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-    if not parts or "=" in parts[0]:
-        raise ValueError(f"a {family} config needs a preset first, one of {', '.join(presets)} (got {arg!r})")
-    preset, options = parts[0], {}
-    if preset not in presets:
-        raise ValueError(f"unknown {family} preset {preset!r}; choose one of {', '.join(presets)}")
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if not sep or key not in COMPACT_KEYS:
-            raise ValueError(f"config argument {part!r}: expected key=value with key in {', '.join(COMPACT_KEYS)}")
-        options[key] = value
-    return preset, options
-
-
-def _rank(options: dict[str, str], default: int) -> int:
-    value = options.get("rank")
-    if value is None:
-        return default
-    if not value.lstrip("-").isdigit():
-        raise ValueError(f"config argument rank={value!r} must be an integer")
-    return int(value)  # its range is checked with the layer spec, naming model.proj.<p>.rank
-
-
-def _flag(options: dict[str, str], key: str, default: bool) -> bool:
-    value = options.get(key)
-    if value is None:
-        return default
-    if value.lower() not in ("0", "1", "true", "false"):
-        raise ValueError(f"config argument {key}={value!r} must be 0 or 1")
-    return value.lower() in ("1", "true")
-
-
-def _intra(options: dict[str, str], default: bool) -> tuple[bool, bool]:
-    """(intra, intra_gate) from `intra=0|1|gate`."""
-    if options.get("intra", "").lower() == "gate":
-        return True, True
-    return _flag(options, "intra", default), False
-
-
-def _precision(options: dict[str, str]) -> tuple[str, str]:
+def _precision(precision: str, dtype: str | None) -> tuple[str, str]:
     """(model.dtype, model.param_dtype) from `precision` and `dtype`."""
-    precision = options.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"config argument precision={precision!r} must be one of {', '.join(PRECISIONS)}")
     if precision == "bf16":
-        if options.get("dtype", "bfloat16") != "bfloat16":
-            raise ValueError(f"config argument dtype={options['dtype']!r} contradicts precision=bf16 (bfloat16 "
+        if dtype not in (None, "bfloat16"):
+            raise ValueError(f"config argument dtype={dtype!r} contradicts precision=bf16 (bfloat16 "
                              "parameters compute in bfloat16); drop one of them")
         return "bfloat16", "bfloat16"
-    return options.get("dtype", "float32"), "float32"
+    return dtype or "float32", "float32"
 
 
-def _latent_act(options: dict[str, str]) -> Any:
+def _latent_act(value: bool | None) -> Any:
     """A bool placeholder: unset means 'only for cola' (the spec decides), and stays overridable from flags."""
     ref = config_dict.placeholder(bool)
-    if "latent_act" in options:
-        ref.set(_flag(options, "latent_act", False))
+    if value is not None:
+        ref.set(bool(value))
     return ref
+
+
+def _intra(intra: bool | str | None, default: bool) -> tuple[bool, bool]:
+    """(intra, intra_gate) from intra = False | True | 'gate' (None: the recipe's default)."""
+    if intra == "gate":
+        return True, True
+    if intra not in (None, True, False):
+        raise ValueError(f"config argument intra={intra!r} must be 0, 1 or gate")
+    return (default if intra is None else bool(intra)), False
 
 
 def _tt_override(in_modes, out_modes, ranks) -> dict[str, Any]:
@@ -176,11 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _linear(kind: str, options: dict[str, str], default_init: str, activation: str, use_bias: bool,
+def _linear(kind: str, *, lax: str, norm: str, init: str, act: str, latent_act: bool | None, use_bias: bool,
             bias_init: str = "zeros") -> dict:
-    return dict(kind=kind, rank=None, crossing=options.get("lax", "none"), latent_norm=options.get("norm", "layernorm"),
-                intra=False, intra_gate=False, activation=options.get("act", activation),
-                latent_act=_latent_act(options), use_bias=use_bias, init=options.get("init", default_init),
+    return dict(kind=kind, rank=None, crossing=lax, latent_norm=norm, intra=False, intra_gate=False,
+                activation=act, latent_act=_latent_act(latent_act), use_bias=use_bias, init=init,
                 bias_init=bias_init)
 
 
@@ -202,24 +188,42 @@ def _projection_overrides(kind: str, rank: int, names: tuple[str, ...], intra: t
     return proj
 
 
-def llama_config(arg: str | None) -> ml_collections.ConfigDict:
-    name, options = parse_compact(arg, LLAMA_PRESETS, "llama")
-    p = LLAMA_PRESETS[name]
-    kind = options.get("kind", "dense")
-    rank = _rank(options, p.rank)
-    intra = _intra(options, False)
-    dtype, param_dtype = _precision(options)
+def _preset(presets: dict[str, Any], preset: str, family: str) -> Any:
+    if preset not in presets:
+        raise ValueError(f"unknown {family} preset {preset!r}; choose one of {', '.join(presets)}")
+    return presets[preset]
+
+
+def run_name(family: str, preset: str, options: dict[str, Any]) -> str:
+    """'llama-60m,kind=cola,lax=kron': the preset and the options given, in the compact grammar."""
+    shown = {k: ({True: 1, False: 0}.get(v, v) if isinstance(v, bool) else v) for k, v in options.items()
+             if v is not None}
+    return ",".join([f"{family}-{preset}", *(f"{k}={v}" for k, v in shown.items())])
+
+
+def llama_config(preset: str = "nano", *, kind: str = "dense", lax: str = "none", rank: int | None = None,
+                 intra: bool | str | None = None, norm: str = "layernorm", init: str = "cola", act: str = "silu",
+                 latent_act: bool | None = None, scan: bool | None = None, remat: str = "none",
+                 dtype: str | None = None, precision: str = "fp32",
+                 only_lr_act: bool | None = None) -> ml_collections.ConfigDict:
+    """The LLaMA recipe of `preset` (nano, 60m, 130m, 350m, 1b, 7b); the keywords are the compact grammar's."""
+    p = _preset(LLAMA_PRESETS, preset, "llama")
+    options = dict(kind=kind, lax=lax, rank=rank, intra=intra, norm=norm, init=init, act=act,
+                   latent_act=latent_act, scan=scan, remat=remat, dtype=dtype, precision=precision,
+                   only_lr_act=only_lr_act)
+    dtype, param_dtype = _precision(precision, dtype)
     c = base_config()
-    c.name = f"llama-{arg}"
+    c.name = run_name("llama", preset, _changed(llama_config, options))
     c.model = dict(
-        family="llama", preset=name, vocab_size=p.vocab_size, d_model=p.d_model, num_layers=p.num_layers,
+        family="llama", preset=preset, vocab_size=p.vocab_size, d_model=p.d_model, num_layers=p.num_layers,
         num_heads=p.num_heads, num_kv_heads=p.num_heads, head_dim=0, ffn_dim=p.ffn_dim, rope_theta=1e4,
         norm_eps=1e-6, tie_embeddings=False, embed_init_std=0.02,
-        only_lr_act=_flag(options, "only_lr_act", p.only_lr_act and kind == "cola"),
-        scan_layers=_flag(options, "scan", p.num_layers >= 24), remat=options.get("remat", "none"),
+        only_lr_act=bool(p.only_lr_act and kind == "cola") if only_lr_act is None else bool(only_lr_act),
+        scan_layers=p.num_layers >= 24 if scan is None else bool(scan), remat=remat,
         dtype=dtype, param_dtype=param_dtype,
-        linear=_linear(kind, options, "cola", "silu", use_bias=False),
-        proj=_projection_overrides(kind, rank, ("q", "k", "v", "o", "gate", "up", "down"), intra, None),
+        linear=_linear(kind, lax=lax, norm=norm, init=init, act=act, latent_act=latent_act, use_bias=False),
+        proj=_projection_overrides(kind, p.rank if rank is None else rank, ("q", "k", "v", "o", "gate", "up", "down"),
+                                   _intra(intra, False), None),
     )
     c.data = default_data_config(p.data)
     c.train.update(steps=p.steps, batch_size=p.batch_size, eval_every=max(p.steps // 10, 1),
@@ -228,52 +232,95 @@ def llama_config(arg: str | None) -> ml_collections.ConfigDict:
     return c
 
 
-def vit_config(arg: str | None) -> ml_collections.ConfigDict:
-    name, options = parse_compact(arg, VIT_PRESETS, "vit")
-    p = VIT_PRESETS[name]
-    kind = options.get("kind", "dense")
-    rank = _rank(options, p.rank)
+def vit_config(preset: str = "tiny", *, kind: str = "dense", lax: str = "none", rank: int | None = None,
+               intra: bool | str | None = None, norm: str = "layernorm", init: str = "lax", act: str = "gelu",
+               latent_act: bool | None = None, scan: bool | None = None, remat: str = "none",
+               dtype: str | None = None, precision: str = "fp32") -> ml_collections.ConfigDict:
+    """The ViT recipe of `preset` (tiny, s16, b16, l16); the keywords are the compact grammar's."""
+    p = _preset(VIT_PRESETS, preset, "vit")
+    options = dict(kind=kind, lax=lax, rank=rank, intra=intra, norm=norm, init=init, act=act,
+                   latent_act=latent_act, scan=scan, remat=remat, dtype=dtype, precision=precision)
     # The authors' TT + LaX configs switch the intra-layer skip on for q, k, v, o; plain TT and svd/cola never.
-    intra = _intra(options, kind == "tt" and options.get("lax", "none") != "none")
-    dtype, param_dtype = _precision(options)
-    init = options.get("init", "lax")
+    intra_flags = _intra(intra, kind == "tt" and lax != "none")
+    dtype, param_dtype = _precision(precision, dtype)
     c = base_config()
-    c.name = f"vit-{arg}"
-    d, f = p.d_model, p.mlp_dim
+    c.name = run_name("vit", preset, _changed(vit_config, options))
     c.model = dict(
-        family="vit", preset=name, image_size=p.image_size, patch_size=p.patch_size, channels=p.channels,
-        num_classes=p.num_classes, d_model=d, num_layers=p.num_layers, num_heads=p.num_heads, mlp_dim=f,
-        dropout=0.1, mlp_hidden_norm="auto", scan_layers=_flag(options, "scan", p.num_layers >= 24),
-        remat=options.get("remat", "none"), dtype=dtype, param_dtype=param_dtype,
+        family="vit", preset=preset, image_size=p.image_size, patch_size=p.patch_size, channels=p.channels,
+        num_classes=p.num_classes, d_model=p.d_model, num_layers=p.num_layers, num_heads=p.num_heads,
+        mlp_dim=p.mlp_dim, dropout=0.1, mlp_hidden_norm="auto",
+        scan_layers=p.num_layers >= 24 if scan is None else bool(scan), remat=remat, dtype=dtype,
+        param_dtype=param_dtype,
         # init=lax is the authors' code: timm embeddings (PyTorch-default patch conv, cls N(0, 1e-6)) and the
         # factorized layers' N(0, 1) bias; the dense baseline is stock timm (zero biases).
         embed_init="timm" if init == "lax" else "trunc_normal",
-        linear=_linear(kind, options, "lax", "gelu", use_bias=True,
+        linear=_linear(kind, lax=lax, norm=norm, init=init, act=act, latent_act=latent_act, use_bias=True,
                        bias_init="normal" if init == "lax" and kind != "dense" else "zeros"),
-        proj=_projection_overrides(kind, rank, ("q", "k", "v", "o", "fc1", "fc2"), intra,
-                                   p.tt if rank == p.rank else None),
+        proj=_projection_overrides(kind, p.rank if rank is None else rank, ("q", "k", "v", "o", "fc1", "fc2"),
+                                   intra_flags, p.tt if rank in (None, p.rank) else None),
     )
     c.data = default_data_config(p.data)
     c.data.image_size = p.image_size
-    # LaX recipe: lr 3e-3 dense / 1e-3 low-rank, wd 0.3 not on biases/norms/cls/pos, cosine to 0, mixup 0.2,
-    # smoothing 0.1 (the data section), no gradient clipping (the script's default).
+    # LaX recipe: lr 3e-3 dense / 1e-3 low-rank, wd 0.3 not on biases/norms/cls/pos, cosine to 0; mixup 0.2 and
+    # smoothing 0.1 are in the data section.
     c.optim.update(lr=3e-3 if kind == "dense" else 1e-3, weight_decay=0.3, weight_decay_mask="no_1d",
-                   min_lr_ratio=0.0, clip_norm=0.0)
-    if name == "tiny":  # ours: a CPU budget, clipped for the short warm-up
-        c.train.update(steps=2000, batch_size=128, eval_every=250, checkpoint_every=250)
-        c.optim.update(warmup_steps=100, clip_norm=1.0)
-    else:
-        c.train.update(steps=375_300, batch_size=1024, eval_every=5000, checkpoint_every=5000)  # 300 epochs
-        c.optim.update(warmup_steps=12_510, warmup_init_lr=1e-5)  # 10 epochs of 1.28M images at 1024, from 1e-5
+                   min_lr_ratio=0.0, clip_norm=p.clip_norm, warmup_steps=p.warmup, warmup_init_lr=p.warmup_init_lr)
+    c.train.update(steps=p.steps, batch_size=p.batch_size, eval_every=p.eval_every, checkpoint_every=p.eval_every)
     return c
 
 
-RECIPES = {"llama": llama_config, "vit": vit_config}
+RECIPES: dict[str, Callable[..., ml_collections.ConfigDict]] = {"llama": llama_config, "vit": vit_config}
+PRESETS = {"llama": LLAMA_PRESETS, "vit": VIT_PRESETS}
 
 
-def recipe_config(family: str, arg: str) -> ml_collections.ConfigDict:
-    """The recipe config of `family` for a compact argument (what configs/<family>.py:ARG gives)."""
+def _changed(recipe: Callable, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that differ from the recipe's defaults (what a run's name shows)."""
+    defaults = {k: v.default for k, v in inspect.signature(recipe).parameters.items() if k != "preset"}
+    return {k: v for k, v in options.items() if v != defaults[k]}
+
+
+# The compact grammar: how a string value becomes the keyword's value.
+def _as_bool(key: str, value: str) -> bool:
+    if value.lower() not in ("0", "1", "true", "false"):
+        raise ValueError(f"config argument {key}={value!r} must be 0 or 1")
+    return value.lower() in ("1", "true")
+
+
+def _as_int(key: str, value: str) -> int:
+    if not value.lstrip("-").isdigit():
+        raise ValueError(f"config argument {key}={value!r} must be an integer")
+    return int(value)  # its range is checked with the layer spec, naming model.proj.<p>.rank
+
+
+def _as_intra(key: str, value: str) -> bool | str:
+    return "gate" if value.lower() == "gate" else _as_bool(key, value)
+
+
+COMPACT_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "rank": _as_int, "intra": _as_intra, "latent_act": _as_bool, "scan": _as_bool, "only_lr_act": _as_bool}
+
+
+def parse_compact(family: str, arg: str | None) -> tuple[str, dict[str, Any]]:
+    """'60m,kind=cola,lax=kron' -> ('60m', {'kind': 'cola', 'lax': 'kron'}) with typed values; errors name the
+    key. The one parser of the compact grammar."""
+    recipe = RECIPES[family]
+    keys = [k for k in inspect.signature(recipe).parameters if k != "preset"]
+    presets = PRESETS[family]
+    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+    if not parts or "=" in parts[0]:
+        raise ValueError(f"a {family} config needs a preset first, one of {', '.join(presets)} (got {arg!r})")
+    options: dict[str, Any] = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in keys:
+            raise ValueError(f"config argument {part!r}: expected key=value with key in {', '.join(keys)}")
+        options[key] = COMPACT_PARSERS.get(key, lambda _k, v: v)(key, value)
+    return parts[0], options
+
+
+def from_compact(family: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The recipe config of a compact argument: what `configs/<family>.py:ARG` gives (the config-file boundary)."""
     if family not in RECIPES:
         raise ValueError(f"no recipe for model family {family!r}; known: {', '.join(RECIPES)}")
-    return RECIPES[family](arg)
-
+    preset, options = parse_compact(family, arg)
+    return RECIPES[family](preset, **options)

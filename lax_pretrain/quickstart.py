@@ -30,7 +30,7 @@ flags.DEFINE_integer("steps", 500, "Training steps.", flag_values=FLAGS)
 
 
 def quickstart_config(steps: int):
-    config = llama_config("nano,kind=cola,lax=kron")
+    config = llama_config("nano", kind="cola", lax="kron")
     config.data.seq_len = 128
     config.data.eval_batches = 8
     config.train.update(steps=steps, batch_size=16, log_every=20, eval_every=max(steps // 4, 1),

@@ -20,7 +20,7 @@ from lax_pretrain.bench import memory as bench_memory
 from lax_pretrain.bench import models as bench_models
 from lax_pretrain.bench import report, timing
 from lax_pretrain.layers import make_linear
-from lax_pretrain.params import model_stats
+from lax_pretrain.models.stats import model_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_STATUSES = ("met", "missed", "not measurable here")
@@ -99,7 +99,7 @@ def test_models_rows_and_flops(tiny):
 
 def test_vit_train_step_runs():
     """The ViT path of the models suite (dropout RNG streams in the frozen state), one variant."""
-    case = bench_models.Case("vit", "tiny", 2, shrink=bench_models.TINY_VIT)
+    case = bench_models.Case("vit", "tiny", 2, shrink=bench_models.TINY)
     from lax_pretrain.bench import fast_compile
 
     with fast_compile():

@@ -1,6 +1,6 @@
-"""Run comparison on hand-written run directories (no training): statuses (finished, running, stopped,
-failed), resumed runs, ViT top-1, the table, the Pareto front, the plots, and the CLI. The comparison of a
-real sweep is in test_sweep.py."""
+"""Run comparison on hand-written run directories (no training; checkpoints committed by orbax itself):
+statuses (finished, running, stopped, failed), resumed runs, ViT top-1, the table, the per-variant means over
+seeds, the Pareto front, the plots, and the CLI. The comparison of a real sweep is in test_sweep.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import orbax.checkpoint as ocp
 import pytest
 
-from lax_pretrain import compare, sweep
+from lax_pretrain.experiments import compare, report, results, runner
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,13 +33,14 @@ def make_run(
     committed=True,
     status: dict | None = None,
     resumed=False,
+    seed=0,
 ) -> Path:
     """A workdir like the trainer's: config.json, metrics.jsonl (log every 2, eval every 5), checkpoints."""
     d = root / name
     d.mkdir(parents=True)
     config = {
         "model": {"family": family, "linear": {"kind": kind, "crossing": crossing}},
-        "train": {"steps": steps, "batch_size": 4, "log_every": 2},
+        "train": {"steps": steps, "batch_size": 4, "log_every": 2, "seed": seed},
         "data": {"seq_len": 8},
     }
     (d / "config.json").write_text(json.dumps(config))
@@ -71,10 +73,14 @@ def make_run(
             )
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if committed and reached == steps:
-        (d / "checkpoints" / str(steps)).mkdir(parents=True)
-        (d / "checkpoints" / str(steps) / "_CHECKPOINT_METADATA").write_text("{}")
+        manager = ocp.CheckpointManager(
+            (d / "checkpoints").resolve(),
+            options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+        )
+        manager.save(steps, args=ocp.args.Composite(meta=ocp.args.JsonSave({"step": steps})))
+        manager.close()
     if status is not None:
-        (d / sweep.STATUS_FILE).write_text(json.dumps(status))
+        (d / runner.STATUS_FILE).write_text(json.dumps(status))
     return d
 
 
@@ -104,7 +110,7 @@ def runs_dir(tmp_path) -> Path:
     make_run(root, "vit-tiny_kind=cola_lax=kron", family="vit", params=500)
     bad = root / "llama-nano_kind=cola_lax=kron_optim.lr=-1.0"
     bad.mkdir()
-    (bad / sweep.STATUS_FILE).write_text(
+    (bad / runner.STATUS_FILE).write_text(
         json.dumps(
             {
                 "name": bad.name,
@@ -120,7 +126,7 @@ def runs_dir(tmp_path) -> Path:
 
 
 def test_load_runs_statuses_and_columns(runs_dir):
-    runs = {r.name: r for r in compare.load_runs([str(runs_dir)])}
+    runs = {r.name: r for r in results.load_runs([str(runs_dir)])}
     assert {n: r.status for n, r in runs.items()} == {
         "llama-nano_kind=cola_lax=kron": "finished",
         "llama-nano_kind=cola_lax=kron_optim.lr=-1.0": "failed",
@@ -140,7 +146,9 @@ def test_load_runs_statuses_and_columns(runs_dir):
         8000,
     )
     assert dense.final_train_loss == pytest.approx(2.0) and dense.best_val_loss == pytest.approx(2.0)
-    assert dense.best_val_ppl == pytest.approx(10.0) and dense.step == 10
+    assert dense.metric == "eval_ppl" and dense.best_metric == pytest.approx(10.0) and dense.step == 10
+    assert dense.final_metric == pytest.approx(10.0) and dense.initial_metric == pytest.approx(20.0)
+    assert dense.variant == "dense" and dense.seed == 0 and dense.lax_params == 10
     assert dense.throughput == pytest.approx(32.0 * 8)  # median of steps 4..10 (the first window compiles)
     assert dense.mfu is None  # CPU records carry no MFU
     # wall time: each window = 2 steps x 4 sequences x 8 tokens / tokens_per_s
@@ -151,23 +159,20 @@ def test_load_runs_statuses_and_columns(runs_dir):
         dense.wall_time_s + 2 * 4 * 8 / (32.0 * 7)
     )  # one redone window
     vit = runs["vit-tiny_kind=cola_lax=kron"]
-    assert (
-        vit.family == "vit"
-        and vit.best_val_top1 == pytest.approx(0.5)
-        and vit.val_metric == vit.best_val_top1
-    )
+    assert vit.family == "vit" and vit.metric == "eval_top1" and vit.best_metric == pytest.approx(0.5)
+    assert vit.throughput_key == "images_per_s" and vit.variant == "cola+kron"
     bad = runs["llama-nano_kind=cola_lax=kron_optim.lr=-1.0"]
     assert (bad.kind, bad.crossing, bad.params, bad.train_curve) == ("cola", "kron", None, [])
     assert "optim.lr=-1.0" in bad.error
 
 
 def test_table(runs_dir):
-    runs = compare.load_runs([str(runs_dir / "llama-*")])  # a glob: the ViT run is left out
+    runs = results.load_runs([str(runs_dir / "llama-*")])  # a glob: the ViT run is left out
     table = compare.markdown_table(runs)
     lines = table.splitlines()
     assert lines[0] == (
         "| run | kind | crossing | params | non-emb params | FLOPs/token | final train loss | "
-        "best val loss | best val ppl | tokens/s | MFU | wall time | status |"
+        "best val loss | best val perplexity | tokens/s | MFU | wall time | status |"
     )
     assert len(lines) == 2 + 7
     row = next(ln for ln in lines if ln.startswith("| llama-nano_kind=dense |"))
@@ -179,15 +184,51 @@ def test_table(runs_dir):
     assert "running (4/10)" in table and "| stopped |" in table
     failed = next(ln for ln in lines if "optim.lr" in ln)
     assert failed.endswith("| - | - | - | failed |")
-    mixed = compare.markdown_table(compare.load_runs([str(runs_dir)]))
-    assert "best val ppl / top-1" in mixed and "50.00%" in mixed
+    mixed = compare.markdown_table(results.load_runs([str(runs_dir)]))
+    assert (
+        "best val perplexity / val top-1" in mixed and "tokens/s or images/s" in mixed and "50.00%" in mixed
+    )
+
+
+def test_variant_summary(tmp_path):
+    """Runs that differ only in train.seed form one group: mean and spread over seeds, the difference to
+    dense, the LaX gain over the twin without a crossing (positive = lower perplexity)."""
+    root = tmp_path / "seeds"
+    make_run(root, "llama-nano_kind=dense", kind="dense", crossing="none", params=4000)
+    make_run(
+        root,
+        "llama-nano_kind=dense_train.seed=1",
+        kind="dense",
+        crossing="none",
+        params=4000,
+        ppl_scale=1.2,
+        seed=1,
+    )
+    make_run(root, "llama-nano_kind=cola_lax=none", crossing="none", params=2000, ppl_scale=1.5)
+    make_run(root, "llama-nano_kind=cola_lax=kron", params=2010, ppl_scale=0.9)
+    runs = results.load_runs([str(root)])
+    summary = compare.variant_summary(runs)
+    assert list(summary) == ["cola+kron", "cola", "dense"]  # in run order; final perplexity: 10 x ppl_scale
+    assert summary["dense"]["seeds"] == 2 and summary["dense"]["mean"] == pytest.approx(11.0)
+    assert summary["dense"]["spread"] == pytest.approx(2.0) and compare.noise(summary) == pytest.approx(2.0)
+    assert summary["cola"]["delta_vs_dense"] == pytest.approx(4.0) and "lax_gain" not in summary["cola"]
+    assert summary["cola+kron"]["lax_gain"] == pytest.approx(6.0)
+    assert summary["cola+kron"]["params_vs_dense"] == pytest.approx(2000 / 1005)
+    text = compare.write_report(runs, tmp_path / "out").read_text()
+    assert (
+        "## Per variant (mean over seeds)" in text
+        and "| cola+kron | 1 | 1,005 | 1.99x | 9.00 | - | -2.00 | +6.00 |" in text
+    )
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["summary"]["noise"] == pytest.approx(
+        2.0
+    )
 
 
 def test_pareto_front():
     points = [(4000, 10.0), (2000, 12.0), (2010, 10.5), (2010, 15.0), (500, 30.0), (5000, 10.0)]
-    assert compare.pareto_front(points) == [4, 1, 2, 0]
-    assert compare.pareto_front([(1, 0.5), (2, 0.4), (3, 0.9)], maximize=True) == [0, 2]
-    assert compare.short_labels(["llama-nano_kind=dense", "llama-nano_kind=cola_lax=kron"]) == [
+    assert report.pareto_front(points) == [4, 1, 2, 0]
+    assert report.pareto_front([(1, 0.5), (2, 0.4), (3, 0.9)], maximize=True) == [0, 2]
+    assert report.short_labels(["llama-nano_kind=dense", "llama-nano_kind=cola_lax=kron"]) == [
         "kind=dense",
         "kind=cola_lax=kron",
     ]
@@ -200,19 +241,19 @@ def assert_real_png(path: Path):
 
 
 def test_report_and_plots(runs_dir, tmp_path):
-    report = compare.write_report(compare.load_runs([str(runs_dir)]), tmp_path / "out", title="Synthetic")
+    report = compare.write_report(results.load_runs([str(runs_dir)]), tmp_path / "out", title="Synthetic")
     text = report.read_text()
     assert text.startswith("# Synthetic") and "8 runs: " in text and "1 failed" in text
     assert "![train and validation loss](loss_curves.png)" in text and "## Failed runs" in text
     for png in ("loss_curves.png", "val_vs_params.png"):
         assert_real_png(tmp_path / "out" / png)
     # Nothing but failures: still a report, with placeholder plots.
-    only_failed = compare.load_runs([str(runs_dir / "*optim.lr*")])
+    only_failed = results.load_runs([str(runs_dir / "*optim.lr*")])
     compare.write_report(only_failed, tmp_path / "failed")
     assert_real_png(tmp_path / "failed" / "val_vs_params.png")
 
 
-def test_cli(runs_dir, tmp_path):
+def test_cli(runs_dir, tmp_path, capsys):
     out = subprocess.run(
         [
             sys.executable,
@@ -231,3 +272,23 @@ def test_cli(runs_dir, tmp_path):
     assert "| llama-nano_kind=dense |" in out.stdout and "| vit-tiny_kind=cola_lax=kron |" in out.stdout
     assert "missing: no such run directory" in out.stderr
     assert (tmp_path / "cli" / "report.md").exists()
+    for args, message in [
+        ([f"--out={tmp_path / 'x'}"], "give run directories"),
+        ([str(tmp_path / "missing")], "required: --out"),
+        ([str(tmp_path / "missing"), f"--out={tmp_path / 'x'}"], "no run directories"),
+    ]:
+        capsys.readouterr()
+        assert compare.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    out = subprocess.run(
+        [sys.executable, "scripts/compare.py", f"--out={tmp_path / 'x'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        out.returncode == 2
+        and out.stderr == "error: give run directories (or globs), or --wandb=ENTITY/PROJECT\n"
+    )

@@ -21,7 +21,7 @@ import torch
 from flax import nnx, traverse_util
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lax_pretrain.config import llama_config
+from lax_pretrain.config import from_compact, llama_config
 from lax_pretrain.convert import export_hf_llama, load_hf_llama, load_imported, save_imported, to_low_rank
 from lax_pretrain.convert.low_rank import tt_full
 from lax_pretrain.convert.weights import blocks_of, projection
@@ -134,7 +134,7 @@ def test_export_materializes_low_rank_and_refuses_cola(tmp_path, imported):
     np.testing.assert_allclose(hf_logits(out), logits(svd), atol=1e-4, rtol=0)
     for arg, error in (("kind=cola", "model.proj.q: kind 'cola' is not a linear map"),
                        ("kind=svd,lax=kron", "model.proj.q.crossing='kron'")):
-        cfg = llama_config(f"nano,{arg},rank=8").model
+        cfg = from_compact("llama", f"nano,{arg},rank=8").model
         # Refused from the config alone, before any weight is read: an abstract model is enough.
         abstract = nnx.eval_shape(lambda cfg=cfg: build(cfg, rngs=nnx.Rngs(0)))
         with pytest.raises(ValueError, match=error):

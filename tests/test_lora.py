@@ -31,7 +31,7 @@ from lax_pretrain.adapters import (
     save_adapter,
 )
 from lax_pretrain.adapters.inject import targets_match
-from lax_pretrain.config import llama_config, vit_config
+from lax_pretrain.config import from_compact, llama_config, vit_config
 from lax_pretrain.layers import make_linear
 from lax_pretrain.models import build
 
@@ -40,7 +40,7 @@ PROJ = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def tiny_llama(arg: str = "", layers: int = 2, d: int = D):
-    c = llama_config(f"nano,{arg}" if arg else "nano").model
+    c = from_compact("llama", f"nano,{arg}" if arg else "nano").model
     c.d_model, c.ffn_dim, c.num_heads, c.num_kv_heads, c.vocab_size, c.num_layers = d, FFN, HEADS, HEADS, VOCAB, layers
     c.proj = {n: {"rank": LATENT} for n in PROJ} if c.linear.kind != "dense" else {}  # tt: LATENT is the bond
     return c

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lax_pretrain.config import LLAMA_PRESETS, VIT_PRESETS, llama_config, vit_config
+from lax_pretrain.config import from_compact, LLAMA_PRESETS, VIT_PRESETS, llama_config, vit_config
 from lax_pretrain.layers import tt_shape
 from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS as LLAMA_PROJ
@@ -136,7 +136,7 @@ def close_to(actual: int, target_m: float, rel: float = 0.005) -> bool:
 @pytest.mark.parametrize("preset", list(LLAMA_TARGETS))
 @pytest.mark.parametrize("kind", ["dense", "svd", "cola"])
 def test_llama_param_totals(preset, kind):
-    cfg = llama_config(f"{preset},kind={kind},scan=1").model
+    cfg = from_compact("llama", f"{preset},kind={kind},scan=1").model
     stats = model_stats(cfg)
     target = LLAMA_TARGETS[preset][0 if kind == "dense" else 1]
     assert close_to(stats.total_params, target), (stats.total_params / M, target)
@@ -148,7 +148,7 @@ def test_llama_param_totals(preset, kind):
 @pytest.mark.parametrize("preset", ["b16", "l16"])
 @pytest.mark.parametrize("kind", ["dense", "svd", "cola", "tt"])
 def test_vit_param_totals(preset, kind):
-    cfg = vit_config(f"{preset},kind={kind},scan=1").model
+    cfg = from_compact("vit", f"{preset},kind={kind},scan=1").model
     stats = model_stats(cfg)
     target = VIT_TARGETS[preset][kind]
     assert close_to(stats.total_params, target), (stats.total_params / M, target)
@@ -159,8 +159,8 @@ def test_vit_param_totals(preset, kind):
 @pytest.mark.parametrize("preset", ["b16", "l16"])
 @pytest.mark.parametrize("kind", ["svd", "cola", "tt"])
 def test_vit_lax_overhead(preset, kind):
-    plain = model_stats(vit_config(f"{preset},kind={kind},scan=1").model)
-    cfg = vit_config(f"{preset},kind={kind},lax=kron,scan=1").model
+    plain = model_stats(from_compact("vit", f"{preset},kind={kind},scan=1").model)
+    cfg = from_compact("vit", f"{preset},kind={kind},lax=kron,scan=1").model
     crossed = model_stats(cfg)
     extra = crossed.total_params - plain.total_params
     assert extra == crossed.lax_params == vit_expected(preset, kind, lax=True) - vit_expected(preset, kind)
@@ -172,8 +172,8 @@ def test_vit_lax_overhead(preset, kind):
 @pytest.mark.parametrize("preset", ["60m", "1b"])
 def test_llama_lax_overhead(preset):
     """No published figure for LLaMA: exactly (L - 1) blocks x 7 projections x (kron + LayerNorm)."""
-    plain = model_stats(llama_config(f"{preset},kind=cola,scan=1").model)
-    crossed = model_stats(llama_config(f"{preset},kind=cola,lax=kron,scan=1").model)
+    plain = model_stats(from_compact("llama", f"{preset},kind=cola,scan=1").model)
+    crossed = model_stats(from_compact("llama", f"{preset},kind=cola,lax=kron,scan=1").model)
     assert crossed.total_params - plain.total_params == crossed.lax_params
     assert crossed.total_params == llama_expected(preset, "cola", lax=True)
     assert {r.name: r.lax_params for r in crossed.rows} == dict.fromkeys(
@@ -183,8 +183,8 @@ def test_llama_lax_overhead(preset):
 @pytest.mark.parametrize("family,arg", [("llama", "60m,kind=cola,lax=kron"),
                                         ("vit", "tiny,kind=tt,lax=kron")])
 def test_scan_does_not_change_counts(family, arg):
-    make = llama_config if family == "llama" else vit_config
-    unrolled, scanned = model_stats(make(f"{arg},scan=0").model), model_stats(make(f"{arg},scan=1").model)
+    unrolled = model_stats(from_compact(family, f"{arg},scan=0").model)
+    scanned = model_stats(from_compact(family, f"{arg},scan=1").model)
     assert scanned.rows == unrolled.rows
     assert (scanned.total_params, scanned.non_embedding_params, scanned.lax_params,
             scanned.flops_per_token) == (unrolled.total_params, unrolled.non_embedding_params,
@@ -194,7 +194,7 @@ def test_scan_does_not_change_counts(family, arg):
 @pytest.mark.parametrize("arg", ["60m", "60m,kind=cola,lax=kron", "130m,kind=tt,lax=kron,scan=1"])
 def test_llama_rows_add_up(arg):
     """Projection rows + RMSNorms = non-embedding parameters; every projection appears once per block."""
-    cfg = llama_config(arg).model
+    cfg = from_compact("llama", arg).model
     stats = model_stats(cfg)
     assert [r.name for r in stats.rows] == list(LLAMA_PROJ)
     assert all(r.count == cfg.num_layers for r in stats.rows)
@@ -206,11 +206,11 @@ def test_llama_rows_add_up(arg):
 # ============================================================================ config grammar
 
 def test_compact_strings_parse():
-    c = llama_config("60m,kind=cola,lax=kron,rank=128").model
+    c = llama_config("60m", kind="cola", lax="kron", rank=128).model
     assert (c.linear.kind, c.linear.crossing, c.preset) == ("cola", "kron", "60m")
     assert {n: c.proj[n].rank for n in LLAMA_PROJ} == dict.fromkeys(LLAMA_PROJ, 128)
 
-    v = vit_config("b16,kind=tt,lax=kron").model
+    v = vit_config("b16", kind="tt", lax="kron").model
     assert (v.linear.kind, v.linear.crossing) == ("tt", "kron")
     for name in VIT_PROJ:
         in_modes, out_modes, ranks = OFFICIAL_TT["b16"]["attn" if name in ("q", "k", "v", "o") else name]
@@ -219,16 +219,16 @@ def test_compact_strings_parse():
         assert got == (in_modes, out_modes, ranks), name
         # The authors' TT + LaX configs: intra-layer LaX on the attention projections only.
         assert spec.intra == (name in ("q", "k", "v", "o")), name
-    assert not any(vit_config("b16,kind=tt,lax=kron,intra=0").model.proj[n].intra for n in VIT_PROJ)
-    assert not any(vit_config("b16,kind=tt").model.proj[n].intra for n in VIT_PROJ)
+    assert not any(vit_config("b16", kind="tt", lax="kron", intra=False).model.proj[n].intra for n in VIT_PROJ)
+    assert not any(vit_config("b16", kind="tt").model.proj[n].intra for n in VIT_PROJ)
 
-    n = llama_config("nano,kind=tt,intra=1").model
+    n = llama_config("nano", kind="tt", intra=True).model
     assert {p: n.proj[p].intra for p in LLAMA_PROJ} == {"q": True, "k": True, "v": True, "o": True,
                                                         "gate": False, "up": False, "down": False}
     assert n.linear.crossing == "none"
     nnx.eval_shape(lambda: build(n, rngs=nnx.Rngs(0)))  # the derived TT shapes satisfy intra's constraints
 
-    s = llama_config("nano,scan=1,remat=cola_m,dtype=bfloat16,only_lr_act=1,norm=rmsnorm,"
+    s = from_compact("llama", "nano,scan=1,remat=cola_m,dtype=bfloat16,only_lr_act=1,norm=rmsnorm,"
                      "init=tt_variance").model
     assert (s.scan_layers, s.remat, s.dtype, s.only_lr_act, s.linear.latent_norm, s.linear.init) == (
         True, "cola_m", "bfloat16", True, "rmsnorm", "tt_variance")
@@ -236,23 +236,23 @@ def test_compact_strings_parse():
 
 @pytest.mark.parametrize("preset", list(PAPER_RANKS))
 def test_llama_preset_defaults(preset):
-    c = llama_config(f"{preset},kind=cola").model
+    c = from_compact("llama", f"{preset},kind=cola").model
     assert (c.d_model, c.ffn_dim, c.num_layers, c.num_heads) == LLAMA_ARCH[preset]
     assert (c.vocab_size, c.num_kv_heads, c.tie_embeddings, c.norm_eps, c.rope_theta) == (32000, c.num_heads,
                                                                                           False, 1e-6, 1e4)
     assert {n: c.proj[n].rank for n in LLAMA_PROJ} == dict.fromkeys(LLAMA_PROJ, PAPER_RANKS[preset])
     # CoLA's released configs: 60M/130M keep the outer SiLU of the SwiGLU, 350M/1B/7B drop it.
     assert c.only_lr_act == (preset in ("350m", "1b", "7b"))
-    assert not llama_config(f"{preset},kind=svd").model.only_lr_act
+    assert not from_compact("llama", f"{preset},kind=svd").model.only_lr_act
     assert LLAMA_PRESETS[preset].rank == PAPER_RANKS[preset]
 
 
 @pytest.mark.parametrize("preset", ["b16", "l16"])
 def test_vit_preset_defaults(preset):
     for kind in ("svd", "cola"):
-        c = vit_config(f"{preset},kind={kind}").model
+        c = from_compact("vit", f"{preset},kind={kind}").model
         assert {n: c.proj[n].rank for n in VIT_PROJ} == dict.fromkeys(VIT_PROJ, 256)
-    c = vit_config(f"{preset},kind=tt").model
+    c = from_compact("vit", f"{preset},kind=tt").model
     for name in VIT_PROJ:
         expected = OFFICIAL_TT[preset]["attn" if name in ("q", "k", "v", "o") else name]
         assert tuple(tuple(c.proj[name][k]) for k in ("tt_in_modes", "tt_out_modes", "tt_ranks")) == expected
@@ -260,22 +260,23 @@ def test_vit_preset_defaults(preset):
     assert c.mlp_hidden_norm == "auto"
 
 
-@pytest.mark.parametrize("make,arg,key", [
-    (llama_config, "61m,kind=cola", "'61m'"),                  # unknown preset
-    (llama_config, "kind=cola", "preset"),                      # no preset
-    (llama_config, "60m,knd=cola", "'knd=cola'"),               # unknown key
-    (llama_config, "60m,kind", "'kind'"),                       # missing '='
-    (llama_config, "60m,intra=2", "intra='2'"),                 # bad flag values
-    (llama_config, "60m,scan=yes", "scan='yes'"),
-    (llama_config, "60m,only_lr_act=maybe", "only_lr_act='maybe'"),
-    (vit_config, "b32", "'b32'"),
-    (llama_config, "60m,kind=cola,rank=abc", "rank"),           # non-integer rank
-    (vit_config, "b16,kind=cola,rank=1.5", "rank"),
+@pytest.mark.parametrize("family,arg,key", [
+    ("llama", "61m,kind=cola", "'61m'"),                  # unknown preset
+    ("llama", "kind=cola", "preset"),                      # no preset
+    ("llama", "60m,knd=cola", "'knd=cola'"),               # unknown key
+    ("llama", "60m,kind", "'kind'"),                       # missing '='
+    ("llama", "60m,intra=2", "intra='2'"),                 # bad flag values
+    ("llama", "60m,scan=yes", "scan='yes'"),
+    ("llama", "60m,only_lr_act=maybe", "only_lr_act='maybe'"),
+    ("vit", "b16,only_lr_act=1", "'only_lr_act=1'"),      # a LLaMA-only key
+    ("vit", "b32", "'b32'"),
+    ("llama", "60m,kind=cola,rank=abc", "rank"),           # non-integer rank
+    ("vit", "b16,kind=cola,rank=1.5", "rank"),
 ])
-def test_bad_compact_args_name_the_key(make, arg, key):
+def test_bad_compact_args_name_the_key(family, arg, key):
     """The message quotes the offending key (and value), not merely the list of known keys."""
     with pytest.raises(ValueError, match=re.escape(key)):
-        make(arg)
+        from_compact(family, arg)
 
 
 @pytest.mark.parametrize("arg,edit,key", [
@@ -290,7 +291,7 @@ def test_bad_compact_args_name_the_key(make, arg, key):
     ("60m,dtype=float64", None, "model.dtype"),
 ])
 def test_bad_spec_values_raise_at_build(arg, edit, key):
-    cfg = (llama_config if arg[0].isdigit() else vit_config)(arg)  # parsing itself succeeds
+    cfg = from_compact("llama" if arg[0].isdigit() else "vit", arg)  # parsing itself succeeds
     if edit is not None:
         edit(cfg.model)
     with pytest.raises(ValueError, match=re.escape(key)):
@@ -299,7 +300,7 @@ def test_bad_spec_values_raise_at_build(arg, edit, key):
 
 def test_tt_configs_follow_width_overrides():
     """kind=tt stores the latent bond, not a shape: a width override on the command line just works."""
-    cfg = llama_config("60m,kind=tt,lax=kron,rank=64")
+    cfg = llama_config("60m", kind="tt", lax="kron", rank=64)
     cfg.model.update(d_model=384, ffn_dim=1024, num_heads=6, num_kv_heads=6)
     model = nnx.eval_shape(lambda: build(cfg.model, rngs=nnx.Rngs(0)))
     attn, mlp = model.blocks.first.attn, model.blocks.first.mlp
@@ -332,7 +333,7 @@ def _small_proj(kind: str, shapes: dict[str, tuple[int, int]], intra: bool) -> d
 
 def small_llama(arg: str = "", *, layers: int = 2, kv_heads: int = HEADS):
     """llama_config('nano,' + arg) shrunk to d=32, 4 heads, ffn 48, vocab 61, latent rank 8."""
-    c = llama_config(f"nano,{arg}" if arg else "nano").model
+    c = from_compact("llama", f"nano,{arg}" if arg else "nano").model
     intra = bool(c.proj.get("q", {}).get("intra", False))
     c.d_model, c.ffn_dim, c.num_heads, c.num_kv_heads = D, FFN, HEADS, kv_heads
     c.vocab_size, c.num_layers = VOCAB, layers
@@ -346,7 +347,7 @@ def small_llama(arg: str = "", *, layers: int = 2, kv_heads: int = HEADS):
 def small_vit(arg: str = "", *, layers: int = 2, image: int = 28, patch: int = 4, channels: int = 1,
               classes: int = 10):
     """vit_config('tiny,' + arg) shrunk to d=32, 4 heads, mlp 64, latent rank 8."""
-    c = vit_config(f"tiny,{arg}" if arg else "tiny").model
+    c = from_compact("vit", f"tiny,{arg}" if arg else "tiny").model
     c.d_model, c.mlp_dim, c.num_heads, c.num_layers = D, MLP, HEADS, layers
     c.image_size, c.patch_size, c.channels, c.num_classes = image, patch, channels, classes
     shapes = {"q": (D, D), "k": (D, D), "v": (D, D), "o": (D, D), "fc1": (D, MLP), "fc2": (MLP, D)}

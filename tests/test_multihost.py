@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 import lax_pretrain.parallel.rules as rules_lib
-from lax_pretrain.config import llama_config
+from lax_pretrain.config import from_compact, llama_config
 from lax_pretrain.data import tfds_io
 from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train import train
@@ -54,7 +54,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("multihost_tfds"))
-    config = llama_config(ARG)
+    config = from_compact("llama", ARG)
     config.data.data_dir = root
     tfds_io.build_if_needed(config.data)
     return root
@@ -77,7 +77,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     procs = [start_process(i, port, workdir, data_dir, logs[i]) for i in range(2)]
     try:
         # Meanwhile, the reference in this process: the same config on 4 of the 8 devices.
-        config = llama_config(ARG)
+        config = from_compact("llama", ARG)
         for key, value in overrides(data_dir).items():
             *parents, leaf = key.split(".")
             node = config
@@ -117,7 +117,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
 def test_hosts_must_hold_distinct_batch_slices(monkeypatch):
     """With hosts along `tensor` (every device holds the whole batch), per-process data loading would give
     each host different rows of a 'replicated' batch: an error before compiling, not silent garbage."""
-    config = llama_config(ARG)
+    config = from_compact("llama", ARG)
     config.mesh.update(data=1, fsdp=1, tensor=8)
     mesh = make_mesh(config.mesh)
     monkeypatch.setattr(rules_lib.jax, "process_count", lambda: 2)

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lax_pretrain.config import llama_config
+from lax_pretrain.config import from_compact, llama_config
 from lax_pretrain.layers import tt_shape
 from lax_pretrain.data import tfds_io
 from lax_pretrain.models import build
@@ -59,7 +59,7 @@ def projection_spec(name: str, kind: str) -> dict:
 
 
 def tiny_config(data_dir: str, mix: dict[str, str], mesh: tuple[int, int, int], **train_overrides):
-    c = llama_config("nano,kind=svd,lax=kron")
+    c = llama_config("nano", kind="svd", lax="kron")
     c.model.update(d_model=D, num_layers=2, num_heads=4, num_kv_heads=4, ffn_dim=FFN)
     c.model.proj = {p: projection_spec(p, mix[p]) for p in PROJECTIONS}
     c.data.update(seq_len=16, eval_batches=1, data_dir=data_dir)
@@ -205,7 +205,7 @@ def test_bad_tp_impl_is_an_error(data_dir, tmp_path):
 
 def block_config(kind: str, tp_impl: str = "auto"):
     """The 60m LLaMA (d 512, 8 heads, ffn 1376, rank 128) on mesh (1, 1, 4), batch 8 x 64 tokens."""
-    c = llama_config(f"60m,kind={kind}" + (",lax=kron" if kind != "dense" else ""))
+    c = from_compact("llama", f"60m,kind={kind}" + (",lax=kron" if kind != "dense" else ""))
     c.train.batch_size, c.data.seq_len = 8, 64
     c.mesh.update(data=1, fsdp=1, tensor=4)
     c.mesh.num_devices = 4

@@ -61,7 +61,7 @@ def test_json_is_one_object_matching_model_stats(cli):
     payload = json.loads(run.stdout)  # the whole of stdout is one JSON document
     assert isinstance(payload, dict)
     assert abs(payload["total_params"] / 1e6 - 42.77) <= 0.005 * 42.77, payload["total_params"]
-    expected = stats_of(llama_config("60m,kind=cola"))
+    expected = stats_of(llama_config("60m", kind="cola"))
     assert payload == json.loads(json.dumps(expected.to_json()))
     assert [r["name"] for r in payload["rows"]] == list(LLAMA_PROJ)
     assert payload["train_flops_per_token"] == 3 * payload["flops_per_token"]
@@ -72,7 +72,7 @@ def test_table_lists_every_projection(cli):
     """60M CoLA + LaX: 42.77M + (8 - 1) blocks x 7 projections x (kron 8^2 + 16^2, LayerNorm 2 x 128)."""
     run = cli["llama_table"]
     assert run.returncode == 0, run.stderr
-    expected = stats_of(llama_config("60m,kind=cola,lax=kron"))
+    expected = stats_of(llama_config("60m", kind="cola", lax="kron"))
     target_m = 42.77 + 7 * 7 * (8**2 + 16**2 + 2 * 128) / 1e6
     rows = table_rows(run.stdout)
     assert [r[0] for r in rows] == list(LLAMA_PROJ)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lax_pretrain.config import llama_config, vit_config
+from lax_pretrain.config import from_compact, llama_config, vit_config
 from lax_pretrain.models import build
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.recipe import recipe_rows
@@ -32,7 +32,7 @@ VIT_PROJ = ("q", "k", "v", "o", "fc1", "fc2")
 
 def decisions(config_arg: str) -> dict[tuple[str, ...], bool]:
     """{attribute path (list indices dropped): decayed?} of a ViT under the 'no_1d' recipe, from eval_shape."""
-    cfg = vit_config(config_arg)
+    cfg = from_compact("vit", config_arg)
     model = nnx.eval_shape(lambda: build(cfg.model, rngs=nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
     mask = decay_mask(cfg.optim.weight_decay_mask)(params)
@@ -75,7 +75,7 @@ def test_weight_decay_all_decays_everything():
 
 def test_mask_reaches_the_optimizer():
     """One AdamW step on zero gradients moves exactly the decayed parameters (by -lr * wd * p)."""
-    cfg = vit_config("tiny,kind=tt,lax=kron")
+    cfg = vit_config("tiny", kind="tt", lax="kron")
     cfg.optim.update(warmup_steps=0, clip_norm=0.0)
     model = build(cfg.model, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
@@ -90,23 +90,23 @@ def test_mask_reaches_the_optimizer():
 
 @pytest.mark.parametrize("preset,total", [("b16", 41_447_903), ("l16", 102_100_742)])
 def test_tt_lax_vit_has_intra_on_attention(preset, total):
-    cfg = vit_config(f"{preset},kind=tt,lax=kron").model
+    cfg = from_compact("vit", f"{preset},kind=tt,lax=kron").model
     assert {p: bool(cfg.proj[p].intra) for p in VIT_PROJ} == {**dict.fromkeys(("q", "k", "v", "o"), True),
                                                                "fc1": False, "fc2": False}
     assert model_stats(cfg).total_params == total
-    off = vit_config(f"{preset},kind=tt,lax=kron,intra=0").model
+    off = from_compact("vit", f"{preset},kind=tt,lax=kron,intra=0").model
     assert not any(off.proj[p].intra for p in VIT_PROJ)
     assert model_stats(off).total_params == total  # the ungated skip has no parameters
-    gated = vit_config(f"{preset},kind=tt,lax=kron,intra=gate").model
+    gated = from_compact("vit", f"{preset},kind=tt,lax=kron,intra=gate").model
     assert all(gated.proj[p].intra_gate for p in ("q", "k", "v", "o"))
     n2, r1 = (24, 32) if preset == "b16" else (32, 32)
     assert model_stats(gated).total_params == total + cfg.num_layers * 4 * (n2 * n2 + r1 * r1)
     for kind in ("svd", "cola"):  # intra is TT's; other kinds never get it
-        assert not any(vit_config(f"{preset},kind={kind},lax=kron").model.proj[p].get("intra") for p in VIT_PROJ)
+        assert not any(from_compact("vit", f"{preset},kind={kind},lax=kron").model.proj[p].get("intra") for p in VIT_PROJ)
 
 
 def one_block_b16(kind: str, **changes):
-    cfg = vit_config(f"b16,kind={kind}").model
+    cfg = from_compact("vit", f"b16,kind={kind}").model
     cfg.num_layers = 1
     cfg.update(changes)
     return build(cfg, rngs=nnx.Rngs(0))
@@ -139,7 +139,7 @@ def test_vit_dense_baseline_and_old_init_stay_reachable():
     dense = one_block_b16("dense")
     assert all(float(jnp.abs(getattr(dense.blocks.first, p).bias[...]).max()) == 0 for p in VIT_PROJ)
     assert_std(dense.cls[...], 1e-6, "dense cls token")  # stock timm
-    old = one_block_b16("cola", embed_init="trunc_normal", linear={**vit_config("b16,kind=cola").model.linear,
+    old = one_block_b16("cola", embed_init="trunc_normal", linear={**vit_config("b16", kind="cola").model.linear,
                                                                     "bias_init": "zeros"})
     assert float(jnp.abs(old.patch_bias[...]).max()) == 0
     assert_std(old.cls[...], 0.02, "trunc-normal cls")
@@ -149,14 +149,14 @@ def test_vit_dense_baseline_and_old_init_stay_reachable():
 
 
 def test_init_key_selects_the_embedding_init():
-    assert vit_config("b16,kind=cola").model.embed_init == "timm"
-    assert vit_config("b16,kind=cola").model.linear.bias_init == "normal"
-    c = vit_config("b16,kind=cola,init=tt_variance").model
+    assert vit_config("b16", kind="cola").model.embed_init == "timm"
+    assert vit_config("b16", kind="cola").model.linear.bias_init == "normal"
+    c = vit_config("b16", kind="cola", init="tt_variance").model
     assert (c.embed_init, c.linear.bias_init) == ("trunc_normal", "zeros")
 
 
 def test_bf16_precision_mode():
-    cfg = llama_config("nano,kind=cola,lax=kron,precision=bf16")
+    cfg = llama_config("nano", kind="cola", lax="kron", precision="bf16")
     assert (cfg.model.dtype, cfg.model.param_dtype) == ("bfloat16", "bfloat16")
     model = nnx.eval_shape(lambda: build(cfg.model, rngs=nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
@@ -167,25 +167,25 @@ def test_bf16_precision_mode():
     moments = [leaf for leaf in float_leaves if leaf.ndim > 0]
     assert moments and {leaf.dtype for leaf in moments} == {jnp.dtype(jnp.bfloat16)}
     with pytest.raises(ValueError, match="dtype='float32' contradicts precision=bf16"):
-        llama_config("nano,precision=bf16,dtype=float32")
+        llama_config("nano", precision="bf16", dtype="float32")
     with pytest.raises(ValueError, match="precision='fp16'"):
-        llama_config("nano,precision=fp16")
+        llama_config("nano", precision="fp16")
 
 
 def test_latent_act_compact_keys():
-    c = vit_config("b16,kind=svd,latent_act=1,act=relu").model
+    c = vit_config("b16", kind="svd", latent_act=True, act="relu").model
     assert (c.linear.latent_act, c.linear.activation) == (True, "relu")
     model = nnx.eval_shape(lambda: build(c, rngs=nnx.Rngs(0)))
     assert model.blocks.first.q.spec.latent_act
-    assert vit_config("b16,kind=svd").model.linear.latent_act is None  # the spec resolves it per kind
+    assert vit_config("b16", kind="svd").model.linear.latent_act is None  # the spec resolves it per kind
 
 
 def test_recipe_rows_name_sources():
-    rows = {r.key: r for r in recipe_rows(vit_config("l16,kind=tt,lax=kron"), overridden={"optim.lr"})}
+    rows = {r.key: r for r in recipe_rows(vit_config("l16", kind="tt", lax="kron"), overridden={"optim.lr"})}
     assert rows["optim.weight_decay"].value == 0.3 and "LaX ViT code" in rows["optim.weight_decay"].source
     assert rows["optim.lr"].source.startswith("command line")
     assert rows["model.proj.q.intra"].value is True
-    llama = {r.key: r for r in recipe_rows(llama_config("60m,kind=cola"))}
+    llama = {r.key: r for r in recipe_rows(llama_config("60m", kind="cola"))}
     assert llama["optim.lr"].source == "CoLA code: the LLaMA-60M script"
     assert llama["data.document_format"].value == "cola"
     nano = {r.key: r for r in recipe_rows(llama_config("nano"))}

@@ -29,7 +29,7 @@ from jax.experimental.compilation_cache import compilation_cache as cc
 
 import lax_pretrain.train.loop as loop
 import lax_pretrain.train.program as program_lib
-from lax_pretrain.config import llama_config, vit_config
+from lax_pretrain.config import from_compact, llama_config, vit_config
 from lax_pretrain.data import tfds_io
 from lax_pretrain.data.config import FASHION_MNIST_DIR
 from lax_pretrain.train import train
@@ -47,7 +47,7 @@ SUBPROCESS_TIMEOUT_S = 180
 
 
 def tiny_overrides(data_dir: str, **extra) -> dict:
-    """The tiny LLaMA as dotted-key overrides of `llama_config(LLAMA_ARG)`: applied in-process by `llama` and
+    """The tiny LLaMA as dotted-key overrides of `from_compact("llama", LLAMA_ARG)`: applied in-process by `llama` and
     on the command line by `cli`, so both kinds of run train exactly the same thing."""
     o = {
         "model.d_model": 64,
@@ -81,7 +81,7 @@ def apply(config, overrides: dict):
 
 
 def llama(data_dir: str, **extra):
-    return apply(llama_config(LLAMA_ARG), tiny_overrides(data_dir, **extra))
+    return apply(from_compact("llama", LLAMA_ARG), tiny_overrides(data_dir, **extra))
 
 
 def cli(workdir: Path, overrides: dict) -> list[str]:
@@ -201,7 +201,7 @@ def data_dir(tmp_path_factory):
     """One TFDS data dir per session (per xdist worker), Shakespeare built into it once, up front: every run
     here, in-process or subprocess, reads it and none of them builds."""
     root = str(tmp_path_factory.mktemp("train_tfds"))
-    config = llama_config(LLAMA_ARG)
+    config = from_compact("llama", LLAMA_ARG)
     config.data.data_dir = root
     tfds_io.build_if_needed(config.data)
     return root
@@ -470,7 +470,7 @@ def test_wandb_offline_writes_a_run_directory(data_dir, tmp_path, monkeypatch):
 
 
 def test_vit_trains_on_fashion_mnist(fashion_mnist_dir, tmp_path):
-    config = apply(vit_config("tiny,kind=cola,lax=kron"), {
+    config = apply(vit_config("tiny", kind="cola", lax="kron"), {
         "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.mlp_dim": 64,
         **{f"model.proj.{p}.rank": 8 for p in ("q", "k", "v", "o", "fc1", "fc2")},
         "data.data_dir": fashion_mnist_dir, "data.eval_batches": 2,

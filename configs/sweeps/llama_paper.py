@@ -13,7 +13,7 @@ Expected (published C4 validation perplexity, 60M / 130M / 350M / 1B): full rank
 15.56; CoLA 34.04 (60M) and 15.52 (1B); LaX: low-rank + LaX matches full rank with 2-3x fewer parameters.
 """
 
-from lax_pretrain.sweep import recipes, variants
+from lax_pretrain.experiments.sweep import recipes, variants
 
 SCALES = ("60m", "130m", "350m", "1b")
 

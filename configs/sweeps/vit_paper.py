@@ -12,7 +12,7 @@ label smoothing 0.1) and the official TT shapes (configs/vit.py). What it is for
 Expected (LaX paper): low-rank + LaX matches the full-rank ViT-B top-1 with 44.2M instead of 86.6M parameters.
 """
 
-from lax_pretrain.sweep import recipes, variants
+from lax_pretrain.experiments.sweep import recipes, variants
 
 SIZES = ("b16", "l16")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from lax_pretrain.bench.models import model_config, step_program
+from lax_pretrain.bench.models import TINY, model_config, step_program
 from lax_pretrain.bench.timing import loadavg
 from lax_pretrain.models.stats import model_stats
 
@@ -33,7 +33,6 @@ from lax_pretrain.models.stats import model_stats
 MEMORY_VARIANTS = (("dense", "none", "none"), ("cola", "none", "none"), ("cola", "none", "cola_m"),
                    ("cola", "none", "full"))
 EXTRA_VARIANTS = (("dense", "none", "full"), ("cola", "kron", "none"), ("cola", "kron", "cola_m"))
-TINY_SHRINK = dict(d_model=64, num_layers=2, num_heads=2, ffn_dim=176, rank=16, vocab_size=512)
 
 
 def memory_variant_name(kind: str, crossing: str, remat: str) -> str:
@@ -89,7 +88,7 @@ def run_memory(*, presets: tuple[str, ...] = ("60m", "130m"), batch_size: int = 
                tiny: bool = False, keep_remat_on_cpu: bool = True, log=print) -> dict[str, Any]:
     """Compiles every (preset, variant, precision); returns the JSON-ready result {'suite', 'settings', 'rows',
     'load'}. precision 'bf16' is the CoLA code's pure-bf16 mode (bf16 parameters, gradients and moments)."""
-    shrink = TINY_SHRINK if tiny else None
+    shrink = TINY if tiny else None
     options = compiler_options(keep_remat_on_cpu)
     load_before = loadavg()
     rows = []
@@ -99,7 +98,7 @@ def run_memory(*, presets: tuple[str, ...] = ("60m", "130m"), batch_size: int = 
                 name = memory_variant_name(kind, crossing, remat) + (" bf16" if precision == "bf16" else "")
                 compute = "bfloat16" if precision == "bf16" else dtype
                 config = model_config("llama", preset, kind, crossing, dtype=compute,
-                                      extra=f"remat={remat},precision={precision}", shrink=shrink)
+                                      extra=dict(remat=remat, precision=precision), shrink=shrink)
                 stats = model_stats(config.model, seq_len)
                 mem, compile_s = compiled_memory(config, batch_size, seq_len, options=options)
                 rows.append({"preset": preset, "shrunk": bool(shrink), "name": name, "kind": kind,

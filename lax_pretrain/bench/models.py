@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
-from lax_pretrain.config import recipe_config
+from lax_pretrain.config import RECIPES
+from lax_pretrain.experiments.sweep import TINY_MODEL, TINY_RANK, variant_name
 from lax_pretrain.models import TASKS, get_task
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.parallel import make_mesh
@@ -34,10 +35,6 @@ from lax_pretrain.train.program import Program, build_program
 # (kind, crossing): every kind, low-rank ones with and without LaX (kron).
 MODEL_VARIANTS = (("dense", "none"), ("svd", "none"), ("svd", "kron"), ("cola", "none"), ("cola", "kron"),
                   ("tt", "none"), ("tt", "kron"))
-
-
-def variant_name(kind: str, crossing: str) -> str:
-    return kind if crossing == "none" else f"{kind}+{crossing}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +56,14 @@ class Case:
 
 def default_cases(tiny: bool = False) -> list[Case]:
     if tiny:
-        return [Case("llama", "nano", 2, 32, shrink=TINY_LLAMA)]
+        return [Case("llama", "nano", 2, 32, shrink=TINY)]
     if on_accelerator():
         return [Case("llama", "nano", 64, 256), Case("llama", "60m", 64, 256), Case("llama", "130m", 32, 256),
                 Case("vit", "tiny", 512), Case("vit", "s16", 128)]
     return [Case("llama", "nano", 8, 256), Case("llama", "60m", 2, 256), Case("vit", "tiny", 32)]
 
 
-TINY_LLAMA = dict(d_model=64, num_layers=2, num_heads=2, ffn_dim=128, rank=16)
-TINY_VIT = dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64, rank=8)
+TINY = {**TINY_MODEL, "rank": TINY_RANK}  # the smoke size of every tiny run (experiments.sweep)
 
 
 def parse_cases(text: str) -> list[Case]:
@@ -82,14 +78,14 @@ def parse_cases(text: str) -> list[Case]:
     return cases
 
 
-def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank: int, ffn_dim: int | None = None,
-                 mlp_dim: int | None = None, vocab_size: int | None = None):
-    """Shrinks a LLaMA/ViT config in place (smoke tests) with one `rank` for every projection (svd/cola rank, TT
-    latent bond: the spec derives the 4-core `tt_shape` for the new widths)."""
+def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank: int, **widths):
+    """Shrinks a config in place (smoke tests) with one `rank` for every projection (svd/cola rank, TT latent
+    bond: the spec derives the 4-core `tt_shape` for the new widths). `widths` (num_kv_heads, ffn_dim, mlp_dim,
+    vocab_size) apply where the family's model has them."""
     m = config.model
     m.d_model, m.num_layers, m.num_heads = d_model, num_layers, num_heads
-    widths = {"num_kv_heads": num_heads, "ffn_dim": ffn_dim, "mlp_dim": mlp_dim, "vocab_size": vocab_size}
-    m.update({k: v for k, v in widths.items() if v and k in m})  # each family has its own subset
+    widths.setdefault("num_kv_heads", num_heads)  # plain multi-head attention unless asked otherwise
+    m.update({k: v for k, v in widths.items() if v and k in m})
     if m.linear.kind != "dense":  # svd/cola rank, TT latent bond (the spec derives the TT shape per width)
         for name in list(m.proj):
             intra = bool(m.proj[name].get("intra", False))
@@ -98,10 +94,11 @@ def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank:
 
 
 def model_config(family: str, preset: str, kind: str, crossing: str, *, dtype: str = "float32",
-                 extra: str = "", shrink: dict | None = None):
-    """The recipe config of one variant (compact grammar of `lax_pretrain.config`), optionally shrunk."""
-    arg = f"{preset},kind={kind},lax={crossing},dtype={dtype}" + (f",{extra}" if extra else "")
-    config = recipe_config(family, arg)
+                 extra: dict | None = None, shrink: dict | None = None):
+    """The recipe config of one variant (`lax_pretrain.config.RECIPES`, extra keywords of the compact grammar
+    in `extra`), optionally shrunk."""
+    options = dict(kind=kind, lax=crossing, dtype=dtype, **(extra or {}))
+    config = RECIPES[family](preset, **options)
     if shrink:
         shrink_model(config, **shrink)
     return config

@@ -62,7 +62,16 @@ def _start_wandb(workdir: str | Path, config: Any, run_name: str):
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    """The records of `<workdir>/metrics.jsonl`, [] if there is none. The writer appends one JSON object per
+    line, so a kill mid-write leaves a line cut short (and a resumed run appends its next record right after
+    it): a line that is not one JSON object is skipped."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
