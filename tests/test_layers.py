@@ -1,7 +1,7 @@
 """Tests of the factorized linear maps (lax_pretrain.layers): dense, svd, cola, tt, LaX crossing, specs.
 
 Every numerical reference is recomputed in numpy float64 from the module's own parameters, following the
-definitions of reference/methods.md (sections 1-3), never by calling the layer code. Inputs are random from
+definitions of docs/methods.md (sections 1-3), never by calling the layer code. Inputs are random from
 fixed seeds (never zeros). All layers are small and run eagerly on CPU (the file takes well under a minute).
 
 Tolerances (float32 jax vs float64 numpy): float32 unit roundoff is 6e-8; the contractions here sum at most a

@@ -1,7 +1,7 @@
 """Tests of the models (lax_pretrain.models), their presets and compact config grammar, and model_stats.
 
 Big presets (60M .. 7B LLaMA, ViT-B/L) are only ever built abstractly (`nnx.eval_shape`, no memory) and their
-parameter totals are checked three ways: against reference/methods.md section 4 (within 0.5%; LaX extras
+parameter totals are checked three ways: against docs/methods.md section 4 (within 0.5%; LaX extras
 within 0.005M of the stated 0.01M-rounded figures), against an analytic count written here from the
 methods.md definitions (exact), and against the leaves of the abstract parameter tree (exact).
 
@@ -46,7 +46,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 # ============================================================================ parameter counts (abstract)
 
-# reference/methods.md section 4, in millions.
+# docs/methods.md section 4, in millions.
 LLAMA_TARGETS = {  # preset: (dense, svd/cola)
     "60m": (58.07, 42.77), "130m": (134.11, 94.00), "350m": (367.97, 185.22), "1b": (1339.08, 609.31),
     "7b": (6738.4, 2820.9),

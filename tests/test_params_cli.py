@@ -2,7 +2,7 @@
 
 Each command runs as a real subprocess (sys.executable, from the repository root found from this file); all
 of them are started at once by a module fixture, so the file costs about one jax start-up. Their output is
-compared with `model_stats` computed in this process (exactly) and with reference/methods.md section 4
+compared with `model_stats` computed in this process (exactly) and with docs/methods.md section 4
 (within 0.5%).
 """
 

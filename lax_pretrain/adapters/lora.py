@@ -3,7 +3,7 @@
 Row-vector convention, s = alpha / r, A (d_in, r), B (r, d_out):
 
     LoRA        y = base(x) + s * (drop(x) A) B
-    LaX-LoRA    y = base(x) + s * (drop(x) A_l + gate(h_{l-1})) B_l        (reference/methods.md 3.3)
+    LaX-LoRA    y = base(x) + s * (drop(x) A_l + gate(h_{l-1})) B_l        (docs/methods.md 3.3)
 
 (EigenLoRAx's wrapper, `EigenLoRALinear`, is in eigenlorax/module.py.)
 

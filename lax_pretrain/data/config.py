@@ -39,7 +39,7 @@ _PER_DATASET = {
     # About the papers' ~10M-token validation at their global batch of 512 x 256 tokens.
     "c4": dict(eval_batches=80, document_format="cola"),
     "fashion_mnist": dict(image_size=28, crop="pad"),
-    # The LaX ViT recipe (reference/recipes.md).
+    # The LaX ViT recipe (docs/recipes.md).
     "imagenet2012": dict(auto_augment="imagenet", mixup=0.2, label_smoothing=0.1, eval_crop=0.9),
 }
 

@@ -1,6 +1,6 @@
 """LaX (latent crossing): the gates that map the previous block's latent, and the latent norm after them.
 
-Per projection p and block l >= 1 (reference/methods.md 3.2):
+Per projection p and block l >= 1 (docs/methods.md 3.2):
     u = encode(x) + gate(z_{l-1}^p);  u = latent_norm(u);  z_l^p = act(u);  y = decode(z_l^p) + b
 The latent passed on (z) is taken after the norm and the activation. Block 0 has no gate and no norm.
 """

@@ -1,4 +1,4 @@
-"""Paper-faithful initialisers for every factor (see reference/methods.md section 2).
+"""Paper-faithful initialisers for every factor (see docs/methods.md section 2).
 
 'lax'         official LaX ViT code: kaiming-normal, fan_in mode, relu gain, untruncated, with PyTorch's
               fan_in = size(1) * prod(shape[2:]) of the factor as stored there.

@@ -1,4 +1,4 @@
-"""Tensor-train linear map as used by LaX / CoMERA (reference/methods.md 1.1).
+"""Tensor-train linear map as used by LaX / CoMERA (docs/methods.md 1.1).
 
 The weight reshaped to an order-(p+q) tensor with the input modes first, then the output modes, is a TT with
 cores G_k of shape (r_{k-1}, s_k, r_k); flattening is row-major (the first mode is the slowest). The bond r_p

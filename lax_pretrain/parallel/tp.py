@@ -12,7 +12,7 @@ layer's logical axes (`layer.axes`, e.g. ('embed', 'heads') for q, ('mlp', 'embe
                                                         r-wide latent gradient (psum) across `tensor`.
 
 So every tensor-parallel all-reduce of a low-rank layer is r wide where a dense layer's is d wide
-(DESIGN.md "Sharding"). With `tp_impl='auto'` GSPMD derives that program from the factor shardings (svd/cola
+(docs/methods.md and README "Running on many devices"). With `tp_impl='auto'` GSPMD derives that program from the factor shardings (svd/cola
 factors are stored sharded by the rules; a TT factor, contracted from replicated cores, is constrained to
 the same layout) and a constraint that keeps the latent replicated over `tensor`. With `tp_impl='shard_map'`
 the collectives are written out (manual over `tensor` only; data and fsdp stay automatic). Both compute

@@ -1,7 +1,7 @@
 """EigenLoRAx layers: frozen components C_A, C_B and one task's trainable loadings alpha_A, alpha_B.
 
 `EigenLoRA` is the pure delta (x A_hat) B_hat of one module; `EigenLoRALinear` puts it next to a frozen factory
-map: y = base(x) + delta(drop(x)), with no LoRA scale (reference/eigenlorax.md), transparent to the base's
+map: y = base(x) + delta(drop(x)), with no LoRA scale (docs/eigenlorax/method.md), transparent to the base's
 latent. The components are `Frozen` variables, not nnx.Params, so an optimizer over nnx.Param never sees
 them; the loadings are plain nnx.Params under the attribute EIGEN_ATTR, which is how `ADAPTER_PARAMS` finds
 them.
