@@ -1,12 +1,13 @@
 # Two entry points do all the set-up on a fresh machine:
 #   make run   install, then pretrain the nano LLaMA (CoLA + LaX) on the embedded Shakespeare corpus
 #   make test  install (with the test-only extras), then run the whole test suite
+#   make lint  ruff check + ruff format --check (the linter comes with the test extras)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/quickstart
 
-.PHONY: install install-test run test clean
+.PHONY: install install-test run test lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +34,10 @@ run: install
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 --dist=loadfile tests
+
+lint: install-test
+	$(BIN)/ruff check lax_pretrain tests scripts configs
+	$(BIN)/ruff format --check lax_pretrain tests scripts configs
 
 clean:
 	rm -rf $(VENV) runs

@@ -44,13 +44,19 @@ HELP = ("--help", "-h", "--helpshort", "--helpfull")
 
 def new_flags() -> flags.FlagValues:
     fv = flags.FlagValues()
-    flags.DEFINE_bool("verbose", False, "Show the full traceback of a configuration or data error.",
-                      flag_values=fv)
+    flags.DEFINE_bool(
+        "verbose", False, "Show the full traceback of a configuration or data error.", flag_values=fv
+    )
     return fv
 
 
-def run(work: Callable[..., object], fv: flags.FlagValues, argv: Sequence[str] | None = None, *,
-        commands: Sequence[str] = ()) -> int:
+def run(
+    work: Callable[..., object],
+    fv: flags.FlagValues,
+    argv: Sequence[str] | None = None,
+    *,
+    commands: Sequence[str] = (),
+) -> int:
     """Parses `argv` into `fv`, runs `work(fv)` (`work(fv, command)` given `commands`), and turns user errors
     into one line on stderr and exit status 2."""
     if argv is None:
@@ -70,8 +76,9 @@ def run(work: Callable[..., object], fv: flags.FlagValues, argv: Sequence[str] |
             delattr(fv, name)
 
 
-def _parse_and_work(work: Callable[..., object], fv: flags.FlagValues, argv: list[str],
-                    commands: Sequence[str]) -> int:
+def _parse_and_work(
+    work: Callable[..., object], fv: flags.FlagValues, argv: list[str], commands: Sequence[str]
+) -> int:
     if any(a in HELP for a in argv[1:]):
         print(_help(work, fv))
         return 0
@@ -136,8 +143,9 @@ def _missing_key(error: Exception, argv: list[str]) -> str | None:
         override = re.match(r"--?(?:no)?(\w+(?:\.\w+)+)", arg)
         if key and override and key.group() in override.group(1).split(".")[1:]:
             hint = re.search(r'Did you mean "(\w+)"', text)
-            return (f"--{override.group(1)}: the config has no key {key.group()!r}"
-                    + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+            return f"--{override.group(1)}: the config has no key {key.group()!r}" + (
+                f" (did you mean {hint.group(1)!r}?)" if hint else ""
+            )
     return None
 
 
@@ -172,12 +180,15 @@ class _Parser(argparse.ArgumentParser):
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """An argparse parser whose errors come back to `run_parsed`, with the shared `--verbose`."""
     p = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--verbose", action="store_true", help="show the traceback of a configuration or data error")
+    p.add_argument(
+        "--verbose", action="store_true", help="show the traceback of a configuration or data error"
+    )
     return p
 
 
-def run_parsed(p: argparse.ArgumentParser, work: Callable[[argparse.Namespace], int | None],
-               argv: Sequence[str] | None) -> int:
+def run_parsed(
+    p: argparse.ArgumentParser, work: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None
+) -> int:
     """`run` for argparse commands: parses `argv` (default sys.argv[1:]) and returns work(args) (None: 0), or 2
     after one line on stderr for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -194,4 +205,3 @@ def run_parsed(p: argparse.ArgumentParser, work: Callable[[argparse.Namespace], 
             raise
         return _fail(e)
     return status if isinstance(status, int) else 0
-

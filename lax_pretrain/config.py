@@ -61,18 +61,80 @@ class LlamaPreset:
 # The released CoLA / LaX LLaMA configs (docs/methods.md 4, docs/recipes.md). `nano` is ours: a CPU-sized
 # model for the embedded Shakespeare corpus with the byte tokenizer.
 LLAMA_PRESETS = {
-    "nano": LlamaPreset(d_model=256, num_layers=4, num_heads=4, ffn_dim=688, rank=64, lr=3e-3, steps=1000,
-                        warmup=100, batch_size=32, only_lr_act=False, vocab_size=259, data="shakespeare"),
-    "60m": LlamaPreset(d_model=512, num_layers=8, num_heads=8, ffn_dim=1376, rank=128, lr=6e-3, steps=10_000,
-                       warmup=2_000, batch_size=512, only_lr_act=False),
-    "130m": LlamaPreset(d_model=768, num_layers=12, num_heads=12, ffn_dim=2048, rank=256, lr=3e-3, steps=20_000,
-                        warmup=2_000, batch_size=512, only_lr_act=False),
-    "350m": LlamaPreset(d_model=1024, num_layers=24, num_heads=16, ffn_dim=2736, rank=256, lr=3e-3, steps=60_000,
-                        warmup=6_000, batch_size=512, only_lr_act=True),
-    "1b": LlamaPreset(d_model=2048, num_layers=24, num_heads=32, ffn_dim=5461, rank=512, lr=2e-3, steps=100_000,
-                      warmup=10_000, batch_size=512, only_lr_act=True),
-    "7b": LlamaPreset(d_model=4096, num_layers=32, num_heads=32, ffn_dim=11008, rank=1024, lr=1e-3,
-                      steps=150_000, warmup=15_000, batch_size=512, only_lr_act=True),
+    "nano": LlamaPreset(
+        d_model=256,
+        num_layers=4,
+        num_heads=4,
+        ffn_dim=688,
+        rank=64,
+        lr=3e-3,
+        steps=1000,
+        warmup=100,
+        batch_size=32,
+        only_lr_act=False,
+        vocab_size=259,
+        data="shakespeare",
+    ),
+    "60m": LlamaPreset(
+        d_model=512,
+        num_layers=8,
+        num_heads=8,
+        ffn_dim=1376,
+        rank=128,
+        lr=6e-3,
+        steps=10_000,
+        warmup=2_000,
+        batch_size=512,
+        only_lr_act=False,
+    ),
+    "130m": LlamaPreset(
+        d_model=768,
+        num_layers=12,
+        num_heads=12,
+        ffn_dim=2048,
+        rank=256,
+        lr=3e-3,
+        steps=20_000,
+        warmup=2_000,
+        batch_size=512,
+        only_lr_act=False,
+    ),
+    "350m": LlamaPreset(
+        d_model=1024,
+        num_layers=24,
+        num_heads=16,
+        ffn_dim=2736,
+        rank=256,
+        lr=3e-3,
+        steps=60_000,
+        warmup=6_000,
+        batch_size=512,
+        only_lr_act=True,
+    ),
+    "1b": LlamaPreset(
+        d_model=2048,
+        num_layers=24,
+        num_heads=32,
+        ffn_dim=5461,
+        rank=512,
+        lr=2e-3,
+        steps=100_000,
+        warmup=10_000,
+        batch_size=512,
+        only_lr_act=True,
+    ),
+    "7b": LlamaPreset(
+        d_model=4096,
+        num_layers=32,
+        num_heads=32,
+        ffn_dim=11008,
+        rank=1024,
+        lr=1e-3,
+        steps=150_000,
+        warmup=15_000,
+        batch_size=512,
+        only_lr_act=True,
+    ),
 }
 
 
@@ -99,16 +161,37 @@ class VitPreset:
     eval_every: int = 5000
 
 
-_B16_TT = {"attn": ((32, 24), (24, 32), (1, 32, 336, 32, 1)), "fc1": ((32, 24), (48, 64), (1, 32, 158, 64, 1)),
-           "fc2": ((48, 64), (32, 24), (1, 48, 159, 24, 1))}
-_L16_TT = {"attn": ((32, 32), (32, 32), (1, 32, 256, 32, 1)), "fc1": ((32, 32), (64, 64), (1, 32, 198, 64, 1)),
-           "fc2": ((64, 64), (32, 32), (1, 64, 198, 32, 1))}
+_B16_TT = {
+    "attn": ((32, 24), (24, 32), (1, 32, 336, 32, 1)),
+    "fc1": ((32, 24), (48, 64), (1, 32, 158, 64, 1)),
+    "fc2": ((48, 64), (32, 24), (1, 48, 159, 24, 1)),
+}
+_L16_TT = {
+    "attn": ((32, 32), (32, 32), (1, 32, 256, 32, 1)),
+    "fc1": ((32, 32), (64, 64), (1, 32, 198, 64, 1)),
+    "fc2": ((64, 64), (32, 32), (1, 64, 198, 32, 1)),
+}
 
 VIT_PRESETS = {
     # Ours: a CPU budget on Fashion-MNIST, clipped for its short warm-up.
-    "tiny": VitPreset(d_model=128, num_layers=6, num_heads=4, mlp_dim=512, rank=32, image_size=28, patch_size=4,
-                      channels=1, num_classes=10, data="fashion_mnist", steps=2000, batch_size=128, warmup=100,
-                      warmup_init_lr=0.0, clip_norm=1.0, eval_every=250),
+    "tiny": VitPreset(
+        d_model=128,
+        num_layers=6,
+        num_heads=4,
+        mlp_dim=512,
+        rank=32,
+        image_size=28,
+        patch_size=4,
+        channels=1,
+        num_classes=10,
+        data="fashion_mnist",
+        steps=2000,
+        batch_size=128,
+        warmup=100,
+        warmup_init_lr=0.0,
+        clip_norm=1.0,
+        eval_every=250,
+    ),
     "s16": VitPreset(d_model=384, num_layers=12, num_heads=6, mlp_dim=1536, rank=128),
     "b16": VitPreset(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072, rank=256, tt=_B16_TT),
     "l16": VitPreset(d_model=1024, num_layers=24, num_heads=16, mlp_dim=4096, rank=256, tt=_L16_TT),
@@ -121,8 +204,10 @@ def _precision(precision: str, dtype: str | None) -> tuple[str, str]:
         raise ValueError(f"config argument precision={precision!r} must be one of {', '.join(PRECISIONS)}")
     if precision == "bf16":
         if dtype not in (None, "bfloat16"):
-            raise ValueError(f"config argument dtype={dtype!r} contradicts precision=bf16 (bfloat16 "
-                             "parameters compute in bfloat16); drop one of them")
+            raise ValueError(
+                f"config argument dtype={dtype!r} contradicts precision=bf16 (bfloat16 "
+                "parameters compute in bfloat16); drop one of them"
+            )
         return "bfloat16", "bfloat16"
     return dtype or "float32", "float32"
 
@@ -152,10 +237,28 @@ def base_config() -> ml_collections.ConfigDict:
     """Every section and key other tools rely on, with defaults; recipes fill model/data/optim."""
     c = ml_collections.ConfigDict()
     c.name = ""
-    c.train = dict(steps=1000, batch_size=32, seed=0, log_every=10, eval_every=200, checkpoint_every=200,
-                   keep_checkpoints=3, grad_accum=1)
-    c.optim = dict(lr=1e-3, warmup_steps=100, warmup_init_lr=0.0, min_lr_ratio=0.1, weight_decay=0.01, b1=0.9,
-                   b2=0.999, eps=1e-8, clip_norm=0.5, weight_decay_mask="all")
+    c.train = dict(
+        steps=1000,
+        batch_size=32,
+        seed=0,
+        log_every=10,
+        eval_every=200,
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        grad_accum=1,
+    )
+    c.optim = dict(
+        lr=1e-3,
+        warmup_steps=100,
+        warmup_init_lr=0.0,
+        min_lr_ratio=0.1,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        clip_norm=0.5,
+        weight_decay_mask="all",
+    )
     c.wandb = dict(mode="offline", project="lax-pretrain", entity="", group="", tags=(), name="")
     c.mesh = dict(data=-1, fsdp=1, tensor=1, num_devices=0)
     c.parallel = dict(tp_impl="auto", rules=[])
@@ -163,15 +266,35 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _linear(kind: str, *, lax: str, norm: str, init: str, act: str, latent_act: bool | None, use_bias: bool,
-            bias_init: str = "zeros") -> dict:
-    return dict(kind=kind, rank=None, crossing=lax, latent_norm=norm, intra=False, intra_gate=False,
-                activation=act, latent_act=_latent_act(latent_act), use_bias=use_bias, init=init,
-                bias_init=bias_init)
+def _linear(
+    kind: str,
+    *,
+    lax: str,
+    norm: str,
+    init: str,
+    act: str,
+    latent_act: bool | None,
+    use_bias: bool,
+    bias_init: str = "zeros",
+) -> dict:
+    return dict(
+        kind=kind,
+        rank=None,
+        crossing=lax,
+        latent_norm=norm,
+        intra=False,
+        intra_gate=False,
+        activation=act,
+        latent_act=_latent_act(latent_act),
+        use_bias=use_bias,
+        init=init,
+        bias_init=bias_init,
+    )
 
 
-def _projection_overrides(kind: str, rank: int, names: tuple[str, ...], intra: tuple[bool, bool],
-                          official_tt: dict | None) -> dict[str, dict]:
+def _projection_overrides(
+    kind: str, rank: int, names: tuple[str, ...], intra: tuple[bool, bool], official_tt: dict | None
+) -> dict[str, dict]:
     proj: dict[str, dict] = {}
     for name in names:
         if kind in ("svd", "cola"):
@@ -180,7 +303,9 @@ def _projection_overrides(kind: str, rank: int, names: tuple[str, ...], intra: t
             # The official ViT shapes are fixed; otherwise the spec derives `tt_shape(d_in, d_out, rank)` from
             # the widths it is built for, so width overrides need no TT overrides.
             group = "attn" if name in ("q", "k", "v", "o") else name
-            proj[name] = _tt_override(*official_tt[group]) if official_tt and group in official_tt else {"rank": rank}
+            proj[name] = (
+                _tt_override(*official_tt[group]) if official_tt and group in official_tt else {"rank": rank}
+            )
             # Intra-layer LaX as released: the square attention projections only (n_2 == m_1, r_1 == r_3).
             attention = name in ("q", "k", "v", "o")
             proj[name]["intra"] = intra[0] and attention
@@ -196,76 +321,181 @@ def _preset(presets: dict[str, Any], preset: str, family: str) -> Any:
 
 def run_name(family: str, preset: str, options: dict[str, Any]) -> str:
     """'llama-60m,kind=cola,lax=kron': the preset and the options given, in the compact grammar."""
-    shown = {k: ({True: 1, False: 0}.get(v, v) if isinstance(v, bool) else v) for k, v in options.items()
-             if v is not None}
+    shown = {
+        k: ({True: 1, False: 0}.get(v, v) if isinstance(v, bool) else v)
+        for k, v in options.items()
+        if v is not None
+    }
     return ",".join([f"{family}-{preset}", *(f"{k}={v}" for k, v in shown.items())])
 
 
-def llama_config(preset: str = "nano", *, kind: str = "dense", lax: str = "none", rank: int | None = None,
-                 intra: bool | str | None = None, norm: str = "layernorm", init: str = "cola", act: str = "silu",
-                 latent_act: bool | None = None, scan: bool | None = None, remat: str = "none",
-                 dtype: str | None = None, precision: str = "fp32",
-                 only_lr_act: bool | None = None) -> ml_collections.ConfigDict:
+def llama_config(
+    preset: str = "nano",
+    *,
+    kind: str = "dense",
+    lax: str = "none",
+    rank: int | None = None,
+    intra: bool | str | None = None,
+    norm: str = "layernorm",
+    init: str = "cola",
+    act: str = "silu",
+    latent_act: bool | None = None,
+    scan: bool | None = None,
+    remat: str = "none",
+    dtype: str | None = None,
+    precision: str = "fp32",
+    only_lr_act: bool | None = None,
+) -> ml_collections.ConfigDict:
     """The LLaMA recipe of `preset` (nano, 60m, 130m, 350m, 1b, 7b); the keywords are the compact grammar's."""
     p = _preset(LLAMA_PRESETS, preset, "llama")
-    options = dict(kind=kind, lax=lax, rank=rank, intra=intra, norm=norm, init=init, act=act,
-                   latent_act=latent_act, scan=scan, remat=remat, dtype=dtype, precision=precision,
-                   only_lr_act=only_lr_act)
+    options = dict(
+        kind=kind,
+        lax=lax,
+        rank=rank,
+        intra=intra,
+        norm=norm,
+        init=init,
+        act=act,
+        latent_act=latent_act,
+        scan=scan,
+        remat=remat,
+        dtype=dtype,
+        precision=precision,
+        only_lr_act=only_lr_act,
+    )
     dtype, param_dtype = _precision(precision, dtype)
     c = base_config()
     c.name = run_name("llama", preset, _changed(llama_config, options))
     c.model = dict(
-        family="llama", preset=preset, vocab_size=p.vocab_size, d_model=p.d_model, num_layers=p.num_layers,
-        num_heads=p.num_heads, num_kv_heads=p.num_heads, head_dim=0, ffn_dim=p.ffn_dim, rope_theta=1e4,
-        norm_eps=1e-6, tie_embeddings=False, embed_init_std=0.02,
+        family="llama",
+        preset=preset,
+        vocab_size=p.vocab_size,
+        d_model=p.d_model,
+        num_layers=p.num_layers,
+        num_heads=p.num_heads,
+        num_kv_heads=p.num_heads,
+        head_dim=0,
+        ffn_dim=p.ffn_dim,
+        rope_theta=1e4,
+        norm_eps=1e-6,
+        tie_embeddings=False,
+        embed_init_std=0.02,
         only_lr_act=bool(p.only_lr_act and kind == "cola") if only_lr_act is None else bool(only_lr_act),
-        scan_layers=p.num_layers >= 24 if scan is None else bool(scan), remat=remat,
-        dtype=dtype, param_dtype=param_dtype,
+        scan_layers=p.num_layers >= 24 if scan is None else bool(scan),
+        remat=remat,
+        dtype=dtype,
+        param_dtype=param_dtype,
         linear=_linear(kind, lax=lax, norm=norm, init=init, act=act, latent_act=latent_act, use_bias=False),
-        proj=_projection_overrides(kind, p.rank if rank is None else rank, ("q", "k", "v", "o", "gate", "up", "down"),
-                                   _intra(intra, False), None),
+        proj=_projection_overrides(
+            kind,
+            p.rank if rank is None else rank,
+            ("q", "k", "v", "o", "gate", "up", "down"),
+            _intra(intra, False),
+            None,
+        ),
     )
     c.data = default_data_config(p.data)
-    c.train.update(steps=p.steps, batch_size=p.batch_size, eval_every=max(p.steps // 10, 1),
-                   checkpoint_every=max(p.steps // 10, 1))
+    c.train.update(
+        steps=p.steps,
+        batch_size=p.batch_size,
+        eval_every=max(p.steps // 10, 1),
+        checkpoint_every=max(p.steps // 10, 1),
+    )
     c.optim.update(lr=p.lr, warmup_steps=p.warmup, min_lr_ratio=0.1, weight_decay=0.01, clip_norm=0.5)
     return c
 
 
-def vit_config(preset: str = "tiny", *, kind: str = "dense", lax: str = "none", rank: int | None = None,
-               intra: bool | str | None = None, norm: str = "layernorm", init: str = "lax", act: str = "gelu",
-               latent_act: bool | None = None, scan: bool | None = None, remat: str = "none",
-               dtype: str | None = None, precision: str = "fp32") -> ml_collections.ConfigDict:
+def vit_config(
+    preset: str = "tiny",
+    *,
+    kind: str = "dense",
+    lax: str = "none",
+    rank: int | None = None,
+    intra: bool | str | None = None,
+    norm: str = "layernorm",
+    init: str = "lax",
+    act: str = "gelu",
+    latent_act: bool | None = None,
+    scan: bool | None = None,
+    remat: str = "none",
+    dtype: str | None = None,
+    precision: str = "fp32",
+) -> ml_collections.ConfigDict:
     """The ViT recipe of `preset` (tiny, s16, b16, l16); the keywords are the compact grammar's."""
     p = _preset(VIT_PRESETS, preset, "vit")
-    options = dict(kind=kind, lax=lax, rank=rank, intra=intra, norm=norm, init=init, act=act,
-                   latent_act=latent_act, scan=scan, remat=remat, dtype=dtype, precision=precision)
+    options = dict(
+        kind=kind,
+        lax=lax,
+        rank=rank,
+        intra=intra,
+        norm=norm,
+        init=init,
+        act=act,
+        latent_act=latent_act,
+        scan=scan,
+        remat=remat,
+        dtype=dtype,
+        precision=precision,
+    )
     # The authors' TT + LaX configs switch the intra-layer skip on for q, k, v, o; plain TT and svd/cola never.
     intra_flags = _intra(intra, kind == "tt" and lax != "none")
     dtype, param_dtype = _precision(precision, dtype)
     c = base_config()
     c.name = run_name("vit", preset, _changed(vit_config, options))
     c.model = dict(
-        family="vit", preset=preset, image_size=p.image_size, patch_size=p.patch_size, channels=p.channels,
-        num_classes=p.num_classes, d_model=p.d_model, num_layers=p.num_layers, num_heads=p.num_heads,
-        mlp_dim=p.mlp_dim, dropout=0.1, mlp_hidden_norm="auto",
-        scan_layers=p.num_layers >= 24 if scan is None else bool(scan), remat=remat, dtype=dtype,
+        family="vit",
+        preset=preset,
+        image_size=p.image_size,
+        patch_size=p.patch_size,
+        channels=p.channels,
+        num_classes=p.num_classes,
+        d_model=p.d_model,
+        num_layers=p.num_layers,
+        num_heads=p.num_heads,
+        mlp_dim=p.mlp_dim,
+        dropout=0.1,
+        mlp_hidden_norm="auto",
+        scan_layers=p.num_layers >= 24 if scan is None else bool(scan),
+        remat=remat,
+        dtype=dtype,
         param_dtype=param_dtype,
         # init=lax is the authors' code: timm embeddings (PyTorch-default patch conv, cls N(0, 1e-6)) and the
         # factorized layers' N(0, 1) bias; the dense baseline is stock timm (zero biases).
         embed_init="timm" if init == "lax" else "trunc_normal",
-        linear=_linear(kind, lax=lax, norm=norm, init=init, act=act, latent_act=latent_act, use_bias=True,
-                       bias_init="normal" if init == "lax" and kind != "dense" else "zeros"),
-        proj=_projection_overrides(kind, p.rank if rank is None else rank, ("q", "k", "v", "o", "fc1", "fc2"),
-                                   intra_flags, p.tt if rank in (None, p.rank) else None),
+        linear=_linear(
+            kind,
+            lax=lax,
+            norm=norm,
+            init=init,
+            act=act,
+            latent_act=latent_act,
+            use_bias=True,
+            bias_init="normal" if init == "lax" and kind != "dense" else "zeros",
+        ),
+        proj=_projection_overrides(
+            kind,
+            p.rank if rank is None else rank,
+            ("q", "k", "v", "o", "fc1", "fc2"),
+            intra_flags,
+            p.tt if rank in (None, p.rank) else None,
+        ),
     )
     c.data = default_data_config(p.data)
     c.data.image_size = p.image_size
     # LaX recipe: lr 3e-3 dense / 1e-3 low-rank, wd 0.3 not on biases/norms/cls/pos, cosine to 0; mixup 0.2 and
     # smoothing 0.1 are in the data section.
-    c.optim.update(lr=3e-3 if kind == "dense" else 1e-3, weight_decay=0.3, weight_decay_mask="no_1d",
-                   min_lr_ratio=0.0, clip_norm=p.clip_norm, warmup_steps=p.warmup, warmup_init_lr=p.warmup_init_lr)
-    c.train.update(steps=p.steps, batch_size=p.batch_size, eval_every=p.eval_every, checkpoint_every=p.eval_every)
+    c.optim.update(
+        lr=3e-3 if kind == "dense" else 1e-3,
+        weight_decay=0.3,
+        weight_decay_mask="no_1d",
+        min_lr_ratio=0.0,
+        clip_norm=p.clip_norm,
+        warmup_steps=p.warmup,
+        warmup_init_lr=p.warmup_init_lr,
+    )
+    c.train.update(
+        steps=p.steps, batch_size=p.batch_size, eval_every=p.eval_every, checkpoint_every=p.eval_every
+    )
     return c
 
 
@@ -297,7 +527,12 @@ def _as_intra(key: str, value: str) -> bool | str:
 
 
 COMPACT_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "rank": _as_int, "intra": _as_intra, "latent_act": _as_bool, "scan": _as_bool, "only_lr_act": _as_bool}
+    "rank": _as_int,
+    "intra": _as_intra,
+    "latent_act": _as_bool,
+    "scan": _as_bool,
+    "only_lr_act": _as_bool,
+}
 
 
 def parse_compact(family: str, arg: str | None) -> tuple[str, dict[str, Any]]:

@@ -72,9 +72,11 @@ def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     config_json = base / "config.json"
     if (base / "checkpoints").is_dir() and config_json.exists():
         if "adapter" in json.loads(config_json.read_text()):
-            raise ValueError(f"--base={base} is a fine-tuning run (its config has an 'adapter' section); pass the "
-                             "base model it was fine-tuned from (config.adapter.base) and load the adapter with "
-                             "load_adapter")
+            raise ValueError(
+                f"--base={base} is a fine-tuning run (its config has an 'adapter' section); pass the "
+                "base model it was fine-tuned from (config.adapter.base) and load the adapter with "
+                "load_adapter"
+            )
         from lax_pretrain.train.checkpoint import load_trained_model
 
         model, config, step = load_trained_model(base)
@@ -84,16 +86,21 @@ def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
         from lax_pretrain.convert import load_imported
 
         return load_imported(base)
-    if config_json.exists() and (any(base.glob("*.safetensors")) or (base / "model.safetensors.index.json").exists()):
+    if config_json.exists() and (
+        any(base.glob("*.safetensors")) or (base / "model.safetensors.index.json").exists()
+    ):
         from lax_pretrain.convert import load_hf_llama
 
         return load_hf_llama(base)
-    raise FileNotFoundError(f"--base={base} is neither a training workdir (config.json + checkpoints/), a workdir "
-                            "with imported/, nor a Hugging Face directory (config.json + *.safetensors)")
+    raise FileNotFoundError(
+        f"--base={base} is neither a training workdir (config.json + checkpoints/), a workdir "
+        "with imported/, nor a Hugging Face directory (config.json + *.safetensors)"
+    )
 
 
-def adapter_factory(model_cfg: Any, spec: AdapterSpec, *, basis: Basis | None = None,
-                    loadings: Loadings | None = None):
+def adapter_factory(
+    model_cfg: Any, spec: AdapterSpec, *, basis: Basis | None = None, loadings: Loadings | None = None
+):
     """`rngs -> adapted model`: the base architecture (freshly initialised: the base's values come separately,
     see `base_values_in`) with adapters per `spec` on top."""
 
@@ -103,9 +110,16 @@ def adapter_factory(model_cfg: Any, spec: AdapterSpec, *, basis: Basis | None = 
     return make
 
 
-def finetune(config: ml_collections.ConfigDict, base: str | Path | tuple[nnx.Module, Any], spec: AdapterSpec,
-             workdir: str | Path, *, basis: Basis | None = None, loadings: Loadings | None = None,
-             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def finetune(
+    config: ml_collections.ConfigDict,
+    base: str | Path | tuple[nnx.Module, Any],
+    spec: AdapterSpec,
+    workdir: str | Path,
+    *,
+    basis: Basis | None = None,
+    loadings: Loadings | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Trains `spec`'s adapters on `base` (a path for `load_base`, or (model, config.model)) with `train`.
 
     Returns train's summary plus 'model' (the adapted model with the final adapter) and 'adapter_path'.
@@ -118,11 +132,18 @@ def finetune(config: ml_collections.ConfigDict, base: str | Path | tuple[nnx.Mod
     base_params = jax.device_get(nnx.state(base_model, nnx.Param))
     del base_model
     if spec.kind == "eigenlorax" and basis is None:
-        raise ValueError("--adapter=eigenlorax needs --basis=PATH.safetensors (a basis from fit_basis/save_basis)")
+        raise ValueError(
+            "--adapter=eigenlorax needs --basis=PATH.safetensors (a basis from fit_basis/save_basis)"
+        )
     config = ml_collections.ConfigDict(config.to_dict())
-    config.model = ml_collections.ConfigDict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
-    config.adapter = dict(spec.to_dict(), base=str(base) if isinstance(base, (str, Path)) else "",
-                          **{k: v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))})
+    config.model = ml_collections.ConfigDict(
+        model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg
+    )
+    config.adapter = dict(
+        spec.to_dict(),
+        base=str(base) if isinstance(base, (str, Path)) else "",
+        **{k: v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
+    )
     factory = adapter_factory(config.model, spec, basis=basis, loadings=loadings)
     base_values = base_values_in(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), base_params)
     summary = train(config, workdir, model_factory=factory, trainable=ADAPTER_PARAMS, init_values=base_values)
@@ -143,39 +164,81 @@ def finetune(config: ml_collections.ConfigDict, base: str | Path | tuple[nnx.Mod
 # ----------------------------------------------------------------------------------------------- command line
 
 FLAGS = cli.new_flags()  # private: importing this module defines no flag in absl's global FLAGS
-config_flags.DEFINE_config_file("config", None, "Recipe and compact argument (data/train/optim), e.g. "
-                                "configs/llama.py:nano; the model section comes from --base.", flag_values=FLAGS)
-flags.DEFINE_string("base", None, "Training workdir, workdir with imported/, or Hugging Face directory.",
-                    flag_values=FLAGS)
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Recipe and compact argument (data/train/optim), e.g. "
+    "configs/llama.py:nano; the model section comes from --base.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "base", None, "Training workdir, workdir with imported/, or Hugging Face directory.", flag_values=FLAGS
+)
 flags.DEFINE_enum("adapter", "lora", list(ADAPTER_KINDS), "Adapter kind.", flag_values=FLAGS)
-flags.DEFINE_string("workdir", None, "Run directory (resumes if present); adapter.safetensors goes here.",
-                    flag_values=FLAGS)
-flags.DEFINE_integer("rank", None, "LoRA rank r (default 8; eigenlorax: the basis's rank).", flag_values=FLAGS)
-flags.DEFINE_float("alpha", None, "LoRA alpha, scale s = alpha / r (default 2 r, i.e. 16 at r = 8).",
-                   flag_values=FLAGS)
-flags.DEFINE_string("targets", None, "Regex over projection paths, matched against a whole dotted tail "
-                    "('q|v' default, 'all', 'attn\\..*'; eigenlorax: the basis's modules).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "workdir", None, "Run directory (resumes if present); adapter.safetensors goes here.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "rank", None, "LoRA rank r (default 8; eigenlorax: the basis's rank).", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "alpha", None, "LoRA alpha, scale s = alpha / r (default 2 r, i.e. 16 at r = 8).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "targets",
+    None,
+    "Regex over projection paths, matched against a whole dotted tail "
+    "('q|v' default, 'all', 'attn\\..*'; eigenlorax: the basis's modules).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_float("dropout", 0.0, "Dropout on the adapter input.", flag_values=FLAGS)
 flags.DEFINE_enum("init", "kaiming_uniform", list(LORA_INITS), "Init of A (B = 0).", flag_values=FLAGS)
 flags.DEFINE_enum("gate", "identity", list(LAX_GATES), "LaX-LoRA crossing gate.", flag_values=FLAGS)
-flags.DEFINE_enum("lax_latent", "own", list(LAX_LATENTS), "LaX-LoRA: latent passed on, x A or x A + gate(h).",
-                  flag_values=FLAGS)
+flags.DEFINE_enum(
+    "lax_latent",
+    "own",
+    list(LAX_LATENTS),
+    "LaX-LoRA: latent passed on, x A or x A + gate(h).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("basis", None, "EigenLoRAx basis file (save_basis).", flag_values=FLAGS)
-flags.DEFINE_integer("augment", 0, "EigenLoRAx: append this many random orthonormal directions to the basis.",
-                     flag_values=FLAGS)
-flags.DEFINE_float("init_scale", INIT_SCALE, "EigenLoRAx: fresh loadings U(-init_scale, init_scale).",
-                   flag_values=FLAGS)
-flags.DEFINE_enum("eigen_init", "uniform", list(EIGEN_INITS), "EigenLoRAx: 'uniform' loadings (the reference's "
-                  "default) or alpha_B = 0 (start exactly at the base, like LoRA's B = 0).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "augment",
+    0,
+    "EigenLoRAx: append this many random orthonormal directions to the basis.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "init_scale", INIT_SCALE, "EigenLoRAx: fresh loadings U(-init_scale, init_scale).", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "eigen_init",
+    "uniform",
+    list(EIGEN_INITS),
+    "EigenLoRAx: 'uniform' loadings (the reference's "
+    "default) or alpha_B = 0 (start exactly at the base, like LoRA's B = 0).",
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["config", "base", "workdir"], flag_values=FLAGS)
 
 
 def spec_from_flags(f: flags.FlagValues, basis: Basis | None) -> AdapterSpec:
     rank = f.rank if f.rank is not None else (basis.rank if basis is not None else 8)
-    targets = f.targets if f.targets is not None else (exact_targets(basis.modules) if basis is not None else "q|v")
-    return AdapterSpec(kind=f.adapter, rank=rank, alpha=f.alpha if f.alpha is not None else 2.0 * rank,
-                       targets=targets, dropout=f.dropout, init=f.init, gate=f.gate, lax_latent=f.lax_latent,
-                       init_scale=f.init_scale, eigen_init=f.eigen_init)
+    targets = (
+        f.targets if f.targets is not None else (exact_targets(basis.modules) if basis is not None else "q|v")
+    )
+    return AdapterSpec(
+        kind=f.adapter,
+        rank=rank,
+        alpha=f.alpha if f.alpha is not None else 2.0 * rank,
+        targets=targets,
+        dropout=f.dropout,
+        init=f.init,
+        gate=f.gate,
+        lax_latent=f.lax_latent,
+        init_scale=f.init_scale,
+        eigen_init=f.eigen_init,
+    )
 
 
 def _run(f: flags.FlagValues) -> None:
@@ -195,8 +258,10 @@ def _run(f: flags.FlagValues) -> None:
     meta = {"basis": f.basis, "augment": f.augment} if basis is not None else {}
     summary = finetune(f.config, f.base, spec, f.workdir, basis=basis, meta=meta)
     n = sum(m.param_count for m in adapters(summary["model"]).values())
-    print(f"{summary['status']} at step {summary['step']}; {n:,} trainable adapter parameters; "
-          f"adapter: {summary.get('adapter_path')}")
+    print(
+        f"{summary['status']} at step {summary['step']}; {n:,} trainable adapter parameters; "
+        f"adapter: {summary.get('adapter_path')}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,13 @@ from lax_pretrain.models.stats import format_table, model_stats
 from lax_pretrain.recipe import flatten_overrides, format_recipe, recipe_rows
 
 FLAGS = cli.new_flags()
-config_flags.DEFINE_config_file("config", None, "Recipe file and compact argument, e.g. configs/llama.py:60m",
-                                flag_values=FLAGS)
+config_flags.DEFINE_config_file(
+    "config", None, "Recipe file and compact argument, e.g. configs/llama.py:60m", flag_values=FLAGS
+)
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.", flag_values=FLAGS)
-flags.DEFINE_bool("recipe", False, "Print every training hyperparameter with the source it follows.",
-                  flag_values=FLAGS)
+flags.DEFINE_bool(
+    "recipe", False, "Print every training hyperparameter with the source it follows.", flag_values=FLAGS
+)
 flags.mark_flags_as_required(["config"], flag_values=FLAGS)
 
 

@@ -33,8 +33,13 @@ def quickstart_config(steps: int):
     config = llama_config("nano", kind="cola", lax="kron")
     config.data.seq_len = 128
     config.data.eval_batches = 8
-    config.train.update(steps=steps, batch_size=16, log_every=20, eval_every=max(steps // 4, 1),
-                        checkpoint_every=max(steps // 4, 1))
+    config.train.update(
+        steps=steps,
+        batch_size=16,
+        log_every=20,
+        eval_every=max(steps // 4, 1),
+        checkpoint_every=max(steps // 4, 1),
+    )
     config.optim.update(lr=3e-3, warmup_steps=max(steps // 10, 1))
     config.wandb.mode = "offline"
     return config
@@ -66,8 +71,10 @@ def _run(fv: flags.FlagValues) -> None:
     evals = [r for r in read_metrics(workdir) if "eval_ppl" in r]
     first, last = evals[0], evals[-1]
     print(f"\nrun {summary['status']} at step {summary['step']} in {workdir}")
-    print(f"validation perplexity (byte-level): {first['eval_ppl']:.2f} at step {first['step']} -> "
-          f"{last['eval_ppl']:.2f} at step {last['step']}")
+    print(
+        f"validation perplexity (byte-level): {first['eval_ppl']:.2f} at step {first['step']} -> "
+        f"{last['eval_ppl']:.2f} at step {last['step']}"
+    )
     print(f"loss curve: {plot_losses(workdir)}")
     print("sample:\n" + generate(workdir, "ROMEO:\n", max_new_tokens=300))
 

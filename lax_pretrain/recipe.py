@@ -18,8 +18,10 @@ from typing import Any
 # the sources of the per-projection rows.
 PAPER_PRESETS = {"llama": ("60m", "130m", "350m", "1b", "7b"), "vit": ("b16", "l16")}
 SHAPE_SOURCES = {"llama": "CoLA configs: rank of the preset", "vit": "LaX ViT configs: rank / TT shapes"}
-INTRA_SOURCES = {"llama": "ours: intra-layer LaX off unless intra=1",
-                 "vit": "LaX ViT TT + LaX configs: intra-layer LaX on q, k, v, o"}
+INTRA_SOURCES = {
+    "llama": "ours: intra-layer LaX off unless intra=1",
+    "vit": "LaX ViT TT + LaX configs: intra-layer LaX on q, k, v, o",
+}
 COLUMN = {"llama": 0, "vit": 1}  # which source of a _SOURCES pair applies
 
 COLA_SCRIPT = "CoLA code: the LLaMA-{preset} script"
@@ -32,22 +34,36 @@ LAX_PAPER = "LaX paper (kron gate in every released LaX config)"
 # tiny) set their own budget: for the keys in CPU_PRESET_KEYS their source is ours.
 CPU_PRESET_KEYS = {
     "llama": {"train.steps", "train.batch_size", "optim.lr", "optim.warmup_steps", "data.seq_len"},
-    "vit": {"train.steps", "train.batch_size", "optim.warmup_steps", "optim.warmup_init_lr", "optim.clip_norm"},
+    "vit": {
+        "train.steps",
+        "train.batch_size",
+        "optim.warmup_steps",
+        "optim.warmup_init_lr",
+        "optim.clip_norm",
+    },
 }
 _SOURCES: dict[str, tuple[str | None, str | None]] = {
     "train.steps": (COLA_SCRIPT, "LaX ViT code: 300 epochs of ImageNet-1k at batch 1024"),
     "train.batch_size": (GALORE + ": 512 sequences", "LaX ViT code: 128 per GPU x 8"),
     "optim.lr": (COLA_SCRIPT, "LaX ViT code: 3e-3 dense, 1e-3 low-rank"),
     "optim.warmup_steps": (COLA_SCRIPT, "LaX ViT code: 10 warm-up epochs"),
-    "optim.warmup_init_lr": ("GaLore/CoLA protocol: linear warm-up from 0", "LaX ViT code: warm-up from 1e-5"),
+    "optim.warmup_init_lr": (
+        "GaLore/CoLA protocol: linear warm-up from 0",
+        "LaX ViT code: warm-up from 1e-5",
+    ),
     "optim.min_lr_ratio": ("CoLA code: cosine to 0.1 x peak", "LaX ViT code: cosine to 0"),
     "optim.weight_decay": ("CoLA code: AdamW weight decay 0.01", "LaX ViT code: weight decay 0.3"),
-    "optim.weight_decay_mask": ("CoLA code: every parameter decayed",
-                                "LaX ViT code: timm param groups (no biases, norms, cls, pos)"),
+    "optim.weight_decay_mask": (
+        "CoLA code: every parameter decayed",
+        "LaX ViT code: timm param groups (no biases, norms, cls, pos)",
+    ),
     "optim.b1": ("CoLA code (PyTorch AdamW default)", TIMM),
     "optim.b2": ("CoLA code (PyTorch AdamW default)", TIMM),
     "optim.eps": ("CoLA code (PyTorch AdamW default)", TIMM),
-    "optim.clip_norm": ("CoLA code: gradient clipping 0.5", "LaX ViT code: the script's default, no clipping"),
+    "optim.clip_norm": (
+        "CoLA code: gradient clipping 0.5",
+        "LaX ViT code: the script's default, no clipping",
+    ),
     "data.seq_len": (GALORE + ": 256 tokens", None),
     "data.document_format": ("CoLA code: truncate to seq_len incl. </s>, pad, pads masked", None),
     "data.packing": ("CoLA code: no packing", None),
@@ -63,13 +79,23 @@ _SOURCES: dict[str, tuple[str | None, str | None]] = {
     "model.param_dtype": ("{precision}", "{precision}"),
     "model.linear.kind": ("the config argument", "the config argument"),
     "model.linear.crossing": (LAX_PAPER, LAX_PAPER),
-    "model.linear.latent_norm": ("LaX code: LayerNorm over the latent, eps 1e-6",
-                                 "LaX ViT code: LayerNorm over the latent, eps 1e-6"),
-    "model.linear.init": ("CoLA code: factors N(0, r^-1/2 (d_in + d_out)^-1/2), dense kernels N(0, 0.02)",
-                          "LaX ViT code: kaiming-normal factors"),
-    "model.linear.bias_init": (None, "LaX ViT code: factorized-layer bias N(0, 1); dense layers timm (zeros)"),
+    "model.linear.latent_norm": (
+        "LaX code: LayerNorm over the latent, eps 1e-6",
+        "LaX ViT code: LayerNorm over the latent, eps 1e-6",
+    ),
+    "model.linear.init": (
+        "CoLA code: factors N(0, r^-1/2 (d_in + d_out)^-1/2), dense kernels N(0, 0.02)",
+        "LaX ViT code: kaiming-normal factors",
+    ),
+    "model.linear.bias_init": (
+        None,
+        "LaX ViT code: factorized-layer bias N(0, 1); dense layers timm (zeros)",
+    ),
     "model.linear.activation": ("CoLA code: SiLU", "LaX ViT code: exact GELU"),
-    "model.linear.latent_act": ("CoLA code: on the latent of cola only", "LaX ViT code: LatentAct off (cola: always on)"),
+    "model.linear.latent_act": (
+        "CoLA code: on the latent of cola only",
+        "LaX ViT code: LatentAct off (cola: always on)",
+    ),
     "model.embed_init": (None, "LaX ViT code: PyTorch-default patch conv, cls N(0, 1e-6)"),
     "model.embed_init_std": ("CoLA code (Hugging Face LLaMA init)", None),
     "model.dropout": (None, "LaX ViT code: MLP dropout 0.1"),
@@ -103,14 +129,18 @@ def _precision_source(config: Any) -> str:
 
 def _projection_rows(config: Any) -> list[RecipeRow]:
     m = config.model
-    shape_source = SHAPE_SOURCES[m.family] if m.preset in PAPER_PRESETS[m.family] else OURS_CPU.format(preset=m.preset)
+    shape_source = (
+        SHAPE_SOURCES[m.family] if m.preset in PAPER_PRESETS[m.family] else OURS_CPU.format(preset=m.preset)
+    )
     rows = []
     for name, spec in (m.get("proj") or {}).items():
         for key in ("rank", "tt_in_modes", "tt_out_modes", "tt_ranks"):
             if spec.get(key) is not None:
                 rows.append(RecipeRow(f"model.proj.{name}.{key}", spec[key], shape_source))
         if m.linear.kind == "tt":
-            rows.append(RecipeRow(f"model.proj.{name}.intra", bool(spec.get("intra")), INTRA_SOURCES[m.family]))
+            rows.append(
+                RecipeRow(f"model.proj.{name}.intra", bool(spec.get("intra")), INTRA_SOURCES[m.family])
+            )
     return rows
 
 
@@ -139,8 +169,10 @@ def recipe_rows(config: Any, overridden: Collection[str] = ()) -> list[RecipeRow
         rows.append(RecipeRow(key, _get(config, key), source.format(preset=preset.upper())))
     rows += _projection_rows(config)
     overridden = set(overridden)
-    return [dataclasses.replace(r, source=f"command line (recipe: {r.source})") if r.key in overridden else r
-            for r in rows]
+    return [
+        dataclasses.replace(r, source=f"command line (recipe: {r.source})") if r.key in overridden else r
+        for r in rows
+    ]
 
 
 def format_recipe(rows: list[RecipeRow]) -> str:

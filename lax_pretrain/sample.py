@@ -32,8 +32,15 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 
 
-def generate(workdir: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
-             top_k: int = 40, seed: int = 0) -> str:
+def generate(
+    workdir: str | Path,
+    prompt: str,
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    seed: int = 0,
+) -> str:
     model, config, _ = load_trained_model(workdir)
     if get_task(config.model).data_kind != "text":
         raise ValueError(f"{workdir} holds a {config.model.family!r} model; sampling needs a language model")
@@ -67,8 +74,16 @@ def generate(workdir: str | Path, prompt: str, *, max_new_tokens: int = 200, tem
 
 
 def _run(fv: flags.FlagValues) -> None:
-    print(generate(fv.workdir, fv.prompt, max_new_tokens=fv.max_new_tokens, temperature=fv.temperature,
-                   top_k=fv.top_k, seed=fv.seed))
+    print(
+        generate(
+            fv.workdir,
+            fv.prompt,
+            max_new_tokens=fv.max_new_tokens,
+            temperature=fv.temperature,
+            top_k=fv.top_k,
+            seed=fv.seed,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

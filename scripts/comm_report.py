@@ -46,37 +46,49 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from lax_pretrain.models import get_task  # noqa: E402
 from lax_pretrain.parallel import make_mesh  # noqa: E402
 from lax_pretrain.parallel.comm import KINDS, comm_report  # noqa: E402
-from lax_pretrain.models import get_task  # noqa: E402
 from lax_pretrain.train.program import build_program, compile_block_step  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Recipe file and compact argument, e.g. configs/llama.py:60m")
 flags.DEFINE_string("mesh", None, "DATA,FSDP,TENSOR mesh sizes (e.g. 2,2,2)")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-flags.DEFINE_bool("block_only", False, "One transformer block forward + backward (no embedding, head, optimizer).")
+flags.DEFINE_bool(
+    "block_only", False, "One transformer block forward + backward (no embedding, head, optimizer)."
+)
 flags.mark_flags_as_required(["config", "mesh"])
 
 
 def report(config, mesh_sizes: tuple[int, int, int], *, block_only: bool) -> dict:
     n = math.prod(mesh_sizes)
     if jax.device_count() < n:
-        raise SystemExit(f"--mesh={','.join(map(str, mesh_sizes))} needs {n} devices; {jax.device_count()} "
-                         f"{jax.default_backend()} devices are available")
+        raise SystemExit(
+            f"--mesh={','.join(map(str, mesh_sizes))} needs {n} devices; {jax.device_count()} "
+            f"{jax.default_backend()} devices are available"
+        )
     with config.unlocked():  # mesh.num_devices is optional in the recipes
         config.mesh.update(data=mesh_sizes[0], fsdp=mesh_sizes[1], tensor=mesh_sizes[2], num_devices=n)
     data_ways = mesh_sizes[0] * mesh_sizes[1]
     if config.train.batch_size % data_ways:
-        raise SystemExit(f"train.batch_size={config.train.batch_size} is not divisible by the data axes "
-                         f"(mesh data x fsdp = {data_ways})")
+        raise SystemExit(
+            f"train.batch_size={config.train.batch_size} is not divisible by the data axes "
+            f"(mesh data x fsdp = {data_ways})"
+        )
     mesh = make_mesh(config.mesh)
     if block_only:
         compiled = compile_block_step(config, mesh)
     else:  # the train step train() runs, built by the same program builder, abstract
         compiled = build_program(config, mesh, abstract=True).lower_train_step().compile()
-    out = {"config": config.get("name", ""), "mesh": list(mesh_sizes), "block_only": block_only,
-           "tp_impl": config.parallel.tp_impl, "batch_size": config.train.batch_size,
-           "seq_len": get_task(config.model).tokens_per_example(config.model, config.data.get("seq_len", 0)), "backend": jax.default_backend()}
+    out = {
+        "config": config.get("name", ""),
+        "mesh": list(mesh_sizes),
+        "block_only": block_only,
+        "tp_impl": config.parallel.tp_impl,
+        "batch_size": config.train.batch_size,
+        "seq_len": get_task(config.model).tokens_per_example(config.model, config.data.get("seq_len", 0)),
+        "backend": jax.default_backend(),
+    }
     out.update(comm_report(compiled))
     return out
 
@@ -87,8 +99,10 @@ def _mib(n: int) -> str:
 
 def print_table(r: dict) -> None:
     what = "one block fwd+bwd" if r["block_only"] else "one train step"
-    print(f"{r['config']}  mesh(data,fsdp,tensor)={tuple(r['mesh'])}  tp_impl={r['tp_impl']}  {what}  "
-          f"batch {r['batch_size']} x {r['seq_len']}  ({r['backend']})")
+    print(
+        f"{r['config']}  mesh(data,fsdp,tensor)={tuple(r['mesh'])}  tp_impl={r['tp_impl']}  {what}  "
+        f"batch {r['batch_size']} x {r['seq_len']}  ({r['backend']})"
+    )
     print(f"  {'collective':<20}{'count':>6}{'bytes/device':>16}")
     for kind in KINDS:
         c = r["collectives"][kind]
@@ -99,8 +113,10 @@ def print_table(r: dict) -> None:
         print("  memory: not reported by this backend")
     else:
         parts = {k: _mib(m[f"{k}_bytes"]).strip() for k in ("argument", "output", "temp", "alias", "total")}
-        print(f"  memory/device: arguments {parts['argument']}, outputs {parts['output']}, temporaries "
-              f"{parts['temp']}, aliased {parts['alias']} -> total {parts['total']}")
+        print(
+            f"  memory/device: arguments {parts['argument']}, outputs {parts['output']}, temporaries "
+            f"{parts['temp']}, aliased {parts['alias']} -> total {parts['total']}"
+        )
 
 
 def main(argv: list[str]) -> None:

@@ -67,9 +67,9 @@ from lax_pretrain.config import llama_config  # noqa: E402
 from lax_pretrain.data import shakespeare  # noqa: E402
 from lax_pretrain.finetune import finetune, load_base  # noqa: E402
 from lax_pretrain.models import build  # noqa: E402
+from lax_pretrain.models.tasks import lm_eval, lm_summary  # noqa: E402
 from lax_pretrain.train import train  # noqa: E402
 from lax_pretrain.train.metrics import read_metrics  # noqa: E402
-from lax_pretrain.models.tasks import lm_eval, lm_summary  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "runs/eigenlorax_study", "Output directory (runs resume if present).")
 _BASE_STEPS = flags.DEFINE_integer("base_steps", 300, "Pretraining steps of the base.")
@@ -80,11 +80,20 @@ _RHO = flags.DEFINE_float("rho", 0.9, "Explained variance that chooses K.")
 _AUGMENT = flags.DEFINE_integer("augment", 16, "Random directions appended for the augmented EigenLoRAx run.")
 _LAYERS = flags.DEFINE_integer("layers", 2, "Blocks of the base model.")
 
-BASE_WORKS = "henry_iv_part_1,henry_iv_part_2,henry_v,henry_vi_part_1,henry_vi_part_2,henry_vi_part_3,henry_viii," \
-             "john,richard_ii,richard_iii"
-IN_BASIS = {"macbeth": "macbeth", "othello": "othello", "lear": "lear", "romeo_and_juliet": "romeo_and_juliet",
-            "tempest": "tempest", "midsummer": "midsummer_nights_dream", "merchant": "merchant_of_venice",
-            "much_ado": "much_ado_about_nothing"}
+BASE_WORKS = (
+    "henry_iv_part_1,henry_iv_part_2,henry_v,henry_vi_part_1,henry_vi_part_2,henry_vi_part_3,henry_viii,"
+    "john,richard_ii,richard_iii"
+)
+IN_BASIS = {
+    "macbeth": "macbeth",
+    "othello": "othello",
+    "lear": "lear",
+    "romeo_and_juliet": "romeo_and_juliet",
+    "tempest": "tempest",
+    "midsummer": "midsummer_nights_dream",
+    "merchant": "merchant_of_venice",
+    "much_ado": "much_ado_about_nothing",
+}
 HELD_OUT = {"hamlet": "hamlet", "twelfth_night": "twelfth_night"}
 SEQ_LEN, BATCH, TRAIN_FRACTION = 128, 16, 0.9
 TARGETS = "q|v"
@@ -114,7 +123,9 @@ def run_config(steps: int, eval_every: int, lr: float, layers: int):
     config = llama_config("nano")
     config.model.update(d_model=128, num_heads=4, num_kv_heads=4, ffn_dim=344, num_layers=layers, proj={})
     config.data.seq_len = SEQ_LEN
-    config.train.update(steps=steps, batch_size=BATCH, log_every=25, eval_every=eval_every, checkpoint_every=steps)
+    config.train.update(
+        steps=steps, batch_size=BATCH, log_every=25, eval_every=eval_every, checkpoint_every=steps
+    )
     config.optim.update(lr=lr, warmup_steps=max(steps // 10, 1), weight_decay=0.0)
     config.wandb.mode = "disabled"
     config.mesh.data = 1  # one CPU device
@@ -149,8 +160,10 @@ def main(argv):
     timings = {}
 
     # 1. the base
-    train(on_works(run_config(_BASE_STEPS.value, _BASE_STEPS.value // 4, 3e-3, _LAYERS.value), BASE_WORKS),
-          out / "base")
+    train(
+        on_works(run_config(_BASE_STEPS.value, _BASE_STEPS.value // 4, 3e-3, _LAYERS.value), BASE_WORKS),
+        out / "base",
+    )
     base_model, model_cfg = load_base(out / "base")
     base = (base_model, model_cfg)
     timings["base"] = time.perf_counter() - t0
@@ -164,7 +177,9 @@ def main(argv):
         config.train.seed = seed  # adapters from independent runs: their A's do not share one random init
         summary = finetune(config, base, lora_spec, out / "in_basis" / name, meta={"task": name})
         lora_models[name] = summary["model"]
-        recycled[name] = {p: tuple(np.asarray(f) for f in ab) for p, ab in adapter_state(summary["model"]).items()}
+        recycled[name] = {
+            p: tuple(np.asarray(f) for f in ab) for p, ab in adapter_state(summary["model"]).items()
+        }
     timings["in-basis LoRAs"] = time.perf_counter() - t0 - sum(timings.values())
 
     # 3. the basis
@@ -185,8 +200,7 @@ def main(argv):
         nnx.update(model, nnx.state(base_model, nnx.Param))
         base_loss = eval_loss(model, batches)
         add_adapters(model, eigen_spec, basis=basis, loadings=project(basis, recycled[name]))
-        zero_shot[name] = (base_loss, eval_loss(lora_models[name], batches),
-                           eval_loss(model, batches))
+        zero_shot[name] = (base_loss, eval_loss(lora_models[name], batches), eval_loss(model, batches))
     timings["basis + zero-shot"] = time.perf_counter() - t0 - sum(timings.values())
 
     # 5. held-out works
@@ -213,61 +227,111 @@ def main(argv):
 
     # 6. serving memory
     sig = {p: tuple(s) for p, s in basis.model_signature.items()}
-    memory = {"LoRA": lora_serving_bytes(sig, 100, r), f"EigenLoRAx (K={k})": serving_bytes(basis, 100, r),
-              f"EigenLoRAx ({aug})": serving_bytes(augmented, 100, r)}
+    memory = {
+        "LoRA": lora_serving_bytes(sig, 100, r),
+        f"EigenLoRAx (K={k})": serving_bytes(basis, 100, r),
+        f"EigenLoRAx ({aug})": serving_bytes(augmented, 100, r),
+    }
 
     total = time.perf_counter() - t0
-    sizes = {"base": work_bytes(BASE_WORKS), **{n: work_bytes(w) for n, w in {**IN_BASIS, **HELD_OUT}.items()}}
-    write_report(out, k, rho, methods, curves, params, zero_shot, memory, sizes, timings, total,
-                 trainable_count(lora_models[next(iter(IN_BASIS))]))
+    sizes = {
+        "base": work_bytes(BASE_WORKS),
+        **{n: work_bytes(w) for n, w in {**IN_BASIS, **HELD_OUT}.items()},
+    }
+    write_report(
+        out,
+        k,
+        rho,
+        methods,
+        curves,
+        params,
+        zero_shot,
+        memory,
+        sizes,
+        timings,
+        total,
+        trainable_count(lora_models[next(iter(IN_BASIS))]),
+    )
     plot(out, curves)
     print((out / "study.md").read_text())
 
 
 def write_report(out, k, rho, methods, curves, params, zero_shot, memory, sizes, timings, total, lora_params):
     r, steps = _RANK.value, _STEPS.value
-    lines = ["# EigenLoRAx study: Shakespeare, nano LLaMA on CPU", "",
-             f"Command: `python scripts/eigenlorax_study.py --out={_OUT.value} --base_steps={_BASE_STEPS.value} "
-             f"--steps={steps} --rank={r} --rho={_RHO.value} --augment={_AUGMENT.value} --layers={_LAYERS.value}`",
-             "",
-             f"Base: dense LLaMA d 128, {_LAYERS.value} blocks, 4 heads, SwiGLU 344, byte tokenizer (vocab 259), "
-             f"{_BASE_STEPS.value} steps x {BATCH} x {SEQ_LEN} bytes on the ten histories. Adapters: {TARGETS} "
-             f"of every block, r = {r}, alpha = {2 * r}, {steps} steps x {BATCH} x {SEQ_LEN} bytes, AdamW "
-             "lr 3e-3 (warmup 10%, cosine), validation = the last 10% of the work.",
-             "",
-             "Bytes (train / validation): " + ", ".join(f"{n} {a:,} / {b:,}" for n, (a, b) in sizes.items()),
-             "",
-             f"Basis: {len(IN_BASIS)} LoRAs ({', '.join(IN_BASIS)}), K = {k} chosen for rho >= {_RHO.value} on every "
-             f"module (rank-vector samples per module: {len(IN_BASIS) * r}). Explained variance at K, (A, B) "
-             "per module: " + ", ".join(f"{p} ({a:.3f}, {b:.3f})" for p, (a, b) in rho.items()),
-             "", "## Held-out works: validation loss (nats / byte) vs steps", ""]
+    lines = [
+        "# EigenLoRAx study: Shakespeare, nano LLaMA on CPU",
+        "",
+        f"Command: `python scripts/eigenlorax_study.py --out={_OUT.value} --base_steps={_BASE_STEPS.value} "
+        f"--steps={steps} --rank={r} --rho={_RHO.value} --augment={_AUGMENT.value} --layers={_LAYERS.value}`",
+        "",
+        f"Base: dense LLaMA d 128, {_LAYERS.value} blocks, 4 heads, SwiGLU 344, byte tokenizer (vocab 259), "
+        f"{_BASE_STEPS.value} steps x {BATCH} x {SEQ_LEN} bytes on the ten histories. Adapters: {TARGETS} "
+        f"of every block, r = {r}, alpha = {2 * r}, {steps} steps x {BATCH} x {SEQ_LEN} bytes, AdamW "
+        "lr 3e-3 (warmup 10%, cosine), validation = the last 10% of the work.",
+        "",
+        "Bytes (train / validation): " + ", ".join(f"{n} {a:,} / {b:,}" for n, (a, b) in sizes.items()),
+        "",
+        f"Basis: {len(IN_BASIS)} LoRAs ({', '.join(IN_BASIS)}), K = {k} chosen for rho >= {_RHO.value} on every "
+        f"module (rank-vector samples per module: {len(IN_BASIS) * r}). Explained variance at K, (A, B) "
+        "per module: " + ", ".join(f"{p} ({a:.3f}, {b:.3f})" for p, (a, b) in rho.items()),
+        "",
+        "## Held-out works: validation loss (nats / byte) vs steps",
+        "",
+    ]
     for name in HELD_OUT:
         evals = {m: dict(curves[name, m]) for m in methods}
         step_cols = sorted({s for c in evals.values() for s in c})
-        lines += [f"### {name}", "",
-                  "| method | trainable params | " + " | ".join(f"step {s}" for s in step_cols) + " |",
-                  "|---|---:|" + "---:|" * len(step_cols)]
+        lines += [
+            f"### {name}",
+            "",
+            "| method | trainable params | " + " | ".join(f"step {s}" for s in step_cols) + " |",
+            "|---|---:|" + "---:|" * len(step_cols),
+        ]
         for m in methods:
             row = " | ".join(f"{evals[m][s]:.4f}" if s in evals[m] else "" for s in step_cols)
             lines.append(f"| {m} | {params[m]:,} | {row} |")
         lines.append("")
-    lines += ["## Zero-shot reconstruction of in-basis adapters (no data, no training)", "",
-              f"Validation loss of the base, the original LoRA, and EigenLoRAx with loadings = projection of that "
-              f"LoRA onto the K = {k} basis; recovered = (base - zero-shot) / (base - LoRA).", "",
-              "| work | base | LoRA | EigenLoRAx zero-shot | recovered |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "## Zero-shot reconstruction of in-basis adapters (no data, no training)",
+        "",
+        f"Validation loss of the base, the original LoRA, and EigenLoRAx with loadings = projection of that "
+        f"LoRA onto the K = {k} basis; recovered = (base - zero-shot) / (base - LoRA).",
+        "",
+        "| work | base | LoRA | EigenLoRAx zero-shot | recovered |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, (b, lo, z) in zero_shot.items():
         lines.append(f"| {name} | {b:.4f} | {lo:.4f} | {z:.4f} | {(b - z) / (b - lo):.0%} |")
-    lines += ["", "## Serving 100 tasks (float32 adapter values; the base is shared and not counted)", "",
-              "| method | bytes | average per task |", "|---|---:|---:|"]
+    lines += [
+        "",
+        "## Serving 100 tasks (float32 adapter values; the base is shared and not counted)",
+        "",
+        "| method | bytes | average per task |",
+        "|---|---:|---:|",
+    ]
     for m, n in memory.items():
         lines.append(f"| {m} | {n:,} | {n / 100:,.0f} |")
-    lines += ["", f"LoRA trains {lora_params:,} parameters per task.", "",
-              "Wall-clock: " + ", ".join(f"{n} {s:.0f} s" for n, s in timings.items()) + f"; total {total:.0f} s.",
-              ""]
+    lines += [
+        "",
+        f"LoRA trains {lora_params:,} parameters per task.",
+        "",
+        "Wall-clock: " + ", ".join(f"{n} {s:.0f} s" for n, s in timings.items()) + f"; total {total:.0f} s.",
+        "",
+    ]
     (out / "study.md").write_text("\n".join(lines))
-    (out / "study.json").write_text(json.dumps({"k": k, "curves": {f"{a}/{b}": c for (a, b), c in curves.items()},
-                                                "params": params, "zero_shot": zero_shot, "memory": memory,
-                                                "timings": timings}, indent=1))
+    (out / "study.json").write_text(
+        json.dumps(
+            {
+                "k": k,
+                "curves": {f"{a}/{b}": c for (a, b), c in curves.items()},
+                "params": params,
+                "zero_shot": zero_shot,
+                "memory": memory,
+                "timings": timings,
+            },
+            indent=1,
+        )
+    )
 
 
 def plot(out: Path, curves):

@@ -17,18 +17,26 @@ from lax_pretrain.data import config, text, tfds_io
 from lax_pretrain.data.tokenizer import train_sentencepiece
 
 FLAGS = cli.new_flags()
-flags.DEFINE_enum("dataset", "shakespeare", list(config.TEXT_DATASETS), "Text dataset (data.name).",
-                  flag_values=FLAGS)
-flags.DEFINE_integer("vocab_size", 4096, "Number of pieces, the 4 specials and 256 byte pieces included.",
-                     flag_values=FLAGS)
+flags.DEFINE_enum(
+    "dataset", "shakespeare", list(config.TEXT_DATASETS), "Text dataset (data.name).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "vocab_size", 4096, "Number of pieces, the 4 specials and 256 byte pieces included.", flag_values=FLAGS
+)
 flags.DEFINE_string("out", None, "Where to write the model (PATH.model).", required=True, flag_values=FLAGS)
 flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece algorithm.", flag_values=FLAGS)
-flags.DEFINE_string("data_dir", "",
-                    "TFDS data dir (data.data_dir); default $TFDS_DATA_DIR or ~/tensorflow_datasets.",
-                    flag_values=FLAGS)
-flags.DEFINE_integer("max_documents", 0,
-                     "Train on the first N documents only (0: all); C4 needs a limit, about 1M documents is "
-                     "plenty.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "data_dir",
+    "",
+    "TFDS data dir (data.data_dir); default $TFDS_DATA_DIR or ~/tensorflow_datasets.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_documents",
+    0,
+    "Train on the first N documents only (0: all); C4 needs a limit, about 1M documents is plenty.",
+    flag_values=FLAGS,
+)
 
 
 def train_lines(cfg, max_documents: int):
@@ -40,8 +48,9 @@ def train_lines(cfg, max_documents: int):
 
 def _run(fv: flags.FlagValues) -> None:
     cfg = config.resolve({"name": fv.dataset, "data_dir": fv.data_dir})
-    model = train_sentencepiece(train_lines(cfg, fv.max_documents), vocab_size=fv.vocab_size,
-                                model_type=fv.model_type)
+    model = train_sentencepiece(
+        train_lines(cfg, fv.max_documents), vocab_size=fv.vocab_size, model_type=fv.model_type
+    )
     os.makedirs(os.path.dirname(os.path.abspath(fv.out)), exist_ok=True)
     with open(fv.out, "wb") as f:
         f.write(model)

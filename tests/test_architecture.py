@@ -18,16 +18,28 @@ PACKAGE = ROOT / "lax_pretrain"
 
 # (module prefix, level); the longest matching prefix decides. Entry points (CLIs) sit on top.
 LEVELS = [
-    ("lax_pretrain.nnx_compat", 0), ("lax_pretrain.cli", 0),
-    ("lax_pretrain.parallel", 1),  # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
+    ("lax_pretrain.nnx_compat", 0),
+    ("lax_pretrain.cli", 0),
+    (
+        "lax_pretrain.parallel",
+        1,
+    ),  # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
     ("lax_pretrain.layers", 2),
-    ("lax_pretrain.models", 3), ("lax_pretrain.data", 3),
-    ("lax_pretrain.config", 4), ("lax_pretrain.recipe", 4),
-    ("lax_pretrain.adapters", 5), ("lax_pretrain.convert", 5),
+    ("lax_pretrain.models", 3),
+    ("lax_pretrain.data", 3),
+    ("lax_pretrain.config", 4),
+    ("lax_pretrain.recipe", 4),
+    ("lax_pretrain.adapters", 5),
+    ("lax_pretrain.convert", 5),
     ("lax_pretrain.train", 6),
-    ("lax_pretrain.bench", 7), ("lax_pretrain.experiments", 7),
-    ("lax_pretrain.params", 8), ("lax_pretrain.sample", 8), ("lax_pretrain.quickstart", 8),
-    ("lax_pretrain.finetune", 8), ("lax_pretrain.train.__main__", 8), ("lax_pretrain.bench.cli", 8),
+    ("lax_pretrain.bench", 7),
+    ("lax_pretrain.experiments", 7),
+    ("lax_pretrain.params", 8),
+    ("lax_pretrain.sample", 8),
+    ("lax_pretrain.quickstart", 8),
+    ("lax_pretrain.finetune", 8),
+    ("lax_pretrain.train.__main__", 8),
+    ("lax_pretrain.bench.cli", 8),
     ("lax_pretrain.convert.__main__", 8),
 ]
 
@@ -75,14 +87,20 @@ def import_graph() -> dict[str, set[str]]:
 def level(name: str) -> int:
     if name == "lax_pretrain":  # the package's __init__: a docstring and the version
         return 0
-    matches = [(len(prefix), lvl) for prefix, lvl in LEVELS if name == prefix or name.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), lvl) for prefix, lvl in LEVELS if name == prefix or name.startswith(prefix + ".")
+    ]
     assert matches, f"{name} has no level in LEVELS: add it (and to docs/ARCHITECTURE.md)"
     return max(matches)[1]
 
 
 def test_imports_only_run_downward():
-    upward = [f"{a} (level {level(a)}) imports {b} (level {level(b)})"
-              for a, targets in import_graph().items() for b in targets if level(b) > level(a)]
+    upward = [
+        f"{a} (level {level(a)}) imports {b} (level {level(b)})"
+        for a, targets in import_graph().items()
+        for b in targets
+        if level(b) > level(a)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -96,7 +114,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -113,12 +131,17 @@ FAMILY_BRANCH = re.compile(r"""family\s*[!=]=|[!=]=\s*["'](llama|vit)["']|["'](l
 
 def test_no_family_branch_outside_the_registry():
     registry = PACKAGE / "models" / "tasks.py"
-    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
-            for p in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]) if p != registry
-            for i, line in enumerate(p.read_text().splitlines(), 1) if FAMILY_BRANCH.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "scripts").glob("*.py")])
+        if p != registry
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if FAMILY_BRANCH.search(line)
+    ]
     assert not hits, "ask lax_pretrain.models.get_task(...) instead:\n" + "\n".join(hits)
 
 
+@pytest.mark.slow
 def test_benchmark_times_the_program_training_runs(tmp_path, monkeypatch):
     """The step the models/memory benchmarks compile is the loop's: same lowered program text."""
     import lax_pretrain.train.loop as loop

@@ -44,6 +44,7 @@ def tiny(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------- layers
 
 
+@pytest.mark.slow  # the tiny benchmark suite, run once for the module
 def test_layers_rows_and_flops(tiny):
     _, data, _ = tiny
     suite = data["suites"]["layers"]
@@ -75,6 +76,7 @@ def test_layers_rows_and_flops(tiny):
 # ---------------------------------------------------------------------------------------------- models
 
 
+@pytest.mark.slow  # the tiny benchmark suite, run once for the module
 def test_models_rows_and_flops(tiny):
     _, data, _ = tiny
     suite = data["suites"]["models"]
@@ -97,6 +99,7 @@ def test_models_rows_and_flops(tiny):
     assert any("MFU omitted" in n for n in suite["notes"])
 
 
+@pytest.mark.slow
 def test_vit_train_step_runs():
     """The ViT path of the models suite (dropout RNG streams in the frozen state), one variant."""
     case = bench_models.Case("vit", "tiny", 2, shrink=bench_models.TINY)
@@ -113,6 +116,7 @@ def test_vit_train_step_runs():
 # ---------------------------------------------------------------------------------------------- memory
 
 
+@pytest.mark.slow  # the tiny benchmark suite, run once for the module
 def test_memory_rows(tiny):
     _, data, _ = tiny
     suite = data["suites"]["memory"]
@@ -133,6 +137,7 @@ def test_memory_rows(tiny):
 # ---------------------------------------------------------------------------------------- report / targets
 
 
+@pytest.mark.slow  # the tiny benchmark suite, run once for the module
 def test_json_and_markdown(tiny):
     out, data, md = tiny
     assert set(data["suites"]) == {"layers", "models", "memory"}  # accumulated suite by suite
@@ -153,18 +158,35 @@ def test_json_and_markdown(tiny):
     for t in targets:
         assert t["status"].startswith(TARGET_STATUSES), t
         assert f"| {t['target']} | {t['status']} |" in md
-    assert targets[3]["status"] == targets[4]["status"] == "not measurable here (backend cpu: no peak FLOP/s, so no MFU)"
+    assert (
+        targets[3]["status"]
+        == targets[4]["status"]
+        == "not measurable here (backend cpu: no peak FLOP/s, so no MFU)"
+    )
 
 
 def _model_row(name, kind, crossing, t, flops, *, mfu=None, preset="60m", dtype="float32"):
-    return {"case": f"llama-{preset}", "family": "llama", "preset": preset, "name": name, "kind": kind,
-            "crossing": crossing, "step_time_s": t, "step_time": {"min": t}, "train_flops_per_token": flops,
-            "mfu": mfu, "dtype": dtype}
+    return {
+        "case": f"llama-{preset}",
+        "family": "llama",
+        "preset": preset,
+        "name": name,
+        "kind": kind,
+        "crossing": crossing,
+        "step_time_s": t,
+        "step_time": {"min": t},
+        "train_flops_per_token": flops,
+        "mfu": mfu,
+        "dtype": dtype,
+    }
 
 
 def _models(cola_t, kron_t):
-    rows = [_model_row("dense", "dense", "none", 1.0, 100), _model_row("cola", "cola", "none", cola_t, 50),
-            _model_row("cola+kron", "cola", "kron", kron_t, 51)]
+    rows = [
+        _model_row("dense", "dense", "none", 1.0, 100),
+        _model_row("cola", "cola", "none", cola_t, 50),
+        _model_row("cola+kron", "cola", "kron", kron_t, 51),
+    ]
     for r in rows:
         r["step_time"]["max"] = r["step_time_s"]
     for r in rows:
@@ -176,14 +198,26 @@ def _models(cola_t, kron_t):
 
 
 def _memory(reduction):
-    return {"rows": [{"preset": "60m", "kind": "cola", "crossing": "none", "remat": "cola_m",
-                      "temp_reduction_vs_no_remat": reduction}], "settings": {}}
+    return {
+        "rows": [
+            {
+                "preset": "60m",
+                "kind": "cola",
+                "crossing": "none",
+                "remat": "cola_m",
+                "temp_reduction_vs_no_remat": reduction,
+            }
+        ],
+        "settings": {},
+    }
 
 
 def test_targets_met_missed_and_not_measurable():
     met = report.evaluate_targets({"models": _models(0.6, 0.62), "memory": _memory(2.0)})
     assert [t["status"] for t in met[:3]] == ["met", "met", "met"]  # +3.3%; 1.2 and 1.22; 2.0x
-    assert met[3]["status"].startswith("not measurable here") and met[4]["status"].startswith("not measurable")
+    assert met[3]["status"].startswith("not measurable here") and met[4]["status"].startswith(
+        "not measurable"
+    )
     missed = report.evaluate_targets({"models": _models(0.6, 0.66), "memory": _memory(1.2)})
     assert missed[0]["status"] == "missed (by 5.0 points)"  # +10% LaX overhead
     assert missed[1]["status"].startswith("missed (worst 1.29x")  # 0.66 / 0.51
@@ -192,8 +226,10 @@ def test_targets_met_missed_and_not_measurable():
 
 
 def test_mfu_targets_on_an_accelerator():
-    rows = [_model_row("dense", "dense", "none", 1.0, 100, mfu=0.45, preset="1b", dtype="bfloat16"),
-            _model_row("cola+kron", "cola", "kron", 0.7, 50, mfu=0.30, preset="1b", dtype="bfloat16")]
+    rows = [
+        _model_row("dense", "dense", "none", 1.0, 100, mfu=0.45, preset="1b", dtype="bfloat16"),
+        _model_row("cola+kron", "cola", "kron", 0.7, 50, mfu=0.30, preset="1b", dtype="bfloat16"),
+    ]
     t = report.evaluate_targets({"models": {"rows": rows}})
     assert t[3]["status"] == "met"
     assert t[4]["status"].startswith("missed")  # 0.30 / 0.45 = 67% < 80%
@@ -209,6 +245,7 @@ def test_time_interleaved_and_summaries():
         def fn():
             calls[name] += 1
             return name
+
         return fn
 
     stats = timing.time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, warmup=2)
@@ -224,7 +261,9 @@ def test_time_interleaved_and_summaries():
 def test_cli_parsers():
     cases = bench_models.parse_cases("llama:nano:8x256,vit:tiny:32")
     assert [(c.family, c.preset, c.batch_size, c.seq_len) for c in cases] == [
-        ("llama", "nano", 8, 256), ("vit", "tiny", 32, 256)]
+        ("llama", "nano", 8, 256),
+        ("vit", "tiny", 32, 256),
+    ]
     with pytest.raises(ValueError):
         bench_models.parse_cases("gpt:nano:8")
     assert bench_memory.parse_variants("cola:kron:cola_m") == (("cola", "kron", "cola_m"),)

@@ -60,9 +60,17 @@ def script_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def scripts(script_dir) -> dict[str, subprocess.CompletedProcess]:
     env = dict(os.environ, JAX_PLATFORMS="cpu")  # no attempt at a TPU, whose failure jax logs at INFO
-    procs = {name: subprocess.Popen([str(a).format(tmp=script_dir) for a in argv], cwd=ROOT, env=env,
-                                    text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name, argv in SCRIPTS.items()}
+    procs = {
+        name: subprocess.Popen(
+            [str(a).format(tmp=script_dir) for a in argv],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, argv in SCRIPTS.items()
+    }
     results = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
@@ -79,30 +87,59 @@ def one_error_line(capsys) -> str:
 
 # (main, argv, text the error line must hold, what --verbose raises)
 BAD_CALLS = {
-    "train_bad_kind": (train_cli.main, ["--config=configs/llama.py:nano,kind=foo", "--workdir={tmp}/run"],
-                       "model.proj.q.kind='foo'", ValueError),
-    "train_missing_override_key": (train_cli.main, ["--config=configs/llama.py:nano", "--workdir={tmp}/run",
-                                                    "--config.model.d_modl=64"],
-                                   "--config.model.d_modl: the config has no key 'd_modl' (did you mean "
-                                   "'d_model'?)", flags.Error),
+    "train_bad_kind": (
+        train_cli.main,
+        ["--config=configs/llama.py:nano,kind=foo", "--workdir={tmp}/run"],
+        "model.proj.q.kind='foo'",
+        ValueError,
+    ),
+    "train_missing_override_key": (
+        train_cli.main,
+        ["--config=configs/llama.py:nano", "--workdir={tmp}/run", "--config.model.d_modl=64"],
+        "--config.model.d_modl: the config has no key 'd_modl' (did you mean 'd_model'?)",
+        flags.Error,
+    ),
     "train_missing_workdir": (train_cli.main, ["--config=configs/llama.py:nano"], "--workdir", flags.Error),
-    "params_bad_compact_key": (params.main, ["--config=configs/llama.py:nano,knd=foo"], "'knd=foo'",
-                               flags.Error),
+    "params_bad_compact_key": (
+        params.main,
+        ["--config=configs/llama.py:nano,knd=foo"],
+        "'knd=foo'",
+        flags.Error,
+    ),
     "params_missing_file": (params.main, ["--config=configs/nope.py:nano"], "--config: ", flags.Error),
     "params_unknown_flag": (params.main, ["--config=configs/llama.py:nano", "--jsn"], "'jsn'", flags.Error),
-    "params_program_name_first": (params.main, ["lax-params", "--config=configs/llama.py:nano", "extra"],
-                                  "unexpected argument 'extra'", flags.Error),
-    "sample_missing_workdir": (sample.main, ["--workdir={tmp}/none"], "--workdir must be a training run",
-                               FileNotFoundError),
+    "params_program_name_first": (
+        params.main,
+        ["lax-params", "--config=configs/llama.py:nano", "extra"],
+        "unexpected argument 'extra'",
+        flags.Error,
+    ),
+    "sample_missing_workdir": (
+        sample.main,
+        ["--workdir={tmp}/none"],
+        "--workdir must be a training run",
+        FileNotFoundError,
+    ),
     "quickstart_bad_steps": (quickstart.main, ["--steps=many"], "--steps=many", flags.Error),
     "convert_needs_flags": (hf_llama.main, ["import", "--out={tmp}/out"], "--hf_dir", ValueError),
-    "convert_no_command": (hf_llama.main, ["--out={tmp}/out"], "expected one command, import or export",
-                           flags.Error),
-    "convert_program_name_first": (hf_llama.main,
-                                   ["lax-convert", "export", "--workdir={tmp}/none", "--out={tmp}/out"],
-                                   "run `import` into", FileNotFoundError),
-    "bench_bad_widths": (bench_cli.main, ["--suite=layers", "--widths=64,wide", "--out={tmp}/bench"],
-                         "--widths=64,wide", ValueError),
+    "convert_no_command": (
+        hf_llama.main,
+        ["--out={tmp}/out"],
+        "expected one command, import or export",
+        flags.Error,
+    ),
+    "convert_program_name_first": (
+        hf_llama.main,
+        ["lax-convert", "export", "--workdir={tmp}/none", "--out={tmp}/out"],
+        "run `import` into",
+        FileNotFoundError,
+    ),
+    "bench_bad_widths": (
+        bench_cli.main,
+        ["--suite=layers", "--widths=64,wide", "--out={tmp}/bench"],
+        "--widths=64,wide",
+        ValueError,
+    ),
     "tokenizer_needs_out": (train_tokenizer.main, ["--vocab_size=512"], "--out", flags.Error),
 }
 

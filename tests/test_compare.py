@@ -253,6 +253,7 @@ def test_report_and_plots(runs_dir, tmp_path):
     assert_real_png(tmp_path / "failed" / "val_vs_params.png")
 
 
+@pytest.mark.slow
 def test_cli(runs_dir, tmp_path, capsys):
     out = subprocess.run(
         [

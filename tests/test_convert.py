@@ -21,7 +21,7 @@ import torch
 from flax import nnx, traverse_util
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lax_pretrain.config import from_compact, llama_config
+from lax_pretrain.config import from_compact
 from lax_pretrain.convert import export_hf_llama, load_hf_llama, load_imported, save_imported, to_low_rank
 from lax_pretrain.convert.low_rank import tt_full
 from lax_pretrain.convert.weights import blocks_of, projection
@@ -29,9 +29,17 @@ from lax_pretrain.layers import cap_tt_ranks
 from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS
 
-SMALL = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=3, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=300, rope_theta=50000.0, rms_norm_eps=1e-5,
-             max_position_embeddings=128)
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=172,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=300,
+    rope_theta=50000.0,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=128,
+)
 TOKENS = np.random.default_rng(0).integers(0, SMALL["vocab_size"], (2, 24))
 
 
@@ -132,8 +140,10 @@ def test_export_materializes_low_rank_and_refuses_cola(tmp_path, imported):
     svd, svd_cfg, _ = to_low_rank(*imported, kind="svd", rank=8)
     out = export_hf_llama(svd, svd_cfg, tmp_path / "svd")
     np.testing.assert_allclose(hf_logits(out), logits(svd), atol=1e-4, rtol=0)
-    for arg, error in (("kind=cola", "model.proj.q: kind 'cola' is not a linear map"),
-                       ("kind=svd,lax=kron", "model.proj.q.crossing='kron'")):
+    for arg, error in (
+        ("kind=cola", "model.proj.q: kind 'cola' is not a linear map"),
+        ("kind=svd,lax=kron", "model.proj.q.crossing='kron'"),
+    ):
         cfg = from_compact("llama", f"nano,{arg},rank=8").model
         # Refused from the config alone, before any weight is read: an abstract model is enough.
         abstract = nnx.eval_shape(lambda cfg=cfg: build(cfg, rngs=nnx.Rngs(0)))
@@ -153,12 +163,22 @@ def test_workdir_round_trip(tmp_path, imported):
 
 def test_cli_import_svd_then_export(tmp_path, hf_dir):
     """`python -m lax_pretrain.convert.hf_llama import`, then the `lax-convert` console script exports."""
-    def run(*argv):
-        return subprocess.run(argv, capture_output=True, text=True, check=True,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
-    shown = run(sys.executable, "-m", "lax_pretrain.convert.hf_llama", "import", f"--hf_dir={hf_dir}",
-                f"--out={tmp_path}", "--to_kind=svd", "--rank=1000")
+    def run(*argv):
+        return subprocess.run(
+            argv, capture_output=True, text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+        )
+
+    shown = run(
+        sys.executable,
+        "-m",
+        "lax_pretrain.convert.hf_llama",
+        "import",
+        f"--hf_dir={hf_dir}",
+        f"--out={tmp_path}",
+        "--to_kind=svd",
+        "--rank=1000",
+    )
     assert "mean rel. error" in shown.stdout and (tmp_path / "imported" / "params").is_dir()
     # runpy warns when the package has imported the module it is about to run as __main__.
     assert "RuntimeWarning" not in shown.stderr, shown.stderr
@@ -204,22 +224,29 @@ def _maximal_tt(d_in: int, d_out: int) -> tuple:
 
 def test_tt_svd_at_maximal_ranks_reproduces_weights(imported):
     model, cfg = imported
-    dense = {(i, n): np.asarray(projection(b, n).kernel[...])
-             for i, b in enumerate(blocks_of(model)) for n in PROJECTIONS}
+    dense = {
+        (i, n): np.asarray(projection(b, n).kernel[...])
+        for i, b in enumerate(blocks_of(model))
+        for n in PROJECTIONS
+    }
     shapes = {n: _maximal_tt(*dense[0, n].shape) for n in PROJECTIONS}
     tt, tt_cfg, report = to_low_rank(model, cfg, kind="tt", rank=1, tt_shapes=shapes)
     assert tt_cfg.proj.gate.tt_ranks == [1, 4, 16, 64, 86, 43, 1]
     for i, block in enumerate(blocks_of(tt)):
         for name in PROJECTIONS:
-            np.testing.assert_allclose(np.asarray(projection(block, name).materialize()), dense[i, name],
-                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                np.asarray(projection(block, name).materialize()), dense[i, name], rtol=1e-4, atol=1e-5
+            )
     assert max(report.values()) < 1e-5
 
 
 def test_tt_report_matches_independent_error(imported):
     model, cfg = imported
-    dense = {(i, n): np.asarray(projection(b, n).kernel[...], np.float64)
-             for i, b in enumerate(blocks_of(model)) for n in PROJECTIONS}
+    dense = {
+        (i, n): np.asarray(projection(b, n).kernel[...], np.float64)
+        for i, b in enumerate(blocks_of(model))
+        for n in PROJECTIONS
+    }
     tt, tt_cfg, report = to_low_rank(model, cfg, kind="tt", rank=6)
     assert tt_cfg.proj.q.tt_ranks == [1, 8, 6, 8, 1]
     for i, block in enumerate(blocks_of(tt)):
@@ -284,9 +311,13 @@ def test_modules_import_one_way():
     imports = {}
     for path in package.glob("*.py"):
         tree = ast.parse(path.read_text())
-        imports[path.stem] = {node.module.rsplit(".", 1)[-1] for node in ast.walk(tree)
-                              if isinstance(node, ast.ImportFrom) and node.module
-                              and node.module.startswith("lax_pretrain.convert.")}
+        imports[path.stem] = {
+            node.module.rsplit(".", 1)[-1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("lax_pretrain.convert.")
+        }
     assert "hf_llama" not in imports["__init__"]
     done: list[str] = []
     while len(done) < len(imports):  # peel off modules whose imports are all done; a cycle never peels

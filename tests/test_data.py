@@ -198,7 +198,9 @@ def test_concurrent_builds_share_one_result(tmp_path):
     assert [o.splitlines()[-1] for o in outputs] == ["38", "38"]
     # One built; the other waited for the lock and reused the result.
     assert sum("downloaded and prepared" in o for o in outputs) == 1
-    assert os.listdir(tmp_path / "shakespeare") == [str(shakespeare.Shakespeare.VERSION)]  # no incomplete.* dirs
+    assert os.listdir(tmp_path / "shakespeare") == [
+        str(shakespeare.Shakespeare.VERSION)
+    ]  # no incomplete.* dirs
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
@@ -304,13 +306,21 @@ def test_works_select_a_domain_cut_by_bytes(data_dir):
     tok = ByteTokenizer()
 
     def expected_stream(part):
-        texts = [t[: int(len(t) * 0.9)] if part == "train" else t[int(len(t) * 0.9):] for t in (hamlet, sonnets)]
+        texts = [
+            t[: int(len(t) * 0.9)] if part == "train" else t[int(len(t) * 0.9) :] for t in (hamlet, sonnets)
+        ]
         return np.concatenate([np.asarray(tok.encode(t) + [tok.eos_id], np.int32) for t in texts])
 
     c = cfg("shakespeare", data_dir, seq_len=64, works="hamlet, sonnets")  # one validation and one train work
     evals = list(data.make_eval_batches(c, global_batch_size=8))
-    got = np.concatenate([np.concatenate([b["inputs"][i, :1], b["targets"][i]])[: 1 + int(b["weights"][i].sum())]
-                          for b in evals for i in range(8) if b["weights"][i].sum() > 0])
+    got = np.concatenate(
+        [
+            np.concatenate([b["inputs"][i, :1], b["targets"][i]])[: 1 + int(b["weights"][i].sum())]
+            for b in evals
+            for i in range(8)
+            if b["weights"][i].sum() > 0
+        ]
+    )
     np.testing.assert_array_equal(got, expected_stream("eval"))
     train_stream = expected_stream("train")
     windows = {tuple(train_stream[k * 65 : (k + 1) * 65]) for k in range(len(train_stream) // 65)}
@@ -320,10 +330,13 @@ def test_works_select_a_domain_cut_by_bytes(data_dir):
     assert_resumes(lambda: data.make_train_iterator(c, global_batch_size=8, seed=0))
 
 
-@pytest.mark.parametrize("overrides,key", [
-    (dict(works="hamlet,macbeth_2"), "data.works"),
-    (dict(works="hamlet", works_train_fraction=1.0), "data.works_train_fraction"),
-])
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (dict(works="hamlet,macbeth_2"), "data.works"),
+        (dict(works="hamlet", works_train_fraction=1.0), "data.works_train_fraction"),
+    ],
+)
 def test_bad_works(data_dir, overrides, key):
     with pytest.raises(ValueError, match=key):
         data.dataset_info(cfg("shakespeare", data_dir, **overrides))
@@ -385,7 +398,9 @@ def test_c4_cola_format_matches_numpy(data_dir):
         rows_tgt.append(padded[1:])
         rows_w.append((np.arange(L) < len(ids) - 1).astype(np.float32))
     batches = list(data.make_eval_batches(c, global_batch_size=len(source)))
-    got = {k: np.concatenate([b[k] for b in batches])[: len(source)] for k in ("inputs", "targets", "weights")}
+    got = {
+        k: np.concatenate([b[k] for b in batches])[: len(source)] for k in ("inputs", "targets", "weights")
+    }
     np.testing.assert_array_equal(got["inputs"], np.stack(rows_in))
     np.testing.assert_array_equal(got["targets"], np.stack(rows_tgt))
     np.testing.assert_array_equal(got["weights"], np.stack(rows_w))
@@ -522,9 +537,13 @@ def test_auto_augment_policy_and_magnitudes_are_the_papers():
     assert all(len(sp) == 2 and all(0 <= p <= 1 for _, p, _ in sp) for sp in autoaugment.IMAGENET_POLICY)
     # torchvision's 10-bin ranges: rotate 0..30 deg, shear 0..0.3, enhance 0..0.9, posterize 8..4, solarize 255..0
     assert [autoaugment.magnitude("posterize", k) for k in range(10)] == [8, 8, 7, 7, 6, 6, 5, 5, 4, 4]
-    assert autoaugment.magnitude("rotate", 9) == 30 and autoaugment.magnitude("shear_x", 9) == pytest.approx(0.3)
+    assert autoaugment.magnitude("rotate", 9) == 30 and autoaugment.magnitude("shear_x", 9) == pytest.approx(
+        0.3
+    )
     np.testing.assert_allclose([autoaugment.magnitude("solarize", k) for k in (0, 3, 9)], [255, 170, 0])
-    assert autoaugment.magnitude("color", 0) == 0 and autoaugment.magnitude("contrast", 8) == pytest.approx(0.8)
+    assert autoaugment.magnitude("color", 0) == 0 and autoaugment.magnitude("contrast", 8) == pytest.approx(
+        0.8
+    )
 
 
 @pytest.mark.parametrize("mode_shape", [(20, 24), (20, 24, 3)])
@@ -535,7 +554,9 @@ def test_auto_augment_pixel_ops_match_numpy(mode_shape):
     np.testing.assert_array_equal(run("invert"), 255 - x)
     np.testing.assert_array_equal(run("posterize", 5), x & 0b11111000)
     np.testing.assert_array_equal(run("solarize", 170.0), np.where(x >= 170, 255 - x, x))
-    y = (x.astype(np.int64) // 2 + 40).astype(np.uint8)  # a low-contrast image: autocontrast stretches it per channel
+    y = (x.astype(np.int64) // 2 + 40).astype(
+        np.uint8
+    )  # a low-contrast image: autocontrast stretches it per channel
     lo, hi = y.min(axis=(0, 1)), y.max(axis=(0, 1))
     stretched = np.asarray(autoaugment.apply_op(Image.fromarray(y), "autocontrast", 0.0)).astype(np.float64)
     np.testing.assert_allclose(stretched, (y - lo) * 255.0 / (hi - lo), atol=1.0)

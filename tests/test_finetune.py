@@ -37,12 +37,22 @@ from lax_pretrain.finetune import ADAPTER_FILE, LOADINGS_FILE, finetune, load_ba
 from lax_pretrain.models import build
 from lax_pretrain.models.tasks import lm_eval, lm_summary
 
+pytestmark = pytest.mark.slow  # fine-tuning runs through train(): `pytest -m 'not slow'` skips them
+
 REPO = Path(__file__).resolve().parents[1]
 D, FFN, HEADS = 32, 48, 4
 TINY = dict(d_model=D, ffn_dim=FFN, num_heads=HEADS, num_kv_heads=HEADS, num_layers=2, proj={})
-RUN_OVERRIDES = {"data.seq_len": 32, "data.eval_batches": 1, "train.steps": 3, "train.batch_size": 8,
-                 "train.log_every": 1, "train.eval_every": 3, "train.checkpoint_every": 3, "wandb.mode": "disabled",
-                 "optim.warmup_steps": 1}
+RUN_OVERRIDES = {
+    "data.seq_len": 32,
+    "data.eval_batches": 1,
+    "train.steps": 3,
+    "train.batch_size": 8,
+    "train.log_every": 1,
+    "train.eval_every": 3,
+    "train.checkpoint_every": 3,
+    "wandb.mode": "disabled",
+    "optim.warmup_steps": 1,
+}
 
 
 def run_config(steps: int = 3):
@@ -62,8 +72,10 @@ def checkpoint_leaves(workdir: Path, item: str) -> set[tuple[str, ...]]:
     """Paths of the arrays saved under checkpoints/<newest>/<item> (read from orbax metadata only)."""
     step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     tree = ocp.StandardCheckpointer().metadata(workdir / "checkpoints" / str(step) / item).item_metadata
-    return {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 @pytest.mark.parametrize("kind", ["lora", "lax_lora"])
@@ -116,19 +128,42 @@ def test_cli_eigenlorax_from_a_training_workdir(tmp_path):
     assert model_cfg.d_model == D
     rng = np.random.default_rng(0)
     sig = {p: (m.d_in, m.d_out) for p, m in projections(base).items() if p.endswith((".q", ".v"))}
-    recycled = [{p: (rng.normal(size=(i, 2)).astype(np.float32), rng.normal(size=(2, o)).astype(np.float32))
-                 for p, (i, o) in sig.items()} for _ in range(3)]
+    recycled = [
+        {
+            p: (rng.normal(size=(i, 2)).astype(np.float32), rng.normal(size=(2, o)).astype(np.float32))
+            for p, (i, o) in sig.items()
+        }
+        for _ in range(3)
+    ]
     save_basis(tmp_path / "basis.safetensors", fit_basis(recycled, 4))
 
-    overrides = [f"--config.{k}={v}" for k, v in {**RUN_OVERRIDES, "train.steps": 2, "train.eval_every": 2,
-                                                    "train.checkpoint_every": 2}.items()]
-    cmd = [sys.executable, "-m", "lax_pretrain.finetune", "--config=configs/llama.py:nano", f"--base={base_dir}",
-           "--adapter=eigenlorax", f"--basis={tmp_path / 'basis.safetensors'}", "--augment=2", f"--workdir={out}",
-           *overrides]
+    overrides = [
+        f"--config.{k}={v}"
+        for k, v in {
+            **RUN_OVERRIDES,
+            "train.steps": 2,
+            "train.eval_every": 2,
+            "train.checkpoint_every": 2,
+        }.items()
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lax_pretrain.finetune",
+        "--config=configs/llama.py:nano",
+        f"--base={base_dir}",
+        "--adapter=eigenlorax",
+        f"--basis={tmp_path / 'basis.safetensors'}",
+        "--augment=2",
+        f"--workdir={out}",
+        *overrides,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "done at step 2" in result.stdout and "96 trainable adapter parameters" in result.stdout  # 4 x 2 (K+2) r
+    assert (
+        "done at step 2" in result.stdout and "96 trainable adapter parameters" in result.stdout
+    )  # 4 x 2 (K+2) r
 
     opt = checkpoint_leaves(out, "opt_state")
     assert {path[path.index("value") - 1] for path in opt if "value" in path} == {"alpha_A", "alpha_B"}
@@ -138,12 +173,20 @@ def test_cli_eigenlorax_from_a_training_workdir(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["adapter"]["kind"] == "eigenlorax" and config["model"]["d_model"] == D
     model = load_adapter(out / ADAPTER_FILE, load_base(base_dir)[0])
-    np.testing.assert_array_equal(model.blocks.first.attn.q.delta.alpha_A[...], loadings.alpha_A["blocks.first.attn.q"])
+    np.testing.assert_array_equal(
+        model.blocks.first.attn.q.delta.alpha_A[...], loadings.alpha_A["blocks.first.attn.q"]
+    )
 
     with pytest.raises(ValueError, match="is a fine-tuning run"):
         load_base(out)
-    bad = subprocess.run([*cmd[:5], "--adapter=eigenlorax", f"--workdir={tmp_path / 'x'}"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*cmd[:5], "--adapter=eigenlorax", f"--workdir={tmp_path / 'x'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "needs --basis" in bad.stderr
 
 
@@ -152,21 +195,41 @@ def test_main_in_process_reports_bad_input_in_one_line(tmp_path, capsys):
 
     import lax_pretrain.finetune as cli
 
-    assert not any(name in flags.FLAGS for name in ("base", "adapter", "basis", "eigen_init"))  # nothing global
+    assert not any(
+        name in flags.FLAGS for name in ("base", "adapter", "basis", "eigen_init")
+    )  # nothing global
     # a --config.* override too: the config flag must read it from this argv, not from pytest's sys.argv
-    argv = ["finetune", f"--config={REPO / 'configs/llama.py'}:nano", "--config.train.steps=2",
-            f"--base={tmp_path}", f"--workdir={tmp_path / 'out'}", "--adapter=eigenlorax"]
+    argv = [
+        "finetune",
+        f"--config={REPO / 'configs/llama.py'}:nano",
+        "--config.train.steps=2",
+        f"--base={tmp_path}",
+        f"--workdir={tmp_path / 'out'}",
+        "--adapter=eigenlorax",
+    ]
     for _ in range(2):  # a second call in the same process starts from the defaults again
         assert cli.main(argv) == 2
         out, err = capsys.readouterr()
         assert err == "error: --adapter=eigenlorax needs --basis=PATH.safetensors\n" and out == ""
     assert cli.main([*argv[:3], f"--base={tmp_path}", "--workdir=w", "--adapter=qlora"]) == 2
-    assert capsys.readouterr().err == ("error: flag --adapter=qlora: value should be one of "
-                                       "<lora|lax_lora|eigenlorax>\n")
-    assert cli.main([argv[0], f"--config={REPO / 'configs/llama.py'}:nano,nope=1", f"--base={tmp_path}",
-                     "--workdir=w"]) == 2
+    assert capsys.readouterr().err == (
+        "error: flag --adapter=qlora: value should be one of <lora|lax_lora|eigenlorax>\n"
+    )
+    assert (
+        cli.main(
+            [
+                argv[0],
+                f"--config={REPO / 'configs/llama.py'}:nano,nope=1",
+                f"--base={tmp_path}",
+                "--workdir=w",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "config argument 'nope=1'" in err and err.count("\n") == 1  # not a traceback
+    assert (
+        err.startswith("error: ") and "config argument 'nope=1'" in err and err.count("\n") == 1
+    )  # not a traceback
     with pytest.raises(ValueError, match="needs --basis"):
         cli.main([*argv, "--verbose"])
     assert not (tmp_path / "out").exists()

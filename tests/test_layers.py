@@ -41,8 +41,13 @@ TT = {"kind": "tt", "tt_in_modes": (4, 6), "tt_out_modes": (5, 4), "tt_ranks": (
 TT_3_2 = {"kind": "tt", "tt_in_modes": (2, 3, 4), "tt_out_modes": (4, 5), "tt_ranks": (1, 2, 5, 8, 3, 1)}
 # Intra-layer LaX TT 24 -> 30: n_2 = m_1 = 6, r_1 = r_3 = 3, latent r_2 = 8.
 D_OUT_INTRA = 30
-TT_INTRA = {"kind": "tt", "tt_in_modes": (4, 6), "tt_out_modes": (6, 5), "tt_ranks": (1, 3, 8, 3, 1),
-            "intra": True}
+TT_INTRA = {
+    "kind": "tt",
+    "tt_in_modes": (4, 6),
+    "tt_out_modes": (6, 5),
+    "tt_ranks": (1, 3, 8, 3, 1),
+    "intra": True,
+}
 
 SPECS = {
     "dense": {"kind": "dense"},
@@ -65,14 +70,16 @@ NORMS = ["layernorm", "rmsnorm", "none"]
 
 # ------------------------------------------------------------------------------------------------ helpers
 
+
 def d_out_of(kind: str) -> int:
     return D_OUT_INTRA if kind.startswith("tt_intra") else D_OUT
 
 
 def build(kind: str, seed: int = 0, d_in: int = D_IN, d_out: int | None = None, dtype=None, **changes):
     """make_linear of SPECS[kind] with spec keys overridden by `changes`."""
-    return make_linear(d_in, d_out or d_out_of(kind), {**SPECS[kind], **changes}, rngs=nnx.Rngs(seed), name=NAME,
-                       dtype=dtype)
+    return make_linear(
+        d_in, d_out or d_out_of(kind), {**SPECS[kind], **changes}, rngs=nnx.Rngs(seed), name=NAME, dtype=dtype
+    )
 
 
 def rand(shape, seed: int) -> np.ndarray:
@@ -122,7 +129,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 def np_chain(cores: list[np.ndarray]) -> np.ndarray:
     """Contracts TT cores G_k (r_{k-1}, s_k, r_k) over their bonds by one einsum: (r_0, s_1, .., s_n, r_n)."""
     n = len(cores)
-    modes, bonds = LETTERS[:n], LETTERS[n: 2 * n + 1]
+    modes, bonds = LETTERS[:n], LETTERS[n : 2 * n + 1]
     subs = ",".join(bonds[k] + modes[k] + bonds[k + 1] for k in range(n))
     return np.einsum(f"{subs}->{bonds[0]}{modes}{bonds[n]}", *cores)
 
@@ -198,8 +205,8 @@ def np_intra_forward(layer, x, z_prev=None) -> tuple[np.ndarray, np.ndarray]:
     g1, g2, g3, g4 = (f64(c[...]) for c in layer.cores)
     n1, n2 = layer.spec.tt_in_modes
     X = f64(x).reshape(-1, n1, n2)
-    t1 = np.einsum("tab,ar->tbr", X, g1[0])        # (tok, n_2, r_1)
-    u = np.einsum("tbr,rbs->ts", t1, g2)            # (tok, r_2)
+    t1 = np.einsum("tab,ar->tbr", X, g1[0])  # (tok, n_2, r_1)
+    u = np.einsum("tbr,rbs->ts", t1, g2)  # (tok, r_2)
     if layer.spec.crossed:
         u = np_norm(layer, u + np_gate(layer, f64(z_prev)))
     z = np_act(layer.spec, u)
@@ -207,8 +214,8 @@ def np_intra_forward(layer, x, z_prev=None) -> tuple[np.ndarray, np.ndarray]:
     if layer.spec.intra_gate:
         M, Q = f64(layer.intra_mode_gate[...]), f64(layer.intra_rank_gate[...])
         skip = np.einsum("bm,tbr,rc->tmc", M, t1, Q)
-    v = np.einsum("ts,smc->tmc", z, g3) + skip     # (tok, m_1, r_3) + (tok, n_2, r_1) mapped to (tok, m_1, r_3)
-    y = np.einsum("tmc,cn->tmn", v, g4[:, :, 0])    # (tok, m_1, m_2), row-major
+    v = np.einsum("ts,smc->tmc", z, g3) + skip  # (tok, m_1, r_3) + (tok, n_2, r_1) mapped to (tok, m_1, r_3)
+    y = np.einsum("tmc,cn->tmn", v, g4[:, :, 0])  # (tok, m_1, m_2), row-major
     return y.reshape(len(X), -1) + np_bias(layer), z
 
 
@@ -220,6 +227,7 @@ def crossed_pair(kind: str, crossing: str, seed: int = 0, **changes):
 
 
 # ------------------------------------------------------------------------------------ linear equivalences
+
 
 def test_svd_full_rank_from_svd_reproduces_dense():
     """down = U sqrt(S), up = sqrt(S) Vt at full rank is exactly W = U S Vt.
@@ -242,9 +250,11 @@ def test_svd_full_rank_from_svd_reproduces_dense():
     assert z.shape == (16, min(d_in, d_out))
 
 
-@pytest.mark.parametrize("spec,d_in,d_out", [(TT, D_IN, D_OUT), (TT_3_2, D_IN, D_OUT),
-                                             ({**TT_INTRA, "intra": False}, D_IN, D_OUT_INTRA)],
-                         ids=["2+2", "3+2", "2+2-square-bonds"])
+@pytest.mark.parametrize(
+    "spec,d_in,d_out",
+    [(TT, D_IN, D_OUT), (TT_3_2, D_IN, D_OUT), ({**TT_INTRA, "intra": False}, D_IN, D_OUT_INTRA)],
+    ids=["2+2", "3+2", "2+2-square-bonds"],
+)
 def test_tt_materialize_matches_numpy_definition(spec, d_in, d_out):
     layer = randomize(make_linear(d_in, d_out, spec, rngs=nnx.Rngs(0)), 0)
     cores = [f64(c[...]) for c in layer.cores]
@@ -252,7 +262,7 @@ def test_tt_materialize_matches_numpy_definition(spec, d_in, d_out):
     assert_close(layer.materialize(), W)
     # Spot-check the row-major convention on one element written out by hand for the 2+2 case.
     if len(spec["tt_in_modes"]) == 2 and len(spec["tt_out_modes"]) == 2:
-        (n1, n2), (m1, m2) = spec["tt_in_modes"], spec["tt_out_modes"]
+        (n1, n2), (_, m2) = spec["tt_in_modes"], spec["tt_out_modes"]
         i1, i2, j1, j2 = n1 - 1, 1, 2, m2 - 1
         g1, g2, g3, g4 = cores
         w = g1[0, i1, :] @ g2[:, i2, :] @ g3[:, j1, :] @ g4[:, j2, 0]
@@ -263,10 +273,21 @@ def test_tt_materialize_matches_numpy_definition(spec, d_in, d_out):
 @pytest.mark.parametrize("crossing", CROSSINGS)
 def test_tt_contraction_orders_agree(tt, crossing):
     """factor-first and sequential are the same function of the same cores (with and without crossing)."""
-    ff = randomize(make_linear(D_IN, D_OUT, {**tt, "tt_order": "factor_first", "crossing": crossing,
-                                             "use_bias": True}, rngs=nnx.Rngs(0)), 0)
-    seq = make_linear(D_IN, D_OUT, {**tt, "tt_order": "sequential", "crossing": crossing, "use_bias": True},
-                      rngs=nnx.Rngs(1))
+    ff = randomize(
+        make_linear(
+            D_IN,
+            D_OUT,
+            {**tt, "tt_order": "factor_first", "crossing": crossing, "use_bias": True},
+            rngs=nnx.Rngs(0),
+        ),
+        0,
+    )
+    seq = make_linear(
+        D_IN,
+        D_OUT,
+        {**tt, "tt_order": "sequential", "crossing": crossing, "use_bias": True},
+        rngs=nnx.Rngs(1),
+    )
     nnx.update(seq, nnx.state(ff, nnx.Param))
     x, z_prev = rand((6, D_IN), 3), rand((6, R), 4)
     latent = z_prev if crossing != "none" else None
@@ -292,7 +313,9 @@ def test_linear_kinds_equal_x_materialize_plus_bias(kind):
 
 # ------------------------------------------------------------------------------------------------ crossing
 
-CROSS_CASES = [(k, c, n) for k in FACTORIZED for c in CROSSINGS for n in (NORMS if c != "none" else ["layernorm"])]
+CROSS_CASES = [
+    (k, c, n) for k in FACTORIZED for c in CROSSINGS for n in (NORMS if c != "none" else ["layernorm"])
+]
 
 
 @pytest.mark.parametrize("kind,crossing,norm", CROSS_CASES)
@@ -387,8 +410,12 @@ def test_dense_gate_maps_between_widths(kind):
 def test_kron_gate_on_prime_rank_warns_and_works():
     with pytest.warns(UserWarning, match="prime"):
         prev = randomize(make_linear(D_IN, D_OUT, {"kind": "svd", "rank": 7}, rngs=nnx.Rngs(0)), 0)
-        layer = randomize(make_linear(D_IN, D_OUT, {"kind": "svd", "rank": 7, "crossing": "kron"},
-                                      rngs=nnx.Rngs(1), name=NAME), 1)
+        layer = randomize(
+            make_linear(
+                D_IN, D_OUT, {"kind": "svd", "rank": 7, "crossing": "kron"}, rngs=nnx.Rngs(1), name=NAME
+            ),
+            1,
+        )
     assert (layer.gate.f0, layer.gate.f1) == (1, 7)
     x, z_prev = rand((5, D_IN), 3), np.asarray(prev(jnp.asarray(rand((5, D_IN), 4)))[1])
     y, z = layer(jnp.asarray(x), jnp.asarray(z_prev))
@@ -398,6 +425,7 @@ def test_kron_gate_on_prime_rank_warns_and_works():
 
 
 # ------------------------------------------------------------------------------------- intra-layer LaX TT
+
 
 @pytest.mark.parametrize("tt_order", ["auto", "sequential"])
 @pytest.mark.parametrize("crossing", CROSSINGS)
@@ -459,10 +487,13 @@ def test_intra_gate_counts():
 
 # ------------------------------------------------------------------------------------ counts and metadata
 
-COUNT_CASES = ([("dense", "none", "layernorm", b) for b in (False, True)]
-               + [(k, c, n, b) for k in ["svd", "cola", "tt", "tt_seq", "tt_intra", "tt_intra_gate", "svd_relu"]
-                  for c in CROSSINGS
-                  for n in NORMS for b in (False, True)])
+COUNT_CASES = [("dense", "none", "layernorm", b) for b in (False, True)] + [
+    (k, c, n, b)
+    for k in ["svd", "cola", "tt", "tt_seq", "tt_intra", "tt_intra_gate", "svd_relu"]
+    for c in CROSSINGS
+    for n in NORMS
+    for b in (False, True)
+]
 
 
 @pytest.mark.parametrize("kind,crossing,norm,use_bias", COUNT_CASES)
@@ -474,29 +505,58 @@ def test_param_count_equals_parameter_tree(kind, crossing, norm, use_bias):
 
 def test_param_count_by_hand():
     """ViT-B attention as TT [32, 24 | 24, 32], ranks [1, 32, 192, 32, 1], kron gate, layernorm, bias."""
-    spec = {"kind": "tt", "tt_in_modes": [32, 24], "tt_out_modes": [24, 32], "tt_ranks": [1, 32, 192, 32, 1],
-            "crossing": "kron", "use_bias": True}
+    spec = {
+        "kind": "tt",
+        "tt_in_modes": [32, 24],
+        "tt_out_modes": [24, 32],
+        "tt_ranks": [1, 32, 192, 32, 1],
+        "crossing": "kron",
+        "use_bias": True,
+    }
     layer = make_linear(768, 768, spec, rngs=nnx.Rngs(0))
     cores = 1 * 32 * 32 + 32 * 24 * 192 + 192 * 24 * 32 + 32 * 32 * 1  # 296960
-    kron = 12 ** 2 + 16 ** 2                                             # 192 = 12 x 16
+    kron = 12**2 + 16**2  # 192 = 12 x 16
     assert layer.param_count == cores + kron + 2 * 192 + 768 == 298_512
-    assert make_linear(768, 3072, {"kind": "cola", "rank": 192, "crossing": "dense", "latent_in_dim": 256,
-                                   "latent_norm": "rmsnorm"}, rngs=nnx.Rngs(0)).param_count == \
-        192 * (768 + 3072) + (256 * 192 + 192) + 192
+    assert (
+        make_linear(
+            768,
+            3072,
+            {
+                "kind": "cola",
+                "rank": 192,
+                "crossing": "dense",
+                "latent_in_dim": 256,
+                "latent_norm": "rmsnorm",
+            },
+            rngs=nnx.Rngs(0),
+        ).param_count
+        == 192 * (768 + 3072) + (256 * 192 + 192) + 192
+    )
 
 
 VITB_TT = {"kind": "tt", "tt_in_modes": [32, 24], "tt_out_modes": [24, 32], "tt_ranks": [1, 32, 192, 32, 1]}
 FLOP_CASES = [
-    ("dense", 768, 3072, {"kind": "dense"}, 2 * 768 * 3072),                                      # 4718592
-    ("svd", 768, 3072, {"kind": "svd", "rank": 192}, 2 * 192 * (768 + 3072)),                     # 1474560
+    ("dense", 768, 3072, {"kind": "dense"}, 2 * 768 * 3072),  # 4718592
+    ("svd", 768, 3072, {"kind": "svd", "rank": 192}, 2 * 192 * (768 + 3072)),  # 1474560
     ("cola", 768, 3072, {"kind": "cola", "rank": 192}, 2 * 192 * (768 + 3072)),
     ("svd+identity", 768, 3072, {"kind": "svd", "rank": 192, "crossing": "identity"}, 1474560),
     # kron on r = 192 = 12 x 16: 2 r (f0 + f1) = 2 * 192 * 28 = 10752
     ("cola+kron", 768, 3072, {"kind": "cola", "rank": 192, "crossing": "kron"}, 1474560 + 10752),
     # dense gate 256 -> 192: 2 r_in r = 98304
-    ("svd+dense", 768, 3072, {"kind": "svd", "rank": 192, "crossing": "dense", "latent_in_dim": 256},
-     1474560 + 98304),
-    ("svd+dense-square", 768, 3072, {"kind": "svd", "rank": 192, "crossing": "dense"}, 1474560 + 2 * 192 * 192),
+    (
+        "svd+dense",
+        768,
+        3072,
+        {"kind": "svd", "rank": 192, "crossing": "dense", "latent_in_dim": 256},
+        1474560 + 98304,
+    ),
+    (
+        "svd+dense-square",
+        768,
+        3072,
+        {"kind": "svd", "rank": 192, "crossing": "dense"},
+        1474560 + 2 * 192 * 192,
+    ),
     # factor-first: 2 r_mid (d_in + d_out) = 2 * 192 * 1536 = 589824
     ("tt-factor-first", 768, 768, {**VITB_TT, "tt_order": "factor_first"}, 589824),
     ("tt-auto", 768, 768, VITB_TT, 589824),
@@ -507,7 +567,13 @@ FLOP_CASES = [
     #   G_4: (m_1=24 made) x r_3=32 x m_2=32 x r_4=1   -> 2 * 24 * 32 * 32       = 49152
     ("tt-sequential", 768, 768, {**VITB_TT, "tt_order": "sequential"}, 688128),
     ("tt-intra", 768, 768, {**VITB_TT, "intra": True}, 688128),  # 'auto' order -> sequential; adds no matmul
-    ("tt-sequential+kron", 768, 768, {**VITB_TT, "tt_order": "sequential", "crossing": "kron"}, 688128 + 10752),
+    (
+        "tt-sequential+kron",
+        768,
+        768,
+        {**VITB_TT, "tt_order": "sequential", "crossing": "kron"},
+        688128 + 10752,
+    ),
 ]
 
 
@@ -516,18 +582,33 @@ def test_flops_per_token_by_hand(case, d_in, d_out, spec, flops):
     assert make_linear(d_in, d_out, spec, rngs=nnx.Rngs(0)).flops_per_token == flops
 
 
-AXES_CASES = [("dense", "none")] + [(k, c) for k in ["svd", "cola", "tt", "tt_intra"]
-                                    for c in ["none", "identity", "dense", "kron"]]
+AXES_CASES = [("dense", "none")] + [
+    (k, c) for k in ["svd", "cola", "tt", "tt_intra"] for c in ["none", "identity", "dense", "kron"]
+]
 
 
 @pytest.mark.parametrize("axes", [("embed", "mlp"), ("mlp", "embed")])
 @pytest.mark.parametrize("kind,crossing", AXES_CASES)
 def test_logical_axes_on_every_param(kind, crossing, axes):
-    layer = make_linear(D_IN, d_out_of(kind), {**SPECS[kind], "crossing": crossing, "use_bias": True},
-                        rngs=nnx.Rngs(0), axes=axes)
-    expected = {"kernel": axes, "bias": (axes[1],), "down": (axes[0], "rank"), "up": ("rank", axes[1]),
-                "gate/kernel": ("rank", "rank"), "gate/bias": ("rank",), "gate/g0": ("rank", "rank"),
-                "gate/g1": ("rank", "rank"), "latent_norm/scale": ("rank",), "latent_norm/bias": ("rank",)}
+    layer = make_linear(
+        D_IN,
+        d_out_of(kind),
+        {**SPECS[kind], "crossing": crossing, "use_bias": True},
+        rngs=nnx.Rngs(0),
+        axes=axes,
+    )
+    expected = {
+        "kernel": axes,
+        "bias": (axes[1],),
+        "down": (axes[0], "rank"),
+        "up": ("rank", axes[1]),
+        "gate/kernel": ("rank", "rank"),
+        "gate/bias": ("rank",),
+        "gate/g0": ("rank", "rank"),
+        "gate/g1": ("rank", "rank"),
+        "latent_norm/scale": ("rank",),
+        "latent_norm/bias": ("rank",),
+    }
     seen = set()
     for path, p in params(layer):
         names = logical_axes(p)
@@ -545,14 +626,23 @@ def test_logical_axes_on_every_param(kind, crossing, axes):
 
 # ---------------------------------------------------------------------------------------------- bad specs
 
-TT_BAD_INTRA_SHAPE = {"kind": "tt", "tt_in_modes": (4, 6), "tt_out_modes": (5, 4), "tt_ranks": (1, 4, 8, 4, 1),
-                      "intra": True}  # n_2 = 6 != m_1 = 5
+TT_BAD_INTRA_SHAPE = {
+    "kind": "tt",
+    "tt_in_modes": (4, 6),
+    "tt_out_modes": (5, 4),
+    "tt_ranks": (1, 4, 8, 4, 1),
+    "intra": True,
+}  # n_2 = 6 != m_1 = 5
 BAD_SPECS = [
     ("unknown-kind", {"kind": "lowrank", "rank": 8}, D_OUT, "kind"),
     ("unknown-crossing", {"kind": "svd", "rank": 8, "crossing": "gated"}, D_OUT, "crossing"),
     ("unknown-key", {"kind": "svd", "rnak": 8}, D_OUT, "rnak"),
-    ("unknown-latent-norm", {"kind": "svd", "rank": 8, "crossing": "kron", "latent_norm": "batch"}, D_OUT,
-     "latent_norm"),
+    (
+        "unknown-latent-norm",
+        {"kind": "svd", "rank": 8, "crossing": "kron", "latent_norm": "batch"},
+        D_OUT,
+        "latent_norm",
+    ),
     ("unknown-activation", {"kind": "cola", "rank": 8, "activation": "tanh"}, D_OUT, "activation"),
     ("cola-without-latent-act", {"kind": "cola", "rank": 8, "latent_act": False}, D_OUT, "latent_act"),
     ("dense-latent-act", {"kind": "dense", "latent_act": True}, D_OUT, "latent_act"),
@@ -586,17 +676,33 @@ BAD_SPECS = [
     ("dense-crossing-identity", {"kind": "dense", "crossing": "identity"}, D_OUT, "crossing"),
     ("dense-crossing-kron", {"kind": "dense", "crossing": "kron"}, D_OUT, "crossing"),
     ("dense-crossing-dense", {"kind": "dense", "crossing": "dense"}, D_OUT, "crossing"),
-    ("identity-latent-in-dim", {"kind": "svd", "rank": 8, "crossing": "identity", "latent_in_dim": 12}, D_OUT,
-     "latent_in_dim"),
-    ("kron-latent-in-dim", {"kind": "cola", "rank": 8, "crossing": "kron", "latent_in_dim": 16}, D_OUT,
-     "latent_in_dim"),
+    (
+        "identity-latent-in-dim",
+        {"kind": "svd", "rank": 8, "crossing": "identity", "latent_in_dim": 12},
+        D_OUT,
+        "latent_in_dim",
+    ),
+    (
+        "kron-latent-in-dim",
+        {"kind": "cola", "rank": 8, "crossing": "kron", "latent_in_dim": 16},
+        D_OUT,
+        "latent_in_dim",
+    ),
     ("tt-identity-latent-in-dim", {**TT, "crossing": "identity", "latent_in_dim": 4}, D_OUT, "latent_in_dim"),
     # Not validated today (see the report): -4 fails inside jax.random with a TypeError, 0 is silently read as
     # "same width" because spec.py uses `s.latent_in_dim or width`.
-    ("dense-gate-negative-latent-in-dim", {"kind": "svd", "rank": 8, "crossing": "dense", "latent_in_dim": -4},
-     D_OUT, "latent_in_dim"),
-    ("dense-gate-zero-latent-in-dim", {"kind": "svd", "rank": 8, "crossing": "dense", "latent_in_dim": 0},
-     D_OUT, "latent_in_dim"),
+    (
+        "dense-gate-negative-latent-in-dim",
+        {"kind": "svd", "rank": 8, "crossing": "dense", "latent_in_dim": -4},
+        D_OUT,
+        "latent_in_dim",
+    ),
+    (
+        "dense-gate-zero-latent-in-dim",
+        {"kind": "svd", "rank": 8, "crossing": "dense", "latent_in_dim": 0},
+        D_OUT,
+        "latent_in_dim",
+    ),
 ]
 
 
@@ -614,21 +720,31 @@ def test_spec_error_is_value_error_and_other_spec_forms():
         validate({"kind": "dense"}, 0, D_OUT, where=NAME)
     # A LinearSpec and a ConfigDict are accepted as well as a dict, and give the same spec.
     import ml_collections
+
     s = validate({"kind": "svd", "rank": 8, "crossing": "kron"}, D_IN, D_OUT)
     assert validate(s, D_IN, D_OUT) == s
-    assert validate(ml_collections.ConfigDict({"kind": "svd", "rank": 8, "crossing": "kron"}), D_IN, D_OUT) == s
+    assert (
+        validate(ml_collections.ConfigDict({"kind": "svd", "rank": 8, "crossing": "kron"}), D_IN, D_OUT) == s
+    )
     assert validate({**TT, "tt_in_modes": [4, 6]}, D_IN, D_OUT).tt_in_modes == (4, 6)
     # kind 'tt' with a rank and no shape: the default 4-core shape for these widths, `rank` the latent bond.
     derived = validate({"kind": "tt", "rank": 8}, 768, 3072)
-    assert (derived.tt_in_modes, derived.tt_out_modes, derived.tt_ranks) == ((32, 24), (48, 64), (1, 32, 8, 64, 1))
+    assert (derived.tt_in_modes, derived.tt_out_modes, derived.tt_ranks) == (
+        (32, 24),
+        (48, 64),
+        (1, 32, 8, 64, 1),
+    )
     assert derived.latent_dim == 8
 
 
 # ---------------------------------------------------------------------------------------------- gradients
 
 GRAD_CASES = [("dense", "none", "layernorm")] + [
-    (k, c, n) for k in ["svd", "cola", "tt", "tt_seq", "tt_intra"] for c in CROSSINGS
-    for n in (["layernorm", "rmsnorm"] if c != "none" else ["layernorm"])]
+    (k, c, n)
+    for k in ["svd", "cola", "tt", "tt_seq", "tt_intra"]
+    for c in CROSSINGS
+    for n in (["layernorm", "rmsnorm"] if c != "none" else ["layernorm"])
+]
 
 
 @pytest.mark.parametrize("kind,crossing,norm", GRAD_CASES)
@@ -651,6 +767,7 @@ def test_gradients_reach_every_parameter(kind, crossing, norm):
 
 # ------------------------------------------------------------------------------------------ init statistics
 
+
 @pytest.mark.parametrize("kind", ["svd", "cola"])
 def test_cola_init_product_variance(kind):
     """'cola': A, B ~ N(0, s^2), s = r^-1/4 (d_in + d_out)^-1/4, so Var[(A B)_ij] = 1/(d_in + d_out).
@@ -661,7 +778,7 @@ def test_cola_init_product_variance(kind):
     layer = make_linear(d_in, d_out, {"kind": kind, "rank": r, "init": "cola"}, rngs=nnx.Rngs(0))
     AB = f64(layer.down[...]) @ f64(layer.up[...])
     assert abs(AB.var() * (d_in + d_out) - 1.0) < 0.08
-    s = r ** -0.25 * (d_in + d_out) ** -0.25
+    s = r**-0.25 * (d_in + d_out) ** -0.25
     for p in (layer.down, layer.up):  # 8192 / 12288 samples: std of the std estimate < 0.8%
         assert abs(f64(p[...]).std() / s - 1.0) < 0.04
 
@@ -669,16 +786,26 @@ def test_cola_init_product_variance(kind):
 TT_STAT = {"kind": "tt", "tt_in_modes": [32, 8], "tt_out_modes": [8, 32], "tt_ranks": [1, 32, 64, 32, 1]}
 
 
-@pytest.mark.parametrize("init,init_std,sigma", [("tt_variance", None, 1 / 16), ("tt_variance", 0.05, 0.05),
-                                                 ("cola", None, 1 / math.sqrt(512))])
+@pytest.mark.parametrize(
+    "init,init_std,sigma",
+    [("tt_variance", None, 1 / 16), ("tt_variance", 0.05, 0.05), ("cola", None, 1 / math.sqrt(512))],
+)
 def test_tt_variance_correct_init(init, init_std, sigma):
     """Variance-correct TT init: the materialized 256 x 256 matrix has std sigma (default 1/sqrt(d_in)).
 
     The squared Frobenius norm of a TT product fluctuates mostly through the outer cores (1024 entries each,
     ~4.4% relative each on the variance); pooling the variance over 4 seeds brings the relative std of the
     std estimate to ~1.7%, so a 10% bound on the std is ~6 sigma."""
-    var = np.mean([f64(make_linear(256, 256, {**TT_STAT, "init": init, "init_std": init_std},
-                                   rngs=nnx.Rngs(seed)).materialize()).var() for seed in range(4)])
+    var = np.mean(
+        [
+            f64(
+                make_linear(
+                    256, 256, {**TT_STAT, "init": init, "init_std": init_std}, rngs=nnx.Rngs(seed)
+                ).materialize()
+            ).var()
+            for seed in range(4)
+        ]
+    )
     assert abs(math.sqrt(var) / sigma - 1.0) < 0.10
 
 
@@ -706,12 +833,14 @@ def test_lax_init_tt_core_stds():
 def test_bias_inits():
     zeros = build("svd", use_bias=True)
     assert np.all(f64(zeros.bias[...]) == 0)
-    normal = make_linear(D_IN, 4096, {"kind": "svd", "rank": 8, "use_bias": True, "bias_init": "normal"},
-                         rngs=nnx.Rngs(0))
+    normal = make_linear(
+        D_IN, 4096, {"kind": "svd", "rank": 8, "use_bias": True, "bias_init": "normal"}, rngs=nnx.Rngs(0)
+    )
     assert abs(f64(normal.bias[...]).std() - 1) < 0.1  # N(0, 1), 4096 samples: std error ~1.1%
 
 
 # ------------------------------------------------------------------------------------ shapes and dtypes
+
 
 @pytest.mark.parametrize("kind", ["dense"] + FACTORIZED + ["tt_intra"])
 def test_leading_batch_dims_are_consistent(kind):

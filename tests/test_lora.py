@@ -31,7 +31,7 @@ from lax_pretrain.adapters import (
     save_adapter,
 )
 from lax_pretrain.adapters.inject import targets_match
-from lax_pretrain.config import from_compact, llama_config, vit_config
+from lax_pretrain.config import from_compact, vit_config
 from lax_pretrain.layers import make_linear
 from lax_pretrain.models import build
 
@@ -41,7 +41,14 @@ PROJ = ("q", "k", "v", "o", "gate", "up", "down")
 
 def tiny_llama(arg: str = "", layers: int = 2, d: int = D):
     c = from_compact("llama", f"nano,{arg}" if arg else "nano").model
-    c.d_model, c.ffn_dim, c.num_heads, c.num_kv_heads, c.vocab_size, c.num_layers = d, FFN, HEADS, HEADS, VOCAB, layers
+    c.d_model, c.ffn_dim, c.num_heads, c.num_kv_heads, c.vocab_size, c.num_layers = (
+        d,
+        FFN,
+        HEADS,
+        HEADS,
+        VOCAB,
+        layers,
+    )
     c.proj = {n: {"rank": LATENT} for n in PROJ} if c.linear.kind != "dense" else {}  # tt: LATENT is the bond
     return c
 
@@ -56,7 +63,7 @@ def rand(shape, seed: int) -> np.ndarray:
 
 def randomize_b(model, seed: int = 0, scale: float = 0.3) -> None:
     """Non-zero B everywhere (a trained adapter), so the adapter actually changes the outputs."""
-    for i, (p, m) in enumerate(sorted(adapters(model).items())):
+    for i, (_, m) in enumerate(sorted(adapters(model).items())):
         m.lora_b[...] = scale * jnp.asarray(rand(m.lora_b.shape, seed + 17 * i))
 
 
@@ -69,8 +76,15 @@ def build_adapted(cfg, spec: AdapterSpec, adapter_seed: int = 100, **kw):
 # ----------------------------------------------------------------------------------------------- LoRA
 
 
-@pytest.mark.parametrize("arg, kind", [("", "lora"), ("kind=tt", "lora"), ("kind=svd,lax=kron", "lax_lora"),
-                                       ("kind=cola,lax=identity", "lax_lora")])
+@pytest.mark.parametrize(
+    "arg, kind",
+    [
+        ("", "lora"),
+        ("kind=tt", "lora"),
+        ("kind=svd,lax=kron", "lax_lora"),
+        ("kind=cola,lax=identity", "lax_lora"),
+    ],
+)
 def test_zero_b_leaves_the_base_outputs_bit_identical(arg, kind):
     cfg = tiny_llama(arg, layers=2)
     model = build(cfg, rngs=nnx.Rngs(0))
@@ -86,12 +100,17 @@ def test_zero_b_leaves_the_base_outputs_bit_identical(arg, kind):
 def test_targets_pick_q_and_v_by_default_and_regexes_match_whole_path_tails():
     model = build(tiny_llama(layers=3), rngs=nnx.Rngs(0))
     add_adapters(model, AdapterSpec(), rngs=nnx.Rngs(1))
-    assert sorted(adapters(model)) == sorted(f"blocks.{b}.attn.{p}" for b in ("first", "rest.0", "rest.1")
-                                             for p in ("q", "v"))
+    assert sorted(adapters(model)) == sorted(
+        f"blocks.{b}.attn.{p}" for b in ("first", "rest.0", "rest.1") for p in ("q", "v")
+    )
     model = build(tiny_llama(layers=3), rngs=nnx.Rngs(0))
     add_adapters(model, AdapterSpec(targets=r"rest\.1\.mlp\..*|first\.attn\.o"), rngs=nnx.Rngs(1))
-    assert sorted(adapters(model)) == ["blocks.first.attn.o", "blocks.rest.1.mlp.down", "blocks.rest.1.mlp.gate",
-                                       "blocks.rest.1.mlp.up"]
+    assert sorted(adapters(model)) == [
+        "blocks.first.attn.o",
+        "blocks.rest.1.mlp.down",
+        "blocks.rest.1.mlp.gate",
+        "blocks.rest.1.mlp.up",
+    ]
     vit_cfg = vit_config("tiny").model
     vit_cfg.update(d_model=D, mlp_dim=2 * D, num_layers=2)
     vit = nnx.eval_shape(lambda: build(vit_cfg, rngs=nnx.Rngs(0)))
@@ -112,9 +131,14 @@ def test_a_init_and_scale():
     assert lora.param_count == 8 * (256 + 64)
 
 
-@pytest.mark.parametrize("spec", [{"kind": "dense", "use_bias": True}, {"kind": "svd", "rank": 6},
-                                  {"kind": "tt", "tt_in_modes": [4, 6], "tt_out_modes": [4, 5],
-                                   "tt_ranks": [1, 4, 6, 5, 1]}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "dense", "use_bias": True},
+        {"kind": "svd", "rank": 6},
+        {"kind": "tt", "tt_in_modes": [4, 6], "tt_out_modes": [4, 5], "tt_ranks": [1, 4, 6, 5, 1]},
+    ],
+)
 def test_merge_reproduces_the_adapted_outputs(spec):
     base = make_linear(24, 20, spec, rngs=nnx.Rngs(0))
     lora = LoRA(base, 4, alpha=8, rngs=nnx.Rngs(1))
@@ -135,8 +159,9 @@ def test_merge_refuses_maps_without_one_dense_kernel():
     cola = LoRA(make_linear(16, 16, {"kind": "cola", "rank": 4}, rngs=nnx.Rngs(0)), 2, rngs=nnx.Rngs(1))
     with pytest.raises(ValueError, match="CoLA"):
         cola.merge()
-    crossed = LoRA(make_linear(16, 16, {"kind": "dense"}, rngs=nnx.Rngs(0)), 2, lax=True, first=False,
-                   rngs=nnx.Rngs(1))
+    crossed = LoRA(
+        make_linear(16, 16, {"kind": "dense"}, rngs=nnx.Rngs(0)), 2, lax=True, first=False, rngs=nnx.Rngs(1)
+    )
     with pytest.raises(ValueError, match="LaX-LoRA"):
         crossed.merge()
 
@@ -150,8 +175,12 @@ def test_lax_lora_crossing_matches_numpy(gate, lax_latent):
     """Three blocks of one projection: y_l = x_l W_l + s (x_l A_l + gate_l(h_{l-1})) B_l."""
     d_in, d_out, r, s = 12, 10, 4, 1.5
     bases = [make_linear(d_in, d_out, {"kind": "dense"}, rngs=nnx.Rngs(i)) for i in range(3)]
-    layers = [LoRA(b, r, alpha=s * r, lax=True, first=i == 0, gate=gate, lax_latent=lax_latent,
-                   rngs=nnx.Rngs(10 + i)) for i, b in enumerate(bases)]
+    layers = [
+        LoRA(
+            b, r, alpha=s * r, lax=True, first=i == 0, gate=gate, lax_latent=lax_latent, rngs=nnx.Rngs(10 + i)
+        )
+        for i, b in enumerate(bases)
+    ]
     assert layers[0].gate is None and (layers[1].gate is None) == (gate == "identity")
     for i, layer in enumerate(layers):
         layer.lora_b[...] = jnp.asarray(rand((r, d_out), 20 + i))
@@ -170,7 +199,9 @@ def test_lax_lora_crossing_matches_numpy(gate, lax_latent):
     latent, h_prev = None, None
     for i, (layer, x) in enumerate(zip(layers, xs)):
         y, latent = layer(jnp.asarray(x), latent)
-        w, a, b = (np.asarray(v, np.float64) for v in (bases[i].kernel[...], layer.lora_a[...], layer.lora_b[...]))
+        w, a, b = (
+            np.asarray(v, np.float64) for v in (bases[i].kernel[...], layer.lora_a[...], layer.lora_b[...])
+        )
         h = x @ a
         u = h if i == 0 else h + np_gate(layer, h_prev)
         np.testing.assert_allclose(y, x @ w + s * u @ b, rtol=1e-5, atol=1e-5)
@@ -215,13 +246,25 @@ def planted_adapters(cfg, n: int, rank: int, dim: int, targets: str, seed: int =
     """n adapters whose rank vectors lie in a planted `dim`-dimensional subspace per module, so the basis of
     those n adapters (K = dim) spans every one of them exactly."""
     rng = np.random.default_rng(seed)
-    sig = {p: (m.d_in, m.d_out) for p, m in projections(nnx.eval_shape(lambda: build(cfg, rngs=nnx.Rngs(0)))).items()
-           if targets_match(targets, p)}
-    spans = {p: (np.linalg.qr(rng.normal(size=(i, dim)))[0], np.linalg.qr(rng.normal(size=(o, dim)))[0])
-             for p, (i, o) in sig.items()}
-    return [{p: ((pa @ rng.normal(size=(dim, rank))).astype(np.float32),
-                 (0.3 * (pb @ rng.normal(size=(dim, rank))).T).astype(np.float32)) for p, (pa, pb) in spans.items()}
-            for _ in range(n)]
+    sig = {
+        p: (m.d_in, m.d_out)
+        for p, m in projections(nnx.eval_shape(lambda: build(cfg, rngs=nnx.Rngs(0)))).items()
+        if targets_match(targets, p)
+    }
+    spans = {
+        p: (np.linalg.qr(rng.normal(size=(i, dim)))[0], np.linalg.qr(rng.normal(size=(o, dim)))[0])
+        for p, (i, o) in sig.items()
+    }
+    return [
+        {
+            p: (
+                (pa @ rng.normal(size=(dim, rank))).astype(np.float32),
+                (0.3 * (pb @ rng.normal(size=(dim, rank))).T).astype(np.float32),
+            )
+            for p, (pa, pb) in spans.items()
+        }
+        for _ in range(n)
+    ]
 
 
 def lora_model_with(cfg, adapter, spec: AdapterSpec):
@@ -253,7 +296,9 @@ def test_eigenlorax_in_a_model_trains_only_loadings_and_reproduces_in_basis_adap
     np.testing.assert_allclose(zero_shot(x), lora_model(x), atol=1e-5)
 
     base_logits = np.asarray(build(cfg, rngs=nnx.Rngs(0))(x))
-    starts_at_base = build_adapted(cfg, AdapterSpec(kind="eigenlorax", rank=rank, eigen_init="zero_b"), basis=basis)
+    starts_at_base = build_adapted(
+        cfg, AdapterSpec(kind="eigenlorax", rank=rank, eigen_init="zero_b"), basis=basis
+    )
     np.testing.assert_array_equal(np.asarray(starts_at_base(x)), base_logits)
     fresh = build_adapted(cfg, eig_spec, basis=basis)
     assert np.abs(np.asarray(fresh(x)) - base_logits).max() > 1e-3  # the reference's U(-0.5, 0.5) loadings
@@ -332,7 +377,11 @@ def test_mismatched_adapter_files_are_clear_errors(tmp_path):
 def test_basis_for_another_model_is_a_signature_error():
     small = tiny_llama(layers=2)
     basis = fit_basis(planted_adapters(small, 3, rank=2, dim=3, targets="q|v"), 2)
-    for other, targets in ((tiny_llama(layers=2, d=16), "q|v"), (tiny_llama(layers=3), "q|v"), (small, "q|k|v")):
+    for other, targets in (
+        (tiny_llama(layers=2, d=16), "q|v"),
+        (tiny_llama(layers=3), "q|v"),
+        (small, "q|k|v"),
+    ):
         with pytest.raises(ValueError, match="model signature mismatch"):
             build_adapted(other, AdapterSpec(kind="eigenlorax", rank=2, targets=targets), basis=basis)
     with pytest.raises(ValueError, match="needs a basis"):
@@ -350,14 +399,20 @@ def test_bad_models_and_specs_are_clear_errors():
     model = build_adapted(cfg, AdapterSpec())
     with pytest.raises(ValueError, match="already has adapters"):
         add_adapters(model, AdapterSpec())
-    for bad, key in (({"kind": "qlora"}, "adapter.kind"), ({"rank": 0}, "adapter.rank"),
-                     ({"gate": "mlp"}, "adapter.gate"), ({"targets": "("}, "adapter.targets"),
-                     ({"dropout": 1.0}, "adapter.dropout")):
+    for bad, key in (
+        ({"kind": "qlora"}, "adapter.kind"),
+        ({"rank": 0}, "adapter.rank"),
+        ({"gate": "mlp"}, "adapter.gate"),
+        ({"targets": "("}, "adapter.targets"),
+        ({"dropout": 1.0}, "adapter.dropout"),
+    ):
         with pytest.raises(ValueError, match=key):
             AdapterSpec(**bad)
     with pytest.raises(ValueError, match="adapter.ranks"):
         AdapterSpec.from_dict({"ranks": 4})
-    crossed = LoRA(make_linear(8, 8, {"kind": "dense"}, rngs=nnx.Rngs(0)), 2, lax=True, first=False, rngs=nnx.Rngs(0))
+    crossed = LoRA(
+        make_linear(8, 8, {"kind": "dense"}, rngs=nnx.Rngs(0)), 2, lax=True, first=False, rngs=nnx.Rngs(0)
+    )
     with pytest.raises(ValueError, match="needs latent_in"):
         crossed(jnp.ones((2, 8)), None)
 

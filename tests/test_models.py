@@ -32,13 +32,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lax_pretrain.config import from_compact, LLAMA_PRESETS, VIT_PRESETS, llama_config, vit_config
+from lax_pretrain.config import LLAMA_PRESETS, VIT_PRESETS, from_compact, llama_config, vit_config
 from lax_pretrain.layers import tt_shape
 from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS as LLAMA_PROJ
 from lax_pretrain.models.llama import head_dim, rope_tables
-from lax_pretrain.models.vit import PROJECTIONS as VIT_PROJ
 from lax_pretrain.models.stats import model_stats
+from lax_pretrain.models.vit import PROJECTIONS as VIT_PROJ
 
 TOL = 1e-5
 M = 1e6
@@ -48,30 +48,46 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 # docs/methods.md section 4, in millions.
 LLAMA_TARGETS = {  # preset: (dense, svd/cola)
-    "60m": (58.07, 42.77), "130m": (134.11, 94.00), "350m": (367.97, 185.22), "1b": (1339.08, 609.31),
+    "60m": (58.07, 42.77),
+    "130m": (134.11, 94.00),
+    "350m": (367.97, 185.22),
+    "1b": (1339.08, 609.31),
     "7b": (6738.4, 2820.9),
 }
 VIT_TARGETS = {  # preset: {kind: total}
     "b16": {"dense": 86.57, "svd": 44.17, "cola": 44.17, "tt": 41.28},
     "l16": {"dense": 304.33, "svd": 115.78, "cola": 115.78, "tt": 101.97},
 }
-VIT_LAX_EXTRA = {("b16", "svd"): 0.07, ("b16", "cola"): 0.07, ("b16", "tt"): 0.17,
-                 ("l16", "svd"): 0.14, ("l16", "cola"): 0.14, ("l16", "tt"): 0.13}
+VIT_LAX_EXTRA = {
+    ("b16", "svd"): 0.07,
+    ("b16", "cola"): 0.07,
+    ("b16", "tt"): 0.17,
+    ("l16", "svd"): 0.14,
+    ("l16", "cola"): 0.14,
+    ("l16", "tt"): 0.13,
+}
 # The stated LaX extras are printed to 0.01M: we accept half the last digit, |ours - stated| <= 0.005M.
 LAX_EXTRA_TOL = 0.005
 # The official LaX TT shapes (methods.md 1.1), written out here independently of lax_pretrain.config.
 OFFICIAL_TT = {
-    "b16": {"attn": ((32, 24), (24, 32), (1, 32, 336, 32, 1)),
-            "fc1": ((32, 24), (48, 64), (1, 32, 158, 64, 1)),
-            "fc2": ((48, 64), (32, 24), (1, 48, 159, 24, 1))},
-    "l16": {"attn": ((32, 32), (32, 32), (1, 32, 256, 32, 1)),
-            "fc1": ((32, 32), (64, 64), (1, 32, 198, 64, 1)),
-            "fc2": ((64, 64), (32, 32), (1, 64, 198, 32, 1))},
+    "b16": {
+        "attn": ((32, 24), (24, 32), (1, 32, 336, 32, 1)),
+        "fc1": ((32, 24), (48, 64), (1, 32, 158, 64, 1)),
+        "fc2": ((48, 64), (32, 24), (1, 48, 159, 24, 1)),
+    },
+    "l16": {
+        "attn": ((32, 32), (32, 32), (1, 32, 256, 32, 1)),
+        "fc1": ((32, 32), (64, 64), (1, 32, 198, 64, 1)),
+        "fc2": ((64, 64), (32, 32), (1, 64, 198, 32, 1)),
+    },
 }
 PAPER_RANKS = {"60m": 128, "130m": 256, "350m": 256, "1b": 512, "7b": 1024}
 LLAMA_ARCH = {  # methods.md section 4: d, ffn, layers, heads
-    "60m": (512, 1376, 8, 8), "130m": (768, 2048, 12, 12), "350m": (1024, 2736, 24, 16),
-    "1b": (2048, 5461, 24, 32), "7b": (4096, 11008, 32, 32),
+    "60m": (512, 1376, 8, 8),
+    "130m": (768, 2048, 12, 12),
+    "350m": (1024, 2736, 24, 16),
+    "1b": (2048, 5461, 24, 32),
+    "7b": (4096, 11008, 32, 32),
 }
 
 
@@ -177,18 +193,23 @@ def test_llama_lax_overhead(preset):
     assert crossed.total_params - plain.total_params == crossed.lax_params
     assert crossed.total_params == llama_expected(preset, "cola", lax=True)
     assert {r.name: r.lax_params for r in crossed.rows} == dict.fromkeys(
-        LLAMA_PROJ, (LLAMA_ARCH[preset][2] - 1) * kron_lax_params(PAPER_RANKS[preset]))
+        LLAMA_PROJ, (LLAMA_ARCH[preset][2] - 1) * kron_lax_params(PAPER_RANKS[preset])
+    )
 
 
-@pytest.mark.parametrize("family,arg", [("llama", "60m,kind=cola,lax=kron"),
-                                        ("vit", "tiny,kind=tt,lax=kron")])
+@pytest.mark.parametrize(
+    "family,arg", [("llama", "60m,kind=cola,lax=kron"), ("vit", "tiny,kind=tt,lax=kron")]
+)
 def test_scan_does_not_change_counts(family, arg):
     unrolled = model_stats(from_compact(family, f"{arg},scan=0").model)
     scanned = model_stats(from_compact(family, f"{arg},scan=1").model)
     assert scanned.rows == unrolled.rows
-    assert (scanned.total_params, scanned.non_embedding_params, scanned.lax_params,
-            scanned.flops_per_token) == (unrolled.total_params, unrolled.non_embedding_params,
-                                         unrolled.lax_params, unrolled.flops_per_token)
+    assert (
+        scanned.total_params,
+        scanned.non_embedding_params,
+        scanned.lax_params,
+        scanned.flops_per_token,
+    ) == (unrolled.total_params, unrolled.non_embedding_params, unrolled.lax_params, unrolled.flops_per_token)
 
 
 @pytest.mark.parametrize("arg", ["60m", "60m,kind=cola,lax=kron", "130m,kind=tt,lax=kron,scan=1"])
@@ -205,6 +226,7 @@ def test_llama_rows_add_up(arg):
 
 # ============================================================================ config grammar
 
+
 def test_compact_strings_parse():
     c = llama_config("60m", kind="cola", lax="kron", rank=128).model
     assert (c.linear.kind, c.linear.crossing, c.preset) == ("cola", "kron", "60m")
@@ -219,27 +241,48 @@ def test_compact_strings_parse():
         assert got == (in_modes, out_modes, ranks), name
         # The authors' TT + LaX configs: intra-layer LaX on the attention projections only.
         assert spec.intra == (name in ("q", "k", "v", "o")), name
-    assert not any(vit_config("b16", kind="tt", lax="kron", intra=False).model.proj[n].intra for n in VIT_PROJ)
+    assert not any(
+        vit_config("b16", kind="tt", lax="kron", intra=False).model.proj[n].intra for n in VIT_PROJ
+    )
     assert not any(vit_config("b16", kind="tt").model.proj[n].intra for n in VIT_PROJ)
 
     n = llama_config("nano", kind="tt", intra=True).model
-    assert {p: n.proj[p].intra for p in LLAMA_PROJ} == {"q": True, "k": True, "v": True, "o": True,
-                                                        "gate": False, "up": False, "down": False}
+    assert {p: n.proj[p].intra for p in LLAMA_PROJ} == {
+        "q": True,
+        "k": True,
+        "v": True,
+        "o": True,
+        "gate": False,
+        "up": False,
+        "down": False,
+    }
     assert n.linear.crossing == "none"
     nnx.eval_shape(lambda: build(n, rngs=nnx.Rngs(0)))  # the derived TT shapes satisfy intra's constraints
 
-    s = from_compact("llama", "nano,scan=1,remat=cola_m,dtype=bfloat16,only_lr_act=1,norm=rmsnorm,"
-                     "init=tt_variance").model
+    s = from_compact(
+        "llama", "nano,scan=1,remat=cola_m,dtype=bfloat16,only_lr_act=1,norm=rmsnorm,init=tt_variance"
+    ).model
     assert (s.scan_layers, s.remat, s.dtype, s.only_lr_act, s.linear.latent_norm, s.linear.init) == (
-        True, "cola_m", "bfloat16", True, "rmsnorm", "tt_variance")
+        True,
+        "cola_m",
+        "bfloat16",
+        True,
+        "rmsnorm",
+        "tt_variance",
+    )
 
 
 @pytest.mark.parametrize("preset", list(PAPER_RANKS))
 def test_llama_preset_defaults(preset):
     c = from_compact("llama", f"{preset},kind=cola").model
     assert (c.d_model, c.ffn_dim, c.num_layers, c.num_heads) == LLAMA_ARCH[preset]
-    assert (c.vocab_size, c.num_kv_heads, c.tie_embeddings, c.norm_eps, c.rope_theta) == (32000, c.num_heads,
-                                                                                          False, 1e-6, 1e4)
+    assert (c.vocab_size, c.num_kv_heads, c.tie_embeddings, c.norm_eps, c.rope_theta) == (
+        32000,
+        c.num_heads,
+        False,
+        1e-6,
+        1e4,
+    )
     assert {n: c.proj[n].rank for n in LLAMA_PROJ} == dict.fromkeys(LLAMA_PROJ, PAPER_RANKS[preset])
     # CoLA's released configs: 60M/130M keep the outer SiLU of the SwiGLU, 350M/1B/7B drop it.
     assert c.only_lr_act == (preset in ("350m", "1b", "7b"))
@@ -260,36 +303,42 @@ def test_vit_preset_defaults(preset):
     assert c.mlp_hidden_norm == "auto"
 
 
-@pytest.mark.parametrize("family,arg,key", [
-    ("llama", "61m,kind=cola", "'61m'"),                  # unknown preset
-    ("llama", "kind=cola", "preset"),                      # no preset
-    ("llama", "60m,knd=cola", "'knd=cola'"),               # unknown key
-    ("llama", "60m,kind", "'kind'"),                       # missing '='
-    ("llama", "60m,intra=2", "intra='2'"),                 # bad flag values
-    ("llama", "60m,scan=yes", "scan='yes'"),
-    ("llama", "60m,only_lr_act=maybe", "only_lr_act='maybe'"),
-    ("vit", "b16,only_lr_act=1", "'only_lr_act=1'"),      # a LLaMA-only key
-    ("vit", "b32", "'b32'"),
-    ("llama", "60m,kind=cola,rank=abc", "rank"),           # non-integer rank
-    ("vit", "b16,kind=cola,rank=1.5", "rank"),
-])
+@pytest.mark.parametrize(
+    "family,arg,key",
+    [
+        ("llama", "61m,kind=cola", "'61m'"),  # unknown preset
+        ("llama", "kind=cola", "preset"),  # no preset
+        ("llama", "60m,knd=cola", "'knd=cola'"),  # unknown key
+        ("llama", "60m,kind", "'kind'"),  # missing '='
+        ("llama", "60m,intra=2", "intra='2'"),  # bad flag values
+        ("llama", "60m,scan=yes", "scan='yes'"),
+        ("llama", "60m,only_lr_act=maybe", "only_lr_act='maybe'"),
+        ("vit", "b16,only_lr_act=1", "'only_lr_act=1'"),  # a LLaMA-only key
+        ("vit", "b32", "'b32'"),
+        ("llama", "60m,kind=cola,rank=abc", "rank"),  # non-integer rank
+        ("vit", "b16,kind=cola,rank=1.5", "rank"),
+    ],
+)
 def test_bad_compact_args_name_the_key(family, arg, key):
     """The message quotes the offending key (and value), not merely the list of known keys."""
     with pytest.raises(ValueError, match=re.escape(key)):
         from_compact(family, arg)
 
 
-@pytest.mark.parametrize("arg,edit,key", [
-    ("60m,kind=cola", lambda m: setattr(m.proj.q, "rank", 0), "model.proj.q.rank"),
-    ("60m,kind=cola,rank=0", None, "model.proj.q.rank"),
-    ("60m,kind=svd", lambda m: setattr(m.proj.down, "rank", -3), "model.proj.down.rank"),
-    ("60m,kind=tt", lambda m: setattr(m.proj.k, "rank", 0), "model.proj.k.rank"),
-    ("b16,kind=tt", lambda m: setattr(m.proj.q, "tt_ranks", [1, 8, 8, 1]), "model.proj.q.tt_ranks"),
-    ("b16,kind=tt", lambda m: setattr(m.proj.fc1, "tt_in_modes", [32, 25]), "model.proj.fc1.tt_in_modes"),
-    ("60m,kind=dense,lax=kron", None, "model.proj.q.crossing"),
-    ("60m,remat=everything", None, "model.remat"),
-    ("60m,dtype=float64", None, "model.dtype"),
-])
+@pytest.mark.parametrize(
+    "arg,edit,key",
+    [
+        ("60m,kind=cola", lambda m: setattr(m.proj.q, "rank", 0), "model.proj.q.rank"),
+        ("60m,kind=cola,rank=0", None, "model.proj.q.rank"),
+        ("60m,kind=svd", lambda m: setattr(m.proj.down, "rank", -3), "model.proj.down.rank"),
+        ("60m,kind=tt", lambda m: setattr(m.proj.k, "rank", 0), "model.proj.k.rank"),
+        ("b16,kind=tt", lambda m: setattr(m.proj.q, "tt_ranks", [1, 8, 8, 1]), "model.proj.q.tt_ranks"),
+        ("b16,kind=tt", lambda m: setattr(m.proj.fc1, "tt_in_modes", [32, 25]), "model.proj.fc1.tt_in_modes"),
+        ("60m,kind=dense,lax=kron", None, "model.proj.q.crossing"),
+        ("60m,remat=everything", None, "model.remat"),
+        ("60m,dtype=float64", None, "model.dtype"),
+    ],
+)
 def test_bad_spec_values_raise_at_build(arg, edit, key):
     cfg = from_compact("llama" if arg[0].isdigit() else "vit", arg)  # parsing itself succeeds
     if edit is not None:
@@ -325,8 +374,12 @@ def _small_proj(kind: str, shapes: dict[str, tuple[int, int]], intra: bool) -> d
         out = {}
         for n, (i, o) in shapes.items():
             in_modes, out_modes, ranks = tt_shape(i, o, RANK)
-            out[n] = {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes), "tt_ranks": list(ranks),
-                      "intra": intra and n in ("q", "k", "v", "o")}
+            out[n] = {
+                "tt_in_modes": list(in_modes),
+                "tt_out_modes": list(out_modes),
+                "tt_ranks": list(ranks),
+                "intra": intra and n in ("q", "k", "v", "o"),
+            }
         return out
     return {}
 
@@ -338,14 +391,22 @@ def small_llama(arg: str = "", *, layers: int = 2, kv_heads: int = HEADS):
     c.d_model, c.ffn_dim, c.num_heads, c.num_kv_heads = D, FFN, HEADS, kv_heads
     c.vocab_size, c.num_layers = VOCAB, layers
     e = D // HEADS
-    shapes = {"q": (D, HEADS * e), "k": (D, kv_heads * e), "v": (D, kv_heads * e), "o": (HEADS * e, D),
-              "gate": (D, FFN), "up": (D, FFN), "down": (FFN, D)}
+    shapes = {
+        "q": (D, HEADS * e),
+        "k": (D, kv_heads * e),
+        "v": (D, kv_heads * e),
+        "o": (HEADS * e, D),
+        "gate": (D, FFN),
+        "up": (D, FFN),
+        "down": (FFN, D),
+    }
     c.proj = _small_proj(c.linear.kind, shapes, intra)
     return c
 
 
-def small_vit(arg: str = "", *, layers: int = 2, image: int = 28, patch: int = 4, channels: int = 1,
-              classes: int = 10):
+def small_vit(
+    arg: str = "", *, layers: int = 2, image: int = 28, patch: int = 4, channels: int = 1, classes: int = 10
+):
     """vit_config('tiny,' + arg) shrunk to d=32, 4 heads, mlp 64, latent rank 8."""
     c = from_compact("vit", f"tiny,{arg}" if arg else "tiny").model
     c.d_model, c.mlp_dim, c.num_heads, c.num_layers = D, MLP, HEADS, layers
@@ -369,8 +430,10 @@ def images(cfg, seed: int = 0) -> jax.Array:
 
 def flat(state) -> dict[tuple, np.ndarray]:
     """{path: array} of a State (Variables or raw arrays as leaves)."""
-    return {path: np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
-            for path, v in nnx.to_flat_state(state)}
+    return {
+        path: np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
+        for path, v in nnx.to_flat_state(state)
+    }
 
 
 def is_stacked(path: tuple) -> bool:
@@ -508,8 +571,10 @@ def assert_same_run(actual, expected):
         np.testing.assert_allclose(grads_a[path], grads_e[path], rtol=TOL, atol=TOL, err_msg=str(path))
 
 
-@pytest.mark.parametrize("family,arg", [("llama", COLA_KRON), ("llama", TT_KRON), ("vit", COLA_KRON),
-                                        ("vit", TT_KRON)])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family,arg", [("llama", COLA_KRON), ("llama", TT_KRON), ("vit", COLA_KRON), ("vit", TT_KRON)]
+)
 def test_scanned_equals_unrolled(family, arg):
     unrolled = run_variant(family, arg, False, "none")
     scanned = run_variant(family, arg, True, "none")
@@ -550,6 +615,7 @@ def test_cola_m_saves_only_latents_and_residual_stream():
 
 # ---------------------------------------------------------------------------- causality
 
+
 def logits_from_embeddings(model, x_BxLxD: jax.Array) -> jax.Array:
     """Llama.__call__ after the embedding lookup (the model has no embeddings entry point)."""
     cfg = model.cfg
@@ -584,13 +650,16 @@ def test_llama_is_causal(arg):
     rng = np.random.default_rng(5)
     for t in range(SEQ - 1):
         changed = np.asarray(toks).copy()
-        changed[:, t + 1:] = (changed[:, t + 1:] + rng.integers(1, VOCAB, changed[:, t + 1:].shape)) % VOCAB
+        changed[:, t + 1 :] = (
+            changed[:, t + 1 :] + rng.integers(1, VOCAB, changed[:, t + 1 :].shape)
+        ) % VOCAB
         out = np.asarray(forward(jnp.asarray(changed)))
         np.testing.assert_array_equal(out[:, : t + 1], reference[:, : t + 1])  # bit-identical
-        assert not np.allclose(out[:, t + 1:], reference[:, t + 1:])
+        assert not np.allclose(out[:, t + 1 :], reference[:, t + 1 :])
 
 
 # ---------------------------------------------------------------------------- LaX crossing
+
 
 def test_lax_latents_cross_per_projection():
     """Block 1's latent of projection p depends on block 0's latent of p (q->q, not q->k): holding block
@@ -611,9 +680,15 @@ def test_lax_latents_cross_per_projection():
     x1, lat0 = block0(state, x0)
     assert {p: lat0[p].shape for p in LLAMA_PROJ} == dict.fromkeys(LLAMA_PROJ, (BATCH, SEQ, RANK))
     y1, lat1 = block1(x1, lat0)
-    downstream = {"q": {"q", "o", "gate", "up", "down"}, "k": {"k", "o", "gate", "up", "down"},
-                  "v": {"v", "o", "gate", "up", "down"}, "o": {"o", "gate", "up", "down"},
-                  "gate": {"gate", "down"}, "up": {"up", "down"}, "down": {"down"}}
+    downstream = {
+        "q": {"q", "o", "gate", "up", "down"},
+        "k": {"k", "o", "gate", "up", "down"},
+        "v": {"v", "o", "gate", "up", "down"},
+        "o": {"o", "gate", "up", "down"},
+        "gate": {"gate", "down"},
+        "up": {"up", "down"},
+        "down": {"down"},
+    }
     for p in LLAMA_PROJ:
         bumped = {**lat0, p: lat0[p] + 0.5 * jnp.asarray(rand(lat0[p].shape, 7))}
         y1b, lat1b = block1(x1, bumped)
@@ -624,8 +699,12 @@ def test_lax_latents_cross_per_projection():
     # Changing block 0's q down-projection changes block 1's q latent through the crossing alone.
     values = flat(state)
     key = ("blocks", "first", "attn", "q", "down")
-    state2 = nnx.from_flat_state([(k, v.replace(jnp.asarray(values[k] + 0.1 * rand(values[k].shape, 8)))
-                                   if k == key else v) for k, v in nnx.to_flat_state(state)])
+    state2 = nnx.from_flat_state(
+        [
+            (k, v.replace(jnp.asarray(values[k] + 0.1 * rand(values[k].shape, 8))) if k == key else v)
+            for k, v in nnx.to_flat_state(state)
+        ]
+    )
     _, lat0b = block0(state2, x0)
     _, lat1b = block1(x1, lat0b)  # block 1 input held fixed
     assert not np.allclose(lat1b["q"], lat1["q"])
@@ -642,8 +721,9 @@ def test_kron_crossing_with_zero_gate_is_no_crossing():
     assert len(gates) == 2 * len(LLAMA_PROJ)  # block 1 only; block 0 has no gate
     plain = materialize(small_llama("kind=cola"), {k: v for k, v in values.items() if k not in gates})
     crossed = materialize(crossed_cfg, values)
-    zeroed = materialize(crossed_cfg, {k: 0 * v if k in gates and k[-1] == "g0" else v
-                                       for k, v in values.items()})
+    zeroed = materialize(
+        crossed_cfg, {k: 0 * v if k in gates and k[-1] == "g0" else v for k, v in values.items()}
+    )
     toks = tokens(9)
     run = forward_fn(crossed)
     reference = forward_fn(plain)(nnx.state(plain), toks)
@@ -652,6 +732,7 @@ def test_kron_crossing_with_zero_gate_is_no_crossing():
 
 
 # ---------------------------------------------------------------------------- grouped-query attention
+
 
 def np_attention(x, wq, wk, wv, wo, heads, kv_heads, theta=1e4):
     """float64 reference: RoPE (rotate_half), causal softmax, kv head j serves query heads j*g .. j*g+g-1."""
@@ -662,7 +743,7 @@ def np_attention(x, wq, wk, wv, wo, heads, kv_heads, theta=1e4):
     sin, cos = np.sin(np.concatenate([ang, ang], -1)), np.cos(np.concatenate([ang, ang], -1))
 
     def rope(t):
-        rotated = np.concatenate([-t[..., e // 2:], t[..., : e // 2]], -1)
+        rotated = np.concatenate([-t[..., e // 2 :], t[..., : e // 2]], -1)
         return t * cos[None, :, None] + rotated * sin[None, :, None]
 
     q = rope((x @ wq).reshape(b, length, heads, e))
@@ -702,8 +783,10 @@ def test_kv_heads_must_divide_heads():
 
 # ---------------------------------------------------------------------------- ViT
 
-@pytest.mark.parametrize("image,patch,channels,classes,arg", [
-    (28, 4, 1, 10, ""), (32, 8, 3, 7, COLA_KRON), (32, 8, 3, 7, TT_KRON)])
+
+@pytest.mark.parametrize(
+    "image,patch,channels,classes,arg", [(28, 4, 1, 10, ""), (32, 8, 3, 7, COLA_KRON), (32, 8, 3, 7, TT_KRON)]
+)
 def test_vit_any_image_shape(image, patch, channels, classes, arg):
     cfg = small_vit(arg, image=image, patch=patch, channels=channels, classes=classes)
     model = materialize(cfg, random_params(cfg, seed=0))
@@ -734,6 +817,7 @@ def test_vit_dropout_only_in_train_mode():
             m = nnx.merge(graphdef, state)
             nnx.reseed(m, dropout=key, policy="match_shape")  # as the train step does
             return m(x, train=train)
+
         return jit(f)
 
     train, evaluate = make(True), make(False)

@@ -21,12 +21,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 import lax_pretrain.parallel.rules as rules_lib
-from lax_pretrain.config import from_compact, llama_config
+from lax_pretrain.config import from_compact
 from lax_pretrain.data import tfds_io
 from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train import train
 from lax_pretrain.train.checkpoint import load_trained_model
 from lax_pretrain.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # multi-process runs: `pytest -m 'not slow'` skips them
 
 REPO = Path(__file__).resolve().parent.parent
 ARG = "nano,kind=cola,lax=kron"
@@ -36,12 +38,25 @@ TIMEOUT_S = 300
 
 def overrides(data_dir: str) -> dict:
     return {
-        "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 4, "model.num_kv_heads": 4,
-        "model.ffn_dim": 128, **{f"model.proj.{p}.rank": 16 for p in ("q", "k", "v", "o", "gate", "up", "down")},
-        "data.seq_len": 16, "data.eval_batches": 1, "data.data_dir": data_dir,
-        "train.steps": STEPS, "train.batch_size": 8, "train.log_every": 1, "train.eval_every": STEPS,
-        "train.checkpoint_every": STEPS, "optim.warmup_steps": 2, "wandb.mode": "disabled",
-        "mesh.data": 2, "mesh.fsdp": 1, "mesh.tensor": 2,
+        "model.d_model": 64,
+        "model.num_layers": 2,
+        "model.num_heads": 4,
+        "model.num_kv_heads": 4,
+        "model.ffn_dim": 128,
+        **{f"model.proj.{p}.rank": 16 for p in ("q", "k", "v", "o", "gate", "up", "down")},
+        "data.seq_len": 16,
+        "data.eval_batches": 1,
+        "data.data_dir": data_dir,
+        "train.steps": STEPS,
+        "train.batch_size": 8,
+        "train.log_every": 1,
+        "train.eval_every": STEPS,
+        "train.checkpoint_every": STEPS,
+        "optim.warmup_steps": 2,
+        "wandb.mode": "disabled",
+        "mesh.data": 2,
+        "mesh.fsdp": 1,
+        "mesh.tensor": 2,
     }
 
 
@@ -62,12 +77,26 @@ def data_dir(tmp_path_factory):
 
 def start_process(process_id: int, port: int, workdir: Path, data_dir: str, log: Path) -> subprocess.Popen:
     args = [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
-    args += [f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-             f"--config.distributed.process_id={process_id}"]
+    args += [
+        f"--config.distributed.coordinator=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={process_id}",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    return subprocess.Popen([sys.executable, "-m", "lax_pretrain.train", f"--config=configs/llama.py:{ARG}",
-                             f"--workdir={workdir}", *args], cwd=REPO, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lax_pretrain.train",
+            f"--config=configs/llama.py:{ARG}",
+            f"--workdir={workdir}",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_two_processes_train_like_one(data_dir, tmp_path):
@@ -106,12 +135,19 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     # The checkpoint both processes wrote (each its own shards) restores whole in one process.
     model, _, step = load_trained_model(workdir)
     assert step == STEPS
-    trained = {jax.tree_util.keystr(k): np.asarray(v)
-               for k, v in jax.tree_util.tree_leaves_with_path(reference["final_params"])}
+    trained = {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(reference["final_params"])
+    }
     restored = nnx.state(model, nnx.Param)
     for k, v in jax.tree_util.tree_leaves_with_path(restored):
-        np.testing.assert_allclose(np.asarray(v), trained[jax.tree_util.keystr(k)], rtol=1e-4, atol=1e-5,
-                                   err_msg=jax.tree_util.keystr(k))
+        np.testing.assert_allclose(
+            np.asarray(v),
+            trained[jax.tree_util.keystr(k)],
+            rtol=1e-4,
+            atol=1e-5,
+            err_msg=jax.tree_util.keystr(k),
+        )
 
 
 def test_hosts_must_hold_distinct_batch_slices(monkeypatch):
@@ -122,8 +158,11 @@ def test_hosts_must_hold_distinct_batch_slices(monkeypatch):
     mesh = make_mesh(config.mesh)
     monkeypatch.setattr(rules_lib.jax, "process_count", lambda: 2)
     monkeypatch.setattr(rules_lib.jax, "process_index", lambda: 0)
-    with pytest.raises(ValueError, match=r"process 0 of 2 loads rows 0\.\.3 of each global batch but its devices "
-                                         r"would hold 8 rows \(0\.\.7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"process 0 of 2 loads rows 0\.\.3 of each global batch but its devices "
+        r"would hold 8 rows \(0\.\.7\)",
+    ):
         rules_lib.batch_shardings({"inputs": np.zeros((4, 16), np.int32)}, mesh, rules_lib.DEFAULT_RULES)
     ok = NamedSharding(mesh, PartitionSpec(None))
     monkeypatch.setattr(rules_lib.jax, "process_count", lambda: 1)

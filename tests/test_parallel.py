@@ -29,16 +29,24 @@ import pytest
 from flax import nnx
 
 from lax_pretrain.config import from_compact, llama_config
-from lax_pretrain.layers import tt_shape
 from lax_pretrain.data import tfds_io
+from lax_pretrain.layers import tt_shape
 from lax_pretrain.models import build
-from lax_pretrain.parallel import (batch_shardings, make_mesh, place_values, rules_from_config, sharded_init,
-                                   sharding_context)
+from lax_pretrain.models.tasks import lm_loss
+from lax_pretrain.parallel import (
+    batch_shardings,
+    make_mesh,
+    place_values,
+    rules_from_config,
+    sharded_init,
+    sharding_context,
+)
 from lax_pretrain.parallel.comm import _ARRAY, _array_bytes, comm_report, count_collectives
 from lax_pretrain.train import train
 from lax_pretrain.train.metrics import read_metrics
-from lax_pretrain.models.tasks import lm_loss
 from lax_pretrain.train.program import compile_block_step
+
+pytestmark = pytest.mark.slow  # sharded training on 8 fake devices: `pytest -m 'not slow'` skips them
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -54,7 +62,12 @@ def projection_spec(name: str, kind: str) -> dict:
         return {"kind": "dense", "crossing": "none"}
     if kind == "tt":
         modes_in, modes_out, ranks = tt_shape(d_in, d_out, RANK)
-        return {"kind": "tt", "tt_in_modes": list(modes_in), "tt_out_modes": list(modes_out), "tt_ranks": list(ranks)}
+        return {
+            "kind": "tt",
+            "tt_in_modes": list(modes_in),
+            "tt_out_modes": list(modes_out),
+            "tt_ranks": list(ranks),
+        }
     return {"kind": kind, "rank": RANK}
 
 
@@ -219,17 +232,34 @@ def test_low_rank_block_all_reduces_r_over_d_of_dense():
     column-parallel q, k, v, gate, up), so the bytes are r/d = 1/4 of dense's, within 10%. The dense number
     comes from the comm_report.py CLI (--json --block_only), which this also smoke-tests."""
     out = subprocess.run(
-        [sys.executable, "scripts/comm_report.py", "--config=configs/llama.py:60m", "--mesh=1,1,4", "--block_only",
-         "--json", "--config.train.batch_size=8", "--config.data.seq_len=64"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+        [
+            sys.executable,
+            "scripts/comm_report.py",
+            "--config=configs/llama.py:60m",
+            "--mesh=1,1,4",
+            "--block_only",
+            "--json",
+            "--config.train.batch_size=8",
+            "--config.data.seq_len=64",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     dense = json.loads(out.stdout.strip().splitlines()[-1])
     assert dense["block_only"] and dense["mesh"] == [1, 1, 4]
     n_tokens, d, r = 8 * 64, 512, 128
     assert dense["all_reduce_bytes"] == 7 * n_tokens * d * 4
-    assert set(dense["collectives"]) == {"all-reduce", "all-gather", "reduce-scatter", "all-to-all",
-                                         "collective-permute"}
+    assert set(dense["collectives"]) == {
+        "all-reduce",
+        "all-gather",
+        "reduce-scatter",
+        "all-to-all",
+        "collective-permute",
+    }
     for kind, tp_impl in (("svd", "auto"), ("cola", "shard_map")):
         config = block_config(kind, tp_impl)
         report = comm_report(compile_block_step(config, make_mesh(config.mesh)))
@@ -287,18 +317,25 @@ def test_1b_init_never_materialises_an_unsharded_parameter():
 def test_mesh_that_does_not_divide_the_devices_is_an_error(data_dir, tmp_path):
     config = tiny_config(data_dir, MIX_A, (3, 1, 1))
     config.mesh.num_devices = 0  # all 8
-    with pytest.raises(ValueError, match=r"mesh.data x mesh.fsdp x mesh.tensor = 3 x 1 x 1 = 3 does not match"):
+    with pytest.raises(
+        ValueError, match=r"mesh.data x mesh.fsdp x mesh.tensor = 3 x 1 x 1 = 3 does not match"
+    ):
         train(config, tmp_path / "run")
     config.mesh.update(data=-1, tensor=3)
-    with pytest.raises(ValueError, match=r"do not divide the 8 available devices \(mesh.data=-1 cannot fill\)"):
+    with pytest.raises(
+        ValueError, match=r"do not divide the 8 available devices \(mesh.data=-1 cannot fill\)"
+    ):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_batch_that_does_not_divide_the_data_axes_is_an_error(data_dir, tmp_path):
     config = tiny_config(data_dir, MIX_A, (2, 2, 2), batch_size=6)
-    with pytest.raises(ValueError, match=r"train.batch_size=6 is not divisible by the data axes "
-                                         r"\(mesh.data x mesh.fsdp = 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.batch_size=6 is not divisible by the data axes "
+        r"\(mesh.data x mesh.fsdp = 4\)",
+    ):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -307,47 +344,100 @@ def test_batch_that_does_not_divide_the_data_axes_is_an_error(data_dir, tmp_path
 
 
 def dry_run(script: str, *args: str) -> list[str]:
-    out = subprocess.run(["bash", f"scripts/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", f"scripts/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()
 
 
-TRAIN_ARGS = ("--config=configs/llama.py:1b,kind=cola,lax=kron", "--config.mesh.fsdp=-1", "--config.name=it's 1b")
+TRAIN_ARGS = (
+    "--config=configs/llama.py:1b,kind=cola,lax=kron",
+    "--config.mesh.fsdp=-1",
+    "--config.name=it's 1b",
+)
 
 
 def test_tpu_pod_launcher_dry_run():
-    lines = dry_run("launch_tpu_pod.sh", "--tpu=pod", "--zone=us-central2-b", "--workdir=/mnt/lax/runs/a",
-                    "--repo=https://example.com/lax.git", "--ref=main", "--bucket=gs://bkt", "--mount=/mnt/lax",
-                    "--dry_run", "--", *TRAIN_ARGS)
+    lines = dry_run(
+        "launch_tpu_pod.sh",
+        "--tpu=pod",
+        "--zone=us-central2-b",
+        "--workdir=/mnt/lax/runs/a",
+        "--repo=https://example.com/lax.git",
+        "--ref=main",
+        "--bucket=gs://bkt",
+        "--mount=/mnt/lax",
+        "--dry_run",
+        "--",
+        *TRAIN_ARGS,
+    )
     commands = [shlex.split(line) for line in lines]
     assert len(commands) == 3  # install, mount, run
     for argv in commands:
         assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"]
         assert "--zone=us-central2-b" in argv and "--worker=all" in argv
-    remote = [next(a for a in argv if a.startswith("--command="))[len("--command="):] for argv in commands]
+    remote = [next(a for a in argv if a.startswith("--command="))[len("--command=") :] for argv in commands]
     assert "git clone --quiet https://example.com/lax.git lax-pretrain" in remote[0]
     assert "make install" in remote[0] and "jax[tpu]" in remote[0]
     assert "gcsfuse --implicit-dirs bkt /mnt/lax" in remote[1]
     run = shlex.split(remote[2])
-    assert run[:7] == ["cd", "lax-pretrain", "&&", "LAX_DISTRIBUTED=1", ".venv/bin/python", "-m",
-                       "lax_pretrain.train"]
+    assert run[:7] == [
+        "cd",
+        "lax-pretrain",
+        "&&",
+        "LAX_DISTRIBUTED=1",
+        ".venv/bin/python",
+        "-m",
+        "lax_pretrain.train",
+    ]
     assert run[7:] == ["--workdir=/mnt/lax/runs/a", *TRAIN_ARGS]
 
-    copied = dry_run("launch_tpu_pod.sh", "--tpu=pod", "--zone=z", "--project=p", "--workdir=/nfs/r", "--dry_run",
-                     "--", "--config=configs/llama.py:60m")
+    copied = dry_run(
+        "launch_tpu_pod.sh",
+        "--tpu=pod",
+        "--zone=z",
+        "--project=p",
+        "--workdir=/nfs/r",
+        "--dry_run",
+        "--",
+        "--config=configs/llama.py:60m",
+    )
     assert shlex.split(copied[0])[:2] == ["tar", "-czf"]
     assert shlex.split(copied[1])[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
     assert "--project=p" in copied[-1] and "--workdir=/nfs/r --config=configs/llama.py:60m" in copied[-1]
-    bad = subprocess.run(["bash", "scripts/launch_tpu_pod.sh", "--tpu=pod", "--zone=z", "--workdir=gs://b/r",
-                          "--dry_run", "--", "--config=x"], cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            "bash",
+            "scripts/launch_tpu_pod.sh",
+            "--tpu=pod",
+            "--zone=z",
+            "--workdir=gs://b/r",
+            "--dry_run",
+            "--",
+            "--config=x",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "mount the bucket" in bad.stderr
 
 
 @pytest.mark.parametrize("per", ["gpu", "node"])
 def test_slurm_launcher_dry_run(per, tmp_path):
     workdir = tmp_path / "run"
-    lines = dry_run("launch_slurm.sh", "--nodes=2", "--gpus_per_node=4", f"--per={per}", f"--workdir={workdir}",
-                    "--partition=gpu", "--dry_run", "--", *TRAIN_ARGS)
+    lines = dry_run(
+        "launch_slurm.sh",
+        "--nodes=2",
+        "--gpus_per_node=4",
+        f"--per={per}",
+        f"--workdir={workdir}",
+        "--partition=gpu",
+        "--dry_run",
+        "--",
+        *TRAIN_ARGS,
+    )
     script = workdir / "slurm" / "lax-run.sbatch"
     assert lines[0] == f"# {script}" and lines[1] == "#!/bin/bash"
     assert shlex.split(lines[-1]) == ["sbatch", str(script)]

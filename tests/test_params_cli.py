@@ -20,6 +20,8 @@ from lax_pretrain.config import llama_config
 from lax_pretrain.models.llama import PROJECTIONS as LLAMA_PROJ
 from lax_pretrain.models.stats import model_stats
 
+pytestmark = pytest.mark.slow  # the command line in subprocesses: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "llama_json": ["--config=configs/llama.py:60m,kind=cola", "--json"],
@@ -32,9 +34,16 @@ ROW = re.compile(r"^(\w+)\s+(\w+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)$")
 
 @pytest.fixture(scope="module")
 def cli() -> dict[str, subprocess.CompletedProcess]:
-    procs = {name: subprocess.Popen([sys.executable, "-m", "lax_pretrain.params", *args], cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, args in COMMANDS.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "lax_pretrain.params", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in COMMANDS.items()
+    }
     results = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
@@ -52,7 +61,7 @@ def table_rows(stdout: str) -> list[tuple]:
 
 def total_line(stdout: str, label: str) -> int:
     line = next(line for line in stdout.splitlines() if line.startswith(label))
-    return int(line[len(label):].split()[0].replace(",", ""))
+    return int(line[len(label) :].split()[0].replace(",", ""))
 
 
 def test_json_is_one_object_matching_model_stats(cli):

@@ -42,13 +42,24 @@ def decisions(config_arg: str) -> dict[tuple[str, ...], bool]:
         names = _names(path)
         assert out.setdefault(names, decayed) == decayed, f"{names}: blocks disagree"
         # One layer's shape: a scanned stack adds the leading layers axis.
-        shape = flat_params[path].shape[1:] if "rest" in names and "scan=1" in config_arg else flat_params[path].shape
+        shape = (
+            flat_params[path].shape[1:]
+            if "rest" in names and "scan=1" in config_arg
+            else flat_params[path].shape
+        )
         if len(shape) <= 1 and names[-1] not in ("cls", "pos"):
             assert not decayed, f"{names} is 1-D per layer and decayed"
     return out
 
 
-MASK_CASES = [(p, k, c) for p in ("b16", "l16") for k in KINDS for c in ("none", "kron") if k != "dense" or c == "none"]
+# ViT-L/16 (24 blocks) takes seconds per case: part of `make test`, not of the quick loop.
+MASK_CASES = [
+    pytest.param(p, k, c, marks=[pytest.mark.slow] if p == "l16" else [])
+    for p in ("b16", "l16")
+    for k in KINDS
+    for c in ("none", "kron")
+    if k != "dense" or c == "none"
+]
 
 
 @pytest.mark.parametrize("preset,kind,lax", MASK_CASES)
@@ -73,6 +84,7 @@ def test_weight_decay_all_decays_everything():
     assert decay_mask("all") is None  # optax decays every leaf
 
 
+@pytest.mark.slow
 def test_mask_reaches_the_optimizer():
     """One AdamW step on zero gradients moves exactly the decayed parameters (by -lr * wd * p)."""
     cfg = vit_config("tiny", kind="tt", lax="kron")
@@ -83,7 +95,9 @@ def test_mask_reaches_the_optimizer():
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     mask = decay_mask("no_1d")(params)
     lr = float(schedule(0))
-    for (path, u), (_, p), (_, m) in zip(*(jax.tree_util.tree_flatten_with_path(t)[0] for t in (updates, params, mask))):
+    for (path, u), (_, p), (_, m) in zip(
+        *(jax.tree_util.tree_flatten_with_path(t)[0] for t in (updates, params, mask))
+    ):
         expected = -lr * cfg.optim.weight_decay * np.asarray(p) if m else np.zeros_like(p)
         np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-6, atol=1e-12, err_msg=str(_names(path)))
 
@@ -91,8 +105,11 @@ def test_mask_reaches_the_optimizer():
 @pytest.mark.parametrize("preset,total", [("b16", 41_447_903), ("l16", 102_100_742)])
 def test_tt_lax_vit_has_intra_on_attention(preset, total):
     cfg = from_compact("vit", f"{preset},kind=tt,lax=kron").model
-    assert {p: bool(cfg.proj[p].intra) for p in VIT_PROJ} == {**dict.fromkeys(("q", "k", "v", "o"), True),
-                                                               "fc1": False, "fc2": False}
+    assert {p: bool(cfg.proj[p].intra) for p in VIT_PROJ} == {
+        **dict.fromkeys(("q", "k", "v", "o"), True),
+        "fc1": False,
+        "fc2": False,
+    }
     assert model_stats(cfg).total_params == total
     off = from_compact("vit", f"{preset},kind=tt,lax=kron,intra=0").model
     assert not any(off.proj[p].intra for p in VIT_PROJ)
@@ -102,7 +119,9 @@ def test_tt_lax_vit_has_intra_on_attention(preset, total):
     n2, r1 = (24, 32) if preset == "b16" else (32, 32)
     assert model_stats(gated).total_params == total + cfg.num_layers * 4 * (n2 * n2 + r1 * r1)
     for kind in ("svd", "cola"):  # intra is TT's; other kinds never get it
-        assert not any(from_compact("vit", f"{preset},kind={kind},lax=kron").model.proj[p].get("intra") for p in VIT_PROJ)
+        assert not any(
+            from_compact("vit", f"{preset},kind={kind},lax=kron").model.proj[p].get("intra") for p in VIT_PROJ
+        )
 
 
 def one_block_b16(kind: str, **changes):
@@ -128,7 +147,9 @@ def test_vit_initialisers_follow_the_lax_code():
         assert np.abs(v).max() <= bound and np.abs(v).max() > 0.99 * bound, name
         assert_std(v, bound / math.sqrt(3), name)  # U(-b, b): std b / sqrt(3) = 0.0208 at 768 inputs
     assert_std(model.cls[...], 1e-6, "cls token")
-    assert_std(model.pos[...], 0.02, "position embedding")  # timm trunc_normal_(0.02) cuts at +-2 absolute: 100 sigma
+    assert_std(
+        model.pos[...], 0.02, "position embedding"
+    )  # timm trunc_normal_(0.02) cuts at +-2 absolute: 100 sigma
     block = model.blocks.first
     biases = np.concatenate([np.asarray(getattr(block, p).bias[...]) for p in VIT_PROJ])
     assert_std(biases, 1.0, "factorized-layer biases")  # torch.randn(out_dim)
@@ -139,8 +160,11 @@ def test_vit_dense_baseline_and_old_init_stay_reachable():
     dense = one_block_b16("dense")
     assert all(float(jnp.abs(getattr(dense.blocks.first, p).bias[...]).max()) == 0 for p in VIT_PROJ)
     assert_std(dense.cls[...], 1e-6, "dense cls token")  # stock timm
-    old = one_block_b16("cola", embed_init="trunc_normal", linear={**vit_config("b16", kind="cola").model.linear,
-                                                                    "bias_init": "zeros"})
+    old = one_block_b16(
+        "cola",
+        embed_init="trunc_normal",
+        linear={**vit_config("b16", kind="cola").model.linear, "bias_init": "zeros"},
+    )
     assert float(jnp.abs(old.patch_bias[...]).max()) == 0
     assert_std(old.cls[...], 0.02, "trunc-normal cls")
     assert float(jnp.abs(old.blocks.first.q.bias[...]).max()) == 0
@@ -192,10 +216,24 @@ def test_recipe_rows_name_sources():
     assert nano["train.steps"].source.startswith("ours")
 
 
+@pytest.mark.slow
 def test_params_cli_prints_the_recipe():
-    out = subprocess.run([sys.executable, "-m", "lax_pretrain.params", "--config=configs/vit.py:b16,kind=cola,lax=kron",
-                          "--recipe", "--json", "--config.optim.weight_decay=0.1"], cwd=REPO, capture_output=True,
-                         text=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lax_pretrain.params",
+            "--config=configs/vit.py:b16,kind=cola,lax=kron",
+            "--recipe",
+            "--json",
+            "--config.optim.weight_decay=0.1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     rows = {r["key"]: r for r in json.loads(out)}
     assert rows["optim.weight_decay"]["value"] == 0.1
     assert rows["optim.weight_decay"]["source"].startswith("command line (recipe: LaX ViT code")

@@ -25,6 +25,8 @@ from lax_pretrain.data.config import FASHION_MNIST_DIR
 from lax_pretrain.experiments import reproduce, runner, sweep
 from lax_pretrain.models.stats import model_stats
 
+pytestmark = pytest.mark.slow  # real (tiny) reproduction suites: `pytest -m 'not slow'` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU_SWEEP = ROOT / "configs" / "sweeps" / "cpu.py"
 TIMEOUT_S = 900

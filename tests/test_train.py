@@ -27,14 +27,15 @@ import pytest
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as cc
 
-import lax_pretrain.train.loop as loop
 import lax_pretrain.train.program as program_lib
-from lax_pretrain.config import from_compact, llama_config, vit_config
+from lax_pretrain.config import from_compact, vit_config
 from lax_pretrain.data import tfds_io
 from lax_pretrain.data.config import FASHION_MNIST_DIR
 from lax_pretrain.train import train
 from lax_pretrain.train.checkpoint import load_trained_model
 from lax_pretrain.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # end-to-end training runs: `pytest -m 'not slow'` skips them
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA_ARG = "nano,kind=cola,lax=kron"
@@ -85,8 +86,14 @@ def llama(data_dir: str, **extra):
 
 
 def cli(workdir: Path, overrides: dict) -> list[str]:
-    return [sys.executable, "-m", "lax_pretrain.train", f"--config=configs/llama.py:{LLAMA_ARG}",
-            f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+    return [
+        sys.executable,
+        "-m",
+        "lax_pretrain.train",
+        f"--config=configs/llama.py:{LLAMA_ARG}",
+        f"--workdir={workdir}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
 
 
 def subprocess_env() -> dict:
@@ -94,20 +101,24 @@ def subprocess_env() -> dict:
     # so the subprocess also finds them in this module's compilation cache.
     env = dict(os.environ, JAX_PLATFORMS=jax.default_backend(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
     if jax.config.jax_compilation_cache_dir:
-        env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     return env
 
 
 def start(workdir: Path, overrides: dict, log_path: Path) -> subprocess.Popen:
     with log_path.open("w") as log:
-        return subprocess.Popen(cli(workdir, overrides), cwd=REPO, env=subprocess_env(), stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cli(workdir, overrides), cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+        )
 
 
-def wait_for(condition, proc: subprocess.Popen, log_path: Path, what: str,
-             timeout_s: float = SUBPROCESS_TIMEOUT_S):
+def wait_for(
+    condition, proc: subprocess.Popen, log_path: Path, what: str, timeout_s: float = SUBPROCESS_TIMEOUT_S
+):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = condition()
@@ -126,8 +137,11 @@ def finalized_steps(workdir: Path) -> list[int]:
     ckpts = workdir / "checkpoints"
     if not ckpts.is_dir():
         return []
-    return sorted(int(d.name) for d in ckpts.iterdir()
-                  if d.is_dir() and d.name.isdigit() and (d / "_CHECKPOINT_METADATA").exists())
+    return sorted(
+        int(d.name)
+        for d in ckpts.iterdir()
+        if d.is_dir() and d.name.isdigit() and (d / "_CHECKPOINT_METADATA").exists()
+    )
 
 
 def train_records(workdir: Path) -> list[dict]:
@@ -183,8 +197,11 @@ def compilation_cache(tmp_path_factory):
     """Most runs here compile the same programs (same model, shapes, mesh and schedule): a persistent
     compilation cache of this module's own, shared with the subprocess runs, compiles each of them once.
     Compiled code is the same either way; the previous settings come back after the module."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     saved = {name: getattr(jax.config, name) for name in names}
     cc.reset_cache()
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
@@ -210,8 +227,10 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(data_dir):
     if not os.path.isdir(FASHION_MNIST_DIR):
-        pytest.skip(f"{FASHION_MNIST_DIR} is missing (Debian's dataset-fashion-mnist; "
-                    "scripts/install_system_data.sh installs it)")
+        pytest.skip(
+            f"{FASHION_MNIST_DIR} is missing (Debian's dataset-fashion-mnist; "
+            "scripts/install_system_data.sh installs it)"
+        )
     config = vit_config("tiny")
     config.data.data_dir = data_dir
     tfds_io.build_if_needed(config.data)  # once per session, a few seconds
@@ -315,8 +334,15 @@ def sigterm_run(data_dir, tmp_path_factory):
     checkpoints = finalized_steps(workdir)
     restored = newest_checkpoint(workdir) if checkpoints else None
     summary = train(llama(data_dir), workdir)
-    return dict(workdir=workdir, rc=proc.returncode, output=log_path.read_text(), records=records,
-                checkpoints=checkpoints, restored=restored, summary=summary)
+    return dict(
+        workdir=workdir,
+        rc=proc.returncode,
+        output=log_path.read_text(),
+        records=records,
+        checkpoints=checkpoints,
+        restored=restored,
+        summary=summary,
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(sigterm_run):
@@ -454,8 +480,14 @@ def test_wandb_offline_writes_a_run_directory(data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     workdir = tmp_path / "run"
-    config = llama(data_dir, train__steps=2, train__log_every=1, train__eval_every=2,
-                   train__checkpoint_every=2, wandb__mode="offline")
+    config = llama(
+        data_dir,
+        train__steps=2,
+        train__log_every=1,
+        train__eval_every=2,
+        train__checkpoint_every=2,
+        wandb__mode="offline",
+    )
     assert train(config, workdir)["status"] == "done"
     runs = list((workdir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((workdir / "wandb").iterdir())
@@ -470,13 +502,24 @@ def test_wandb_offline_writes_a_run_directory(data_dir, tmp_path, monkeypatch):
 
 
 def test_vit_trains_on_fashion_mnist(fashion_mnist_dir, tmp_path):
-    config = apply(vit_config("tiny", kind="cola", lax="kron"), {
-        "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.mlp_dim": 64,
-        **{f"model.proj.{p}.rank": 8 for p in ("q", "k", "v", "o", "fc1", "fc2")},
-        "data.data_dir": fashion_mnist_dir, "data.eval_batches": 2,
-        "train.steps": 4, "train.batch_size": 16, "train.log_every": 2, "train.eval_every": 4,
-        "train.checkpoint_every": 4, "wandb.mode": "disabled",
-    })
+    config = apply(
+        vit_config("tiny", kind="cola", lax="kron"),
+        {
+            "model.d_model": 32,
+            "model.num_layers": 2,
+            "model.num_heads": 2,
+            "model.mlp_dim": 64,
+            **{f"model.proj.{p}.rank": 8 for p in ("q", "k", "v", "o", "fc1", "fc2")},
+            "data.data_dir": fashion_mnist_dir,
+            "data.eval_batches": 2,
+            "train.steps": 4,
+            "train.batch_size": 16,
+            "train.log_every": 2,
+            "train.eval_every": 4,
+            "train.checkpoint_every": 4,
+            "wandb.mode": "disabled",
+        },
+    )
     workdir = tmp_path / "run"
     summary = train(config, workdir)
     assert summary["status"] == "done" and summary["step"] == 4
@@ -500,8 +543,14 @@ def test_grad_accum_matches_one_big_batch(data_dir, tmp_path):
     """Global batch 16 as one batch or as 2 micro-batches of 8 (every Shakespeare train window is full, so the
     mean of the micro-batch means is the batch mean): the same losses and, after 2 steps (warmup 1, so the
     second step updates at the peak lr), the same parameters up to float32 summation order."""
-    common = dict(train__steps=2, train__batch_size=16, train__log_every=1, train__eval_every=2,
-                  train__checkpoint_every=2, optim__warmup_steps=1)
+    common = dict(
+        train__steps=2,
+        train__batch_size=16,
+        train__log_every=1,
+        train__eval_every=2,
+        train__checkpoint_every=2,
+        optim__warmup_steps=1,
+    )
     one = train(llama(data_dir, **common), tmp_path / "one")
     two = train(llama(data_dir, train__grad_accum=2, **common), tmp_path / "two")
     rec_one, rec_two = train_records(tmp_path / "one"), train_records(tmp_path / "two")
@@ -520,14 +569,14 @@ def test_grad_accum_matches_one_big_batch(data_dir, tmp_path):
 # ---------------------------------------------------------------------------------------- pure-bf16 mode
 
 
-@pytest.mark.slow
 def test_bf16_precision_trains_close_to_fp32(data_dir, tmp_path):
     """precision=bf16 (the CoLA code's model.to(bfloat16)): bf16 parameters throughout training, a finite loss
     that falls like the fp32 run's. Measured on CPU at 40 steps: final losses within ~1% of each other."""
     common = dict(train__steps=40, train__eval_every=40, train__checkpoint_every=40, optim__warmup_steps=5)
-    fp32 = train(llama(data_dir, **common), tmp_path / "fp32")
-    bf16 = train(llama(data_dir, model__dtype="bfloat16", model__param_dtype="bfloat16", **common),
-                 tmp_path / "bf16")
+    train(llama(data_dir, **common), tmp_path / "fp32")
+    bf16 = train(
+        llama(data_dir, model__dtype="bfloat16", model__param_dtype="bfloat16", **common), tmp_path / "bf16"
+    )
     assert {leaf.dtype for leaf in jax.tree.leaves(bf16["final_params"])} == {jnp.dtype(jnp.bfloat16)}
     losses = {name: [r["loss"] for r in train_records(tmp_path / name)] for name in ("fp32", "bf16")}
     assert all(math.isfinite(v) for v in losses["bf16"])
@@ -550,15 +599,21 @@ EMPTY_DIR = "<empty dir>"
 CONFIG_ERRORS = {
     "unknown_dataset": ({"data.name": "mnist"}, ValueError, r"data\.name='mnist'"),
     "image_data_for_llama": ({"data.name": "fashion_mnist"}, ValueError, r"data\.name='fashion_mnist'"),
-    "batch_vs_grad_accum": ({"train.grad_accum": 3}, ValueError,
-                            r"train\.batch_size=8 .*train\.grad_accum=3"),
+    "batch_vs_grad_accum": (
+        {"train.grad_accum": 3},
+        ValueError,
+        r"train\.batch_size=8 .*train\.grad_accum=3",
+    ),
     "batch_vs_mesh": ({"train.batch_size": 12}, ValueError, r"train\.batch_size=12 .*data axes"),
     "bad_spec": ({"model.proj.q.rank": 0}, ValueError, r"model\.proj\.q\.rank"),
     "unknown_wandb_mode": ({"wandb.mode": "offlne"}, ValueError, r"wandb\.mode='offlne'"),
     "vocab_too_small": ({"model.vocab_size": 100}, ValueError, r"model\.vocab_size=100"),
     "zero_steps": ({"train.steps": 0}, ValueError, r"train\.steps=0"),
-    "missing_prepared_c4": ({"data.name": "c4", "data.data_dir": EMPTY_DIR}, FileNotFoundError,
-                            r"data\.name='c4'.*data\.data_dir"),
+    "missing_prepared_c4": (
+        {"data.name": "c4", "data.data_dir": EMPTY_DIR},
+        FileNotFoundError,
+        r"data\.name='c4'.*data\.data_dir",
+    ),
 }
 
 

@@ -107,7 +107,9 @@ class AdapterSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"adapter.{unknown[0]} is not an adapter-spec key (known: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"adapter.{unknown[0]} is not an adapter-spec key (known: {', '.join(sorted(known))})"
+            )
         return cls(**dict(d))
 
 
@@ -132,11 +134,15 @@ def _dotted(parts: tuple) -> str:
 def check_unrolled(model: nnx.Module) -> None:
     """Adapters replace single projections, which a scanned stack does not have."""
     cfg = getattr(model, "cfg", None)
-    scanned = any(isinstance(m, BlockStack) and m.scan and m.num_layers > 1 for _, m in nnx.iter_modules(model))
+    scanned = any(
+        isinstance(m, BlockStack) and m.scan and m.num_layers > 1 for _, m in nnx.iter_modules(model)
+    )
     if scanned or (cfg is not None and cfg.get("scan_layers", False) and cfg.get("num_layers", 1) > 1):
-        raise ValueError("model.scan_layers=True: blocks 1..L-1 are one stacked module run by nnx.scan, so its "
-                         "projections cannot be wrapped one by one; adapt a base built with model.scan_layers=False "
-                         "(a scanned checkpoint holds blocks 1..L-1 stacked on a leading axis: unstack them first)")
+        raise ValueError(
+            "model.scan_layers=True: blocks 1..L-1 are one stacked module run by nnx.scan, so its "
+            "projections cannot be wrapped one by one; adapt a base built with model.scan_layers=False "
+            "(a scanned checkpoint holds blocks 1..L-1 stacked on a leading axis: unstack them first)"
+        )
 
 
 def projections(model: nnx.Module) -> dict[str, nnx.Module]:
@@ -150,7 +156,9 @@ def projections(model: nnx.Module) -> dict[str, nnx.Module]:
 
 def adapters(model: nnx.Module) -> dict[str, LoRA | EigenLoRALinear]:
     """The model's adapter wrappers by the path of the projection they wrap."""
-    return {_dotted(parts): m for parts, m in nnx.iter_modules(model) if isinstance(m, (LoRA, EigenLoRALinear))}
+    return {
+        _dotted(parts): m for parts, m in nnx.iter_modules(model) if isinstance(m, (LoRA, EigenLoRALinear))
+    }
 
 
 def base_values_in(adapted: nnx.Module, base_params: nnx.State) -> dict[tuple, Any]:
@@ -160,7 +168,7 @@ def base_values_in(adapted: nnx.Module, base_params: nnx.State) -> dict[tuple, A
     values = {}
     for path, variable in nnx.to_flat_state(base_params):
         names = tuple(map(str, path))
-        prefix = next((len(w) for w in wrapped if names[:len(w)] == w), None)
+        prefix = next((len(w) for w in wrapped if names[: len(w)] == w), None)
         if prefix is not None:
             path = (*path[:prefix], "base", *path[prefix:])
         values[path] = variable.get_value() if isinstance(variable, nnx.Variable) else variable
@@ -198,9 +206,11 @@ def _first_blocks(selected: list[str], every: list[str]) -> dict[str, bool]:
     for role, blocks in runs.items():
         blocks = sorted(blocks)
         if blocks != list(range(blocks[0], last[role] + 1)):
-            raise ValueError(f"LaX-LoRA threads the adapter latent of {role!r} from block to block: targets must "
-                             f"select it in a contiguous run of blocks ending with the last block "
-                             f"({last[role]}), got blocks {blocks}")
+            raise ValueError(
+                f"LaX-LoRA threads the adapter latent of {role!r} from block to block: targets must "
+                f"select it in a contiguous run of blocks ending with the last block "
+                f"({last[role]}), got blocks {blocks}"
+            )
     for p in selected:
         if (rb := _block_of(p)) is not None:
             first[p] = rb[1] == min(runs[rb[0]])
@@ -218,7 +228,9 @@ def _set(model: nnx.Module, path: str, value: nnx.Module) -> None:
 def _select(model: nnx.Module, targets: str) -> tuple[dict[str, nnx.Module], dict[str, nnx.Module]]:
     check_unrolled(model)
     if adapters(model):
-        raise ValueError(f"the model already has adapters on {sorted(adapters(model))}; adapt a fresh base model")
+        raise ValueError(
+            f"the model already has adapters on {sorted(adapters(model))}; adapt a fresh base model"
+        )
     every = projections(model)
     selected = {p: m for p, m in every.items() if targets_match(targets, p)}
     if not selected:
@@ -229,8 +241,14 @@ def _select(model: nnx.Module, targets: str) -> tuple[dict[str, nnx.Module], dic
 # ----------------------------------------------------------------------------------------------- surgery
 
 
-def add_adapters(model: nnx.Module, spec: AdapterSpec, *, rngs: nnx.Rngs | None = None, basis: Basis | None = None,
-                 loadings: Loadings | None = None) -> nnx.Module:
+def add_adapters(
+    model: nnx.Module,
+    spec: AdapterSpec,
+    *,
+    rngs: nnx.Rngs | None = None,
+    basis: Basis | None = None,
+    loadings: Loadings | None = None,
+) -> nnx.Module:
     """Wraps every projection whose path matches `spec.targets` (in place) and returns the model.
 
     lora / lax_lora: fresh A (spec.init) and B = 0, so the model's outputs are unchanged.
@@ -248,15 +266,34 @@ def add_adapters(model: nnx.Module, spec: AdapterSpec, *, rngs: nnx.Rngs | None 
             loadings = zero_b_loadings(basis, spec.rank, rngs=rngs, scale=spec.init_scale)
 
         def make(p: str, base: nnx.Module) -> nnx.Module:
-            return EigenLoRALinear.from_basis(base, basis, p, spec.rank, rngs=rngs, loadings=loadings,
-                                              dropout=spec.dropout, init_scale=spec.init_scale)
+            return EigenLoRALinear.from_basis(
+                base,
+                basis,
+                p,
+                spec.rank,
+                rngs=rngs,
+                loadings=loadings,
+                dropout=spec.dropout,
+                init_scale=spec.init_scale,
+            )
     else:
         lax = spec.kind == "lax_lora"
         first = _first_blocks(list(selected), list(every)) if lax else {}
 
         def make(p: str, base: nnx.Module) -> nnx.Module:
-            return LoRA(base, spec.rank, alpha=spec.alpha, dropout=spec.dropout, lax=lax, first=first.get(p, True),
-                        gate=spec.gate, lax_latent=spec.lax_latent, init=spec.init, rngs=rngs, name=p)
+            return LoRA(
+                base,
+                spec.rank,
+                alpha=spec.alpha,
+                dropout=spec.dropout,
+                lax=lax,
+                first=first.get(p, True),
+                gate=spec.gate,
+                lax_latent=spec.lax_latent,
+                init=spec.init,
+                rngs=rngs,
+                name=p,
+            )
 
     for path, base in selected.items():
         _set(model, path, make(path, base))
@@ -278,8 +315,10 @@ def loadings_state(model: nnx.Module) -> Loadings:
     kinds = {_kind_of(m) for m in found.values()}
     if kinds != {"eigenlorax"}:
         raise ValueError(f"loadings are EigenLoRAx's: the model's adapters are {sorted(kinds)}")
-    return Loadings({p: m.delta.alpha_A[...] for p, m in found.items()},
-                    {p: m.delta.alpha_B[...] for p, m in found.items()})
+    return Loadings(
+        {p: m.delta.alpha_A[...] for p, m in found.items()},
+        {p: m.delta.alpha_B[...] for p, m in found.items()},
+    )
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -297,22 +336,26 @@ def _kind_of(wrapper: nnx.Module) -> str:
     return "lax_lora" if wrapper.lax else "lora"
 
 
-def _check_against(found: Mapping[str, nnx.Module], spec: AdapterSpec, sig: Mapping[str, tuple[int, int]],
-                   where: str) -> None:
+def _check_against(
+    found: Mapping[str, nnx.Module], spec: AdapterSpec, sig: Mapping[str, tuple[int, int]], where: str
+) -> None:
     kinds = {_kind_of(m) for m in found.values()}
     if kinds != {spec.kind}:
         raise ValueError(f"{where}: adapter kind {spec.kind!r} vs the model's adapters {sorted(kinds)}")
     missing, extra, shapes = signature_diff(sig, signature(found))
     if missing or extra or shapes:
-        raise ValueError(f"{where}: mismatched module sets: modules only in the file {missing}, only in the model "
-                         f"{extra}, (d_in, d_out) file vs model {shapes}")
+        raise ValueError(
+            f"{where}: mismatched module sets: modules only in the file {missing}, only in the model "
+            f"{extra}, (d_in, d_out) file vs model {shapes}"
+        )
     ranks = {p: m.rank for p, m in found.items() if m.rank != spec.rank}
     if ranks:
         raise ValueError(f"{where}: adapter rank {spec.rank} (spec) vs the model's adapters' ranks {ranks}")
 
 
-def save_adapter(path: str | PathLike, model: nnx.Module, spec: AdapterSpec, meta: Mapping[str, Any] | None = None
-                 ) -> None:
+def save_adapter(
+    path: str | PathLike, model: nnx.Module, spec: AdapterSpec, meta: Mapping[str, Any] | None = None
+) -> None:
     """safetensors: one tensor '<module>/<variable>' per adapter variable (LoRA: lora_a, lora_b, gate.*;
     EigenLoRAx: eigenlora.alpha_A/B and the frozen eigenlora.C_A/B, so the file stands alone); header JSON
     under 'lax_pretrain_adapter': spec, module signature, `meta` (any JSON dict: base, task, ...)."""
@@ -321,7 +364,9 @@ def save_adapter(path: str | PathLike, model: nnx.Module, spec: AdapterSpec, met
         raise ValueError("the model has no adapters to save")
     sig = signature(found)
     _check_against(found, spec, sig, "save_adapter")
-    tensors = {f"{p}/{name}": var.get_value() for p, m in found.items() for name, var in _variables(m).items()}
+    tensors = {
+        f"{p}/{name}": var.get_value() for p, m in found.items() for name, var in _variables(m).items()
+    }
     unwind = any(m.delta.unwind_shape is not None for m in found.values() if isinstance(m, EigenLoRALinear))
     save_adapter_file(path, tensors, spec=spec.to_dict(), modules=sig, unwind=unwind, meta=meta)
 
@@ -332,12 +377,21 @@ def read_adapter(path: str | PathLike) -> tuple[AdapterSpec, dict[str, Any], dic
     return AdapterSpec.from_dict(header["spec"]), header, tensors
 
 
-def _eigen_from_file(tensors: Mapping[str, np.ndarray], header: Mapping[str, Any], spec: AdapterSpec
-                     ) -> Callable[[str, nnx.Module], nnx.Module]:
+def _eigen_from_file(
+    tensors: Mapping[str, np.ndarray], header: Mapping[str, Any], spec: AdapterSpec
+) -> Callable[[str, nnx.Module], nnx.Module]:
     def make(p: str, base: nnx.Module) -> nnx.Module:
-        a_c, b_c, a_alpha, b_alpha = (tensors[f"{p}/{EIGEN_ATTR}.{n}"] for n in ("C_A", "C_B", "alpha_A", "alpha_B"))
-        delta = EigenLoRA(a_c, b_c, spec.rank, loadings=(a_alpha, b_alpha), axes=base_axes(base),
-                          unwind_shape=(base.d_in, base.d_out) if header["unwind"] else None)
+        a_c, b_c, a_alpha, b_alpha = (
+            tensors[f"{p}/{EIGEN_ATTR}.{n}"] for n in ("C_A", "C_B", "alpha_A", "alpha_B")
+        )
+        delta = EigenLoRA(
+            a_c,
+            b_c,
+            spec.rank,
+            loadings=(a_alpha, b_alpha),
+            axes=base_axes(base),
+            unwind_shape=(base.d_in, base.d_out) if header["unwind"] else None,
+        )
         return EigenLoRALinear(base, delta, dropout=spec.dropout, rngs=nnx.Rngs(0), name=p)
 
     return make
@@ -356,8 +410,10 @@ def load_adapter(path: str | PathLike, model: nnx.Module, *, rngs: nnx.Rngs | No
         selected, _ = _select(model, exact.targets)
         missing, _, shapes = signature_diff(sig, signature(selected))  # extra modules: _check_against below
         if missing or shapes:
-            raise ValueError(f"{path} does not fit this model: modules missing from the model {missing}, "
-                             f"(d_in, d_out) file vs model {shapes}")
+            raise ValueError(
+                f"{path} does not fit this model: modules missing from the model {missing}, "
+                f"(d_in, d_out) file vs model {shapes}"
+            )
         if spec.kind == "eigenlorax":
             make = _eigen_from_file(tensors, header, spec)
             for p, base in selected.items():
@@ -372,6 +428,8 @@ def load_adapter(path: str | PathLike, model: nnx.Module, *, rngs: nnx.Rngs | No
         raise ValueError(f"{path}: tensors missing from the file {missing[:8]}, not in the model {extra[:8]}")
     for name, var in expected.items():
         if tuple(tensors[name].shape) != tuple(var.shape):
-            raise ValueError(f"{path}: {name} has shape {tensors[name].shape} in the file, {var.shape} in the model")
+            raise ValueError(
+                f"{path}: {name} has shape {tensors[name].shape} in the file, {var.shape} in the model"
+            )
         var.set_value(jnp.asarray(tensors[name], var.get_value().dtype))
     return model

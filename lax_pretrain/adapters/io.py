@@ -28,11 +28,21 @@ from lax_pretrain.adapters.eigenlorax.loadings import Loadings
 from lax_pretrain.adapters.signature import Signature
 
 FORMAT_VERSION = 1
-ADAPTER_FORMAT, BASIS_FORMAT, LOADINGS_FORMAT = "lax_pretrain.adapter", "eigenlorax.basis", "eigenlorax.loadings"
-_METADATA_KEY = {ADAPTER_FORMAT: "lax_pretrain_adapter", BASIS_FORMAT: "eigenlorax", LOADINGS_FORMAT: "eigenlorax"}
+ADAPTER_FORMAT, BASIS_FORMAT, LOADINGS_FORMAT = (
+    "lax_pretrain.adapter",
+    "eigenlorax.basis",
+    "eigenlorax.loadings",
+)
+_METADATA_KEY = {
+    ADAPTER_FORMAT: "lax_pretrain_adapter",
+    BASIS_FORMAT: "eigenlorax",
+    LOADINGS_FORMAT: "eigenlorax",
+}
 
 
-def _write(path: str | PathLike, file_format: str, tensors: Mapping[str, Any], header: Mapping[str, Any]) -> None:
+def _write(
+    path: str | PathLike, file_format: str, tensors: Mapping[str, Any], header: Mapping[str, Any]
+) -> None:
     arrays = {name: np.ascontiguousarray(np.asarray(value, np.float32)) for name, value in tensors.items()}
     header = {"format": file_format, "version": FORMAT_VERSION, **header}
     save_file(arrays, str(path), metadata={_METADATA_KEY[file_format]: json.dumps(header)})
@@ -46,8 +56,10 @@ def _read(path: str | PathLike, file_format: str) -> tuple[dict[str, Any], dict[
             raise ValueError(f"{path}: no {key!r} header metadata, so not a {file_format!r} file")
         header = json.loads(raw)
         if header.get("format") != file_format or header.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: holds {header.get('format')!r} v{header.get('version')}, expected "
-                             f"{file_format!r} v{FORMAT_VERSION}")
+            raise ValueError(
+                f"{path}: holds {header.get('format')!r} v{header.get('version')}, expected "
+                f"{file_format!r} v{FORMAT_VERSION}"
+            )
         tensors = {name: f.get_tensor(name) for name in f.keys()}
     return header, tensors
 
@@ -60,11 +72,27 @@ def _floats(x: jax.Array) -> list[float]:
 # ----------------------------------------------------------------------------------------------- adapters
 
 
-def save_adapter_file(path: str | PathLike, tensors: Mapping[str, Any], *, spec: Mapping[str, Any],
-                      modules: Signature, unwind: bool, meta: Mapping[str, Any] | None = None) -> None:
+def save_adapter_file(
+    path: str | PathLike,
+    tensors: Mapping[str, Any],
+    *,
+    spec: Mapping[str, Any],
+    modules: Signature,
+    unwind: bool,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
     """The file of one model's adapters: `tensors` by '<module>/<variable>', the spec as a dict."""
-    _write(path, ADAPTER_FORMAT, tensors, {"spec": dict(spec), "modules": {p: list(s) for p, s in modules.items()},
-                                           "unwind": unwind, "meta": dict(meta or {})})
+    _write(
+        path,
+        ADAPTER_FORMAT,
+        tensors,
+        {
+            "spec": dict(spec),
+            "modules": {p: list(s) for p, s in modules.items()},
+            "unwind": unwind,
+            "meta": dict(meta or {}),
+        },
+    )
 
 
 def load_adapter_file(path: str | PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -76,16 +104,25 @@ def load_adapter_file(path: str | PathLike) -> tuple[dict[str, Any], dict[str, n
 
 
 def save_basis(path: str | PathLike, basis: Basis) -> None:
-    tensors = {f"{name}/{p}": c[p] for p in basis.modules for name, c in (("C_A", basis.C_A), ("C_B", basis.C_B))}
-    _write(path, BASIS_FORMAT, tensors, {
-        "modules": list(basis.modules),
-        "K": basis.k,
-        "rank": basis.rank,
-        "unwind": basis.unwind,
-        "model_signature": {p: list(s) for p, s in basis.model_signature.items()},
-        "n_random": {p: list(n) for p, n in basis.n_random.items()},
-        "explained_variance": {p: {"A": _floats(basis.rho_A[p]), "B": _floats(basis.rho_B[p])} for p in basis.modules},
-    })
+    tensors = {
+        f"{name}/{p}": c[p] for p in basis.modules for name, c in (("C_A", basis.C_A), ("C_B", basis.C_B))
+    }
+    _write(
+        path,
+        BASIS_FORMAT,
+        tensors,
+        {
+            "modules": list(basis.modules),
+            "K": basis.k,
+            "rank": basis.rank,
+            "unwind": basis.unwind,
+            "model_signature": {p: list(s) for p, s in basis.model_signature.items()},
+            "n_random": {p: list(n) for p, n in basis.n_random.items()},
+            "explained_variance": {
+                p: {"A": _floats(basis.rho_A[p]), "B": _floats(basis.rho_B[p])} for p in basis.modules
+            },
+        },
+    )
 
 
 def load_basis(path: str | PathLike) -> Basis:
@@ -105,17 +142,25 @@ def load_basis(path: str | PathLike) -> Basis:
 
 def save_loadings(path: str | PathLike, loadings: Loadings, meta: Mapping[str, Any] | None = None) -> None:
     """One task's loadings; `load_loadings` gives `meta` back."""
-    tensors = {f"{name}/{p}": alpha[p] for p in loadings.modules
-               for name, alpha in (("alpha_A", loadings.alpha_A), ("alpha_B", loadings.alpha_B))}
+    tensors = {
+        f"{name}/{p}": alpha[p]
+        for p in loadings.modules
+        for name, alpha in (("alpha_A", loadings.alpha_A), ("alpha_B", loadings.alpha_B))
+    }
     k, rank = next(iter(loadings.alpha_A.values())).shape
-    _write(path, LOADINGS_FORMAT, tensors,
-           {"modules": list(loadings.modules), "K": k, "rank": rank, "meta": dict(meta or {})})
+    _write(
+        path,
+        LOADINGS_FORMAT,
+        tensors,
+        {"modules": list(loadings.modules), "K": k, "rank": rank, "meta": dict(meta or {})},
+    )
 
 
 def load_loadings(path: str | PathLike) -> tuple[Loadings, dict[str, Any]]:
     """(loadings, meta) as saved by `save_loadings`."""
     header, tensors = _read(path, LOADINGS_FORMAT)
     modules = header["modules"]
-    loadings = Loadings({p: f32(tensors[f"alpha_A/{p}"]) for p in modules},
-                        {p: f32(tensors[f"alpha_B/{p}"]) for p in modules})
+    loadings = Loadings(
+        {p: f32(tensors[f"alpha_A/{p}"]) for p in modules}, {p: f32(tensors[f"alpha_B/{p}"]) for p in modules}
+    )
     return loadings, header["meta"]

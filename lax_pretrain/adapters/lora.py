@@ -80,10 +80,22 @@ class LoRA(nnx.Module):
     axes: logical names of (d_in, d_out) for A and B (default: those of the base's parameters).
     """
 
-    def __init__(self, base: nnx.Module, rank: int, *, alpha: float | None = None, dropout: float = 0.0,
-                 lax: bool = False, first: bool = True, gate: str = "identity", lax_latent: str = "own",
-                 init: str = "kaiming_uniform", axes: tuple[str | None, str | None] | None = None,
-                 rngs: nnx.Rngs, name: str = "lora"):
+    def __init__(
+        self,
+        base: nnx.Module,
+        rank: int,
+        *,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        lax: bool = False,
+        first: bool = True,
+        gate: str = "identity",
+        lax_latent: str = "own",
+        init: str = "kaiming_uniform",
+        axes: tuple[str | None, str | None] | None = None,
+        rngs: nnx.Rngs,
+        name: str = "lora",
+    ):
         check_base(base)
         if int(rank) < 1:
             raise ValueError(f"{name}: LoRA rank must be >= 1, got {rank}")
@@ -130,8 +142,10 @@ class LoRA(nnx.Module):
         if not isinstance(latent_in, dict) or "lora" not in latent_in:
             if self.first:  # an unadapted previous block handed on its base latent only
                 return latent_in, None
-            raise ValueError(f"{self.name}: LaX-LoRA needs latent_in = {{'base': ..., 'lora': h}} from the same "
-                             f"projection of the previous block, got {type(latent_in).__name__}")
+            raise ValueError(
+                f"{self.name}: LaX-LoRA needs latent_in = {{'base': ..., 'lora': h}} from the same "
+                f"projection of the previous block, got {type(latent_in).__name__}"
+            )
         return latent_in["base"], latent_in["lora"]
 
     def __call__(self, x: jax.Array, latent_in: Any = None) -> tuple[jax.Array, Any]:
@@ -156,8 +170,10 @@ class LoRA(nnx.Module):
     def merge(self) -> jax.Array:
         """The dense (d_in, d_out) kernel W + s A B of base + adapter (bias excluded), for export."""
         if self.crossed:
-            raise ValueError(f"{self.name}: a LaX-LoRA block adds the previous block's adapter latent, which "
-                             "depends on the previous block's input; it has no single merged kernel")
+            raise ValueError(
+                f"{self.name}: a LaX-LoRA block adds the previous block's adapter latent, which "
+                "depends on the previous block's input; it has no single merged kernel"
+            )
         return merged_kernel(self.base, *self.factors(), "a LoRA")
 
     @property
@@ -165,4 +181,3 @@ class LoRA(nnx.Module):
         """Trainable adapter parameters (A, B, gate); the base is frozen and not counted."""
         gate = self.gate.param_count if self.gate is not None else 0
         return self.rank * (self.d_in + self.d_out) + gate
-

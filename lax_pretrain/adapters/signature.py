@@ -39,13 +39,17 @@ def adapter_signature(adapter: Adapter) -> dict[str, tuple[int, int]]:
     return sig
 
 
-def signature_diff(expected: Signature, got: Signature
-                   ) -> tuple[list[str], list[str], dict[str, tuple[tuple[int, int], tuple[int, int]]]]:
+def signature_diff(
+    expected: Signature, got: Signature
+) -> tuple[list[str], list[str], dict[str, tuple[tuple[int, int], tuple[int, int]]]]:
     """(paths only in `expected`, paths only in `got`, {path: (expected, got) (d_in, d_out)} where they differ)."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
-    shapes = {p: (tuple(expected[p]), tuple(got[p])) for p in expected
-              if p in got and tuple(expected[p]) != tuple(got[p])}
+    shapes = {
+        p: (tuple(expected[p]), tuple(got[p]))
+        for p in expected
+        if p in got and tuple(expected[p]) != tuple(got[p])
+    }
     return missing, extra, shapes
 
 
@@ -53,5 +57,7 @@ def check_signature(expected: Signature, got: Signature, context: str) -> None:
     """Raise ValueError (prefixed by `context`) unless the two signatures are equal."""
     missing, extra, shapes = signature_diff(expected, got)
     if missing or extra or shapes:
-        raise ValueError(f"{context}: missing modules {missing}, unexpected modules {extra}, "
-                         f"(d_in, d_out) expected vs got {shapes}")
+        raise ValueError(
+            f"{context}: missing modules {missing}, unexpected modules {extra}, "
+            f"(d_in, d_out) expected vs got {shapes}"
+        )

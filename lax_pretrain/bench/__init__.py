@@ -54,8 +54,16 @@ def tiny_settings() -> dict[str, dict[str, Any]]:
     }
 
 
-def run(suites: Iterable[str], out_dir: str | Path, *, tiny: bool = False, dtype: str = "float32",
-        command: str = "", settings: dict[str, dict[str, Any]] | None = None, log=print) -> tuple[Path, Path]:
+def run(
+    suites: Iterable[str],
+    out_dir: str | Path,
+    *,
+    tiny: bool = False,
+    dtype: str = "float32",
+    command: str = "",
+    settings: dict[str, dict[str, Any]] | None = None,
+    log=print,
+) -> tuple[Path, Path]:
     """Runs `suites` in order, writing OUT/bench.json and bench.md after each; returns their paths.
 
     settings: per-suite keyword overrides of `run_layers` / `run_models` / `run_memory`."""
@@ -80,5 +88,15 @@ def run(suites: Iterable[str], out_dir: str | Path, *, tiny: bool = False, dtype
     return paths
 
 
-__all__ = ["SUITES", "fast_compile", "layers", "machine_info", "memory", "models", "report", "run", "timing",
-           "tiny_settings"]
+__all__ = [
+    "SUITES",
+    "fast_compile",
+    "layers",
+    "machine_info",
+    "memory",
+    "models",
+    "report",
+    "run",
+    "timing",
+    "tiny_settings",
+]

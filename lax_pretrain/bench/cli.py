@@ -37,23 +37,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (layers 5, models 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls before timing (1)")
-    p.add_argument("--min_sample_s", type=float, default=None,
-                   help="calls per timed sample last at least this")
-    p.add_argument("--widths", default=None, help="layers: comma-separated widths (CPU 512,1024,2048; "
-                                                  "accelerators also 4096)")
+    p.add_argument(
+        "--min_sample_s", type=float, default=None, help="calls per timed sample last at least this"
+    )
+    p.add_argument(
+        "--widths",
+        default=None,
+        help="layers: comma-separated widths (CPU 512,1024,2048; accelerators also 4096)",
+    )
     p.add_argument("--tokens", type=int, default=None, help="layers: tokens per call (1024)")
-    p.add_argument("--cases", default=None, help="models: FAMILY:PRESET:BATCH[xSEQ],... e.g. "
-                                                 "llama:nano:8x256,llama:60m:2x256,vit:tiny:32")
+    p.add_argument(
+        "--cases",
+        default=None,
+        help="models: FAMILY:PRESET:BATCH[xSEQ],... e.g. llama:nano:8x256,llama:60m:2x256,vit:tiny:32",
+    )
     p.add_argument("--memory_presets", default=None, help="memory: LLaMA presets (60m,130m)")
     p.add_argument("--memory_batch", type=int, default=None, help="memory: per-device batch (16)")
     p.add_argument("--memory_seq", type=int, default=None, help="memory: sequence length (256)")
-    p.add_argument("--memory_variants", default=None, help="memory: KIND:CROSSING:REMAT,... (default "
-                                                           "dense, cola, cola+cola_m, cola+full)")
-    p.add_argument("--memory_precisions", default=None,
-                   help="memory: fp32,bf16 (default fp32; bf16 = the CoLA code's pure-bf16 parameters and "
-                        "moments)")
-    p.add_argument("--cpu_drop_remat", action="store_true",
-                   help="memory: compile as XLA:CPU does by default (which drops remat)")
+    p.add_argument(
+        "--memory_variants",
+        default=None,
+        help="memory: KIND:CROSSING:REMAT,... (default dense, cola, cola+cola_m, cola+full)",
+    )
+    p.add_argument(
+        "--memory_precisions",
+        default=None,
+        help="memory: fp32,bf16 (default fp32; bf16 = the CoLA code's pure-bf16 parameters and moments)",
+    )
+    p.add_argument(
+        "--cpu_drop_remat",
+        action="store_true",
+        help="memory: compile as XLA:CPU does by default (which drops remat)",
+    )
     p.add_argument("--verbose", action="store_true", help="show the full traceback of a configuration error")
     return p
 
@@ -92,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(x) for x in given)
     try:
-        json_path, md_path = bench.run(suites, out, tiny=a.tiny, dtype=a.dtype, command=command.strip(),
-                                       settings=_settings(a))
+        json_path, md_path = bench.run(
+            suites, out, tiny=a.tiny, dtype=a.dtype, command=command.strip(), settings=_settings(a)
+        )
     except ValueError as e:
         if a.verbose:
             raise

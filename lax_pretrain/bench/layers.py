@@ -24,8 +24,7 @@ import numpy as np
 from flax import nnx
 
 from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
-from lax_pretrain.layers import tt_shape
-from lax_pretrain.layers import make_linear
+from lax_pretrain.layers import make_linear, tt_shape
 from lax_pretrain.models.projections import dtype_of
 
 CROSSINGS = ("none", "identity", "kron", "dense")
@@ -53,8 +52,9 @@ def default_widths() -> tuple[int, ...]:
     return ACCELERATOR_WIDTHS if on_accelerator() else CPU_WIDTHS
 
 
-def layer_spec(kind: str, d: int, *, crossing: str = "none", tt_order: str | None = None,
-               rank: int | None = None) -> dict[str, Any]:
+def layer_spec(
+    kind: str, d: int, *, crossing: str = "none", tt_order: str | None = None, rank: int | None = None
+) -> dict[str, Any]:
     """The spec of a square d -> d projection of `kind` at rank d/4 (or `rank`)."""
     r = rank if rank is not None else max(d // 4, 1)
     if kind == "dense":
@@ -63,30 +63,51 @@ def layer_spec(kind: str, d: int, *, crossing: str = "none", tt_order: str | Non
         return {"kind": kind, "rank": r, "crossing": crossing}
     if kind == "tt":
         in_modes, out_modes, ranks = tt_shape(d, d, r)
-        return {"kind": "tt", "tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes),
-                "tt_ranks": list(ranks), "crossing": crossing, "tt_order": tt_order or "factor_first"}
+        return {
+            "kind": "tt",
+            "tt_in_modes": list(in_modes),
+            "tt_out_modes": list(out_modes),
+            "tt_ranks": list(ranks),
+            "crossing": crossing,
+            "tt_order": tt_order or "factor_first",
+        }
     raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def layer_variants(d: int, *, crossings: tuple[str, ...] = CROSSINGS, kinds: tuple[str, ...] = KINDS,
-                   tt_orders: tuple[str, ...] = TT_ORDERS) -> list[LayerVariant]:
+def layer_variants(
+    d: int,
+    *,
+    crossings: tuple[str, ...] = CROSSINGS,
+    kinds: tuple[str, ...] = KINDS,
+    tt_orders: tuple[str, ...] = TT_ORDERS,
+) -> list[LayerVariant]:
     out = []
     for kind in kinds:
         if kind == "dense":
             out.append(LayerVariant("dense", "dense", "none", None, layer_spec("dense", d)))
             continue
-        for order in (tt_orders if kind == "tt" else (None,)):
+        for order in tt_orders if kind == "tt" else (None,):
             stem = f"tt/{order}" if kind == "tt" else kind
             for crossing in crossings:
                 name = stem if crossing == "none" else f"{stem}+{crossing}"
-                out.append(LayerVariant(name, kind, crossing, order,
-                                        layer_spec(kind, d, crossing=crossing, tt_order=order)))
+                out.append(
+                    LayerVariant(
+                        name, kind, crossing, order, layer_spec(kind, d, crossing=crossing, tt_order=order)
+                    )
+                )
     return out
 
 
 def build_layer(d: int, variant: LayerVariant, *, dtype: str = "float32", seed: int = 0):
-    return make_linear(d, d, variant.spec, rngs=nnx.Rngs(seed), axes=("embed", "mlp"), dtype=dtype_of(dtype, "dtype"),
-                       name=f"bench.{variant.name}")
+    return make_linear(
+        d,
+        d,
+        variant.spec,
+        rngs=nnx.Rngs(seed),
+        axes=("embed", "mlp"),
+        dtype=dtype_of(dtype, "dtype"),
+        name=f"bench.{variant.name}",
+    )
 
 
 def fwd_bwd(layer) -> tuple[Any, Any]:
@@ -113,10 +134,20 @@ def _inputs(d: int, latent: int | None, tokens: int, dtype: str, seed: int):
     return x, lat, dy
 
 
-def run_layers(*, widths: tuple[int, ...] | None = None, tokens: int = 1024, repeats: int = 5, warmup: int = 1,
-               min_sample_s: float = 0.05, dtype: str = "float32", crossings: tuple[str, ...] = CROSSINGS,
-               kinds: tuple[str, ...] = KINDS, tt_orders: tuple[str, ...] = TT_ORDERS, seed: int = 0,
-               log=print) -> dict[str, Any]:
+def run_layers(
+    *,
+    widths: tuple[int, ...] | None = None,
+    tokens: int = 1024,
+    repeats: int = 5,
+    warmup: int = 1,
+    min_sample_s: float = 0.05,
+    dtype: str = "float32",
+    crossings: tuple[str, ...] = CROSSINGS,
+    kinds: tuple[str, ...] = KINDS,
+    tt_orders: tuple[str, ...] = TT_ORDERS,
+    seed: int = 0,
+    log=print,
+) -> dict[str, Any]:
     """Runs the suite; returns the JSON-ready result {'suite', 'settings', 'rows', 'load'}."""
     widths = tuple(widths or default_widths())
     rows: list[dict[str, Any]] = []
@@ -132,7 +163,7 @@ def run_layers(*, widths: tuple[int, ...] | None = None, tokens: int = 1024, rep
             t0 = time.perf_counter()
             compiled = fn.lower(state, x, lat, dy).compile()
             compile_s = time.perf_counter() - t0
-            fns[v.name] = (lambda c=compiled, s=state, x=x, lat=lat, dy=dy: c(s, x, lat, dy))
+            fns[v.name] = lambda c=compiled, s=state, x=x, lat=lat, dy=dy: c(s, x, lat, dy)
             meta[v.name] = dict(variant=v, layer=layer, compile_s=compile_s)
         log(f"[layers] d={d}: {len(fns)} variants compiled, timing {repeats} rounds of {tokens} tokens")
         stats = time_interleaved(fns, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
@@ -141,10 +172,18 @@ def run_layers(*, widths: tuple[int, ...] | None = None, tokens: int = 1024, rep
             v, layer = meta[name]["variant"], meta[name]["layer"]
             flops = int(layer.flops_per_token)
             row = {
-                "width": d, "name": name, "kind": v.kind, "crossing": v.crossing, "tt_order": v.tt_order,
-                "latent_dim": layer.spec.latent_dim, "params": int(layer.param_count),
-                "flops_per_token": flops, "train_flops_per_token": 3 * flops, "tokens": tokens,
-                "time_per_token_s": st.median / tokens, "time_per_call": st.to_json(),
+                "width": d,
+                "name": name,
+                "kind": v.kind,
+                "crossing": v.crossing,
+                "tt_order": v.tt_order,
+                "latent_dim": layer.spec.latent_dim,
+                "params": int(layer.param_count),
+                "flops_per_token": flops,
+                "train_flops_per_token": 3 * flops,
+                "tokens": tokens,
+                "time_per_token_s": st.median / tokens,
+                "time_per_call": st.to_json(),
                 "gflops_per_s": 3 * flops * tokens / st.median / 1e9,
                 "compile_s": meta[name]["compile_s"],
             }
@@ -159,15 +198,24 @@ def run_layers(*, widths: tuple[int, ...] | None = None, tokens: int = 1024, rep
             base = by_name.get(r["name"].split("+")[0])
             if r["crossing"] != "none" and base is not None:
                 r["lax_overhead"] = r["time_per_token_s"] / base["time_per_token_s"] - 1.0
-        log("[layers] d=%d done: %s" % (d, ", ".join(f"{n} {r['time_per_token_s'] * 1e9:.1f}ns"
-                                                     for n, r in by_name.items())))
+        done = ", ".join(f"{n} {r['time_per_token_s'] * 1e9:.1f}ns" for n, r in by_name.items())
+        log(f"[layers] d={d} done: {done}")
     return {
         "suite": "layers",
-        "settings": dict(widths=list(widths), tokens=tokens, repeats=repeats, warmup=warmup,
-                         min_sample_s=min_sample_s, dtype=dtype, crossings=list(crossings), kinds=list(kinds),
-                         tt_orders=list(tt_orders), rank_rule="r = d/4 (svd, cola); tt_shape(d, d, d/4) (tt)",
-                         unit="forward+backward (jax.vjp) of one d->d projection, grads of params, input and "
-                              "incoming latent"),
+        "settings": dict(
+            widths=list(widths),
+            tokens=tokens,
+            repeats=repeats,
+            warmup=warmup,
+            min_sample_s=min_sample_s,
+            dtype=dtype,
+            crossings=list(crossings),
+            kinds=list(kinds),
+            tt_orders=list(tt_orders),
+            rank_rule="r = d/4 (svd, cola); tt_shape(d, d, d/4) (tt)",
+            unit="forward+backward (jax.vjp) of one d->d projection, grads of params, input and "
+            "incoming latent",
+        ),
         "load": {"before": load_before, "after": loadavg()},
         "rows": rows,
     }

@@ -30,8 +30,12 @@ from lax_pretrain.bench.timing import loadavg
 from lax_pretrain.models.stats import model_stats
 
 # (kind, crossing, remat)
-MEMORY_VARIANTS = (("dense", "none", "none"), ("cola", "none", "none"), ("cola", "none", "cola_m"),
-                   ("cola", "none", "full"))
+MEMORY_VARIANTS = (
+    ("dense", "none", "none"),
+    ("cola", "none", "none"),
+    ("cola", "none", "cola_m"),
+    ("cola", "none", "full"),
+)
 EXTRA_VARIANTS = (("dense", "none", "full"), ("cola", "kron", "none"), ("cola", "kron", "cola_m"))
 
 
@@ -58,8 +62,9 @@ def compiler_options(keep_remat_on_cpu: bool = True) -> dict[str, str]:
     return dict(CPU_KEEP_REMAT) if keep_remat_on_cpu and jax.default_backend() == "cpu" else {}
 
 
-def compiled_memory(config, batch_size: int, seq_len: int, *, options: dict | None = None
-                    ) -> tuple[dict[str, int], float]:
+def compiled_memory(
+    config, batch_size: int, seq_len: int, *, options: dict | None = None
+) -> tuple[dict[str, int], float]:
     """({temp, argument, output, alias, generated_code, total, peak_estimate} bytes, compile seconds)."""
     lowered = step_program(config, batch_size, seq_len, abstract=True).lower_train_step()
     t0 = time.perf_counter()
@@ -68,9 +73,13 @@ def compiled_memory(config, batch_size: int, seq_len: int, *, options: dict | No
     ma = compiled.memory_analysis()
     if ma is None:
         raise RuntimeError(f"{jax.default_backend()} gives no memory_analysis() for compiled programs")
-    m = {"temp": int(ma.temp_size_in_bytes), "argument": int(ma.argument_size_in_bytes),
-         "output": int(ma.output_size_in_bytes), "alias": int(ma.alias_size_in_bytes),
-         "generated_code": int(ma.generated_code_size_in_bytes)}
+    m = {
+        "temp": int(ma.temp_size_in_bytes),
+        "argument": int(ma.argument_size_in_bytes),
+        "output": int(ma.output_size_in_bytes),
+        "alias": int(ma.alias_size_in_bytes),
+        "generated_code": int(ma.generated_code_size_in_bytes),
+    }
     m["total"] = m["temp"] + m["argument"] + m["output"]
     m["peak_estimate"] = m["total"] - m["alias"]
     return m, compile_s
@@ -83,9 +92,18 @@ def _twin(rows: list[dict], r: dict, **fields) -> dict | None:
     return next((x for x in rows if all(x[k] == v for k, v in want.items())), None)
 
 
-def run_memory(*, presets: tuple[str, ...] = ("60m", "130m"), batch_size: int = 16, seq_len: int = 256,
-               variants=MEMORY_VARIANTS, dtype: str = "float32", precisions: tuple[str, ...] = ("fp32",),
-               tiny: bool = False, keep_remat_on_cpu: bool = True, log=print) -> dict[str, Any]:
+def run_memory(
+    *,
+    presets: tuple[str, ...] = ("60m", "130m"),
+    batch_size: int = 16,
+    seq_len: int = 256,
+    variants=MEMORY_VARIANTS,
+    dtype: str = "float32",
+    precisions: tuple[str, ...] = ("fp32",),
+    tiny: bool = False,
+    keep_remat_on_cpu: bool = True,
+    log=print,
+) -> dict[str, Any]:
     """Compiles every (preset, variant, precision); returns the JSON-ready result {'suite', 'settings', 'rows',
     'load'}. precision 'bf16' is the CoLA code's pure-bf16 mode (bf16 parameters, gradients and moments)."""
     shrink = TINY if tiny else None
@@ -97,20 +115,45 @@ def run_memory(*, presets: tuple[str, ...] = ("60m", "130m"), batch_size: int = 
             for kind, crossing, remat in variants:
                 name = memory_variant_name(kind, crossing, remat) + (" bf16" if precision == "bf16" else "")
                 compute = "bfloat16" if precision == "bf16" else dtype
-                config = model_config("llama", preset, kind, crossing, dtype=compute,
-                                      extra=dict(remat=remat, precision=precision), shrink=shrink)
+                config = model_config(
+                    "llama",
+                    preset,
+                    kind,
+                    crossing,
+                    dtype=compute,
+                    extra=dict(remat=remat, precision=precision),
+                    shrink=shrink,
+                )
                 stats = model_stats(config.model, seq_len)
                 mem, compile_s = compiled_memory(config, batch_size, seq_len, options=options)
-                rows.append({"preset": preset, "shrunk": bool(shrink), "name": name, "kind": kind,
-                             "crossing": crossing, "remat": remat, "dtype": compute, "precision": precision,
-                             "batch_size": batch_size, "seq_len": seq_len, "params": stats.total_params,
-                             "non_embedding_params": stats.non_embedding_params, "bytes": mem,
-                             "compile_s": compile_s})
-                log(f"[memory] {preset} {name}: temp {mem['temp'] / 2**20:.1f} MiB, argument "
+                rows.append(
+                    {
+                        "preset": preset,
+                        "shrunk": bool(shrink),
+                        "name": name,
+                        "kind": kind,
+                        "crossing": crossing,
+                        "remat": remat,
+                        "dtype": compute,
+                        "precision": precision,
+                        "batch_size": batch_size,
+                        "seq_len": seq_len,
+                        "params": stats.total_params,
+                        "non_embedding_params": stats.non_embedding_params,
+                        "bytes": mem,
+                        "compile_s": compile_s,
+                    }
+                )
+                log(
+                    f"[memory] {preset} {name}: temp {mem['temp'] / 2**20:.1f} MiB, argument "
                     f"{mem['argument'] / 2**20:.1f} MiB, output {mem['output'] / 2**20:.1f} MiB "
-                    f"(compiled in {compile_s:.1f}s)")
+                    f"(compiled in {compile_s:.1f}s)"
+                )
     for r in rows:
-        no_remat, dense = _twin(rows, r, remat="none"), _twin(rows, r, kind="dense", crossing="none", remat="none")
+        no_remat, dense = (
+            _twin(rows, r, remat="none"),
+            _twin(rows, r, kind="dense", crossing="none", remat="none"),
+        )
         if r["remat"] != "none" and no_remat:
             r["temp_reduction_vs_no_remat"] = no_remat["bytes"]["temp"] / max(r["bytes"]["temp"], 1)
         if dense:
@@ -122,12 +165,18 @@ def run_memory(*, presets: tuple[str, ...] = ("60m", "130m"), batch_size: int = 
             r["argument_ratio_vs_fp32"] = r["bytes"]["argument"] / max(fp32["bytes"]["argument"], 1)
     return {
         "suite": "memory",
-        "settings": dict(presets=list(presets), batch_size=batch_size, seq_len=seq_len, dtype=dtype,
-                         precisions=list(precisions),
-                         variants=[memory_variant_name(*v) for v in variants], shrunk=shrink,
-                         compiler_options=options,
-                         unit="bytes per device from compiled.memory_analysis() of the jitted train step "
-                              "(compile only), batch_size per device"),
+        "settings": dict(
+            presets=list(presets),
+            batch_size=batch_size,
+            seq_len=seq_len,
+            dtype=dtype,
+            precisions=list(precisions),
+            variants=[memory_variant_name(*v) for v in variants],
+            shrunk=shrink,
+            compiler_options=options,
+            unit="bytes per device from compiled.memory_analysis() of the jitted train step "
+            "(compile only), batch_size per device",
+        ),
         "load": {"before": load_before, "after": loadavg()},
         "rows": rows,
     }

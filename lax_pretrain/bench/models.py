@@ -33,8 +33,15 @@ from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.program import Program, build_program
 
 # (kind, crossing): every kind, low-rank ones with and without LaX (kron).
-MODEL_VARIANTS = (("dense", "none"), ("svd", "none"), ("svd", "kron"), ("cola", "none"), ("cola", "kron"),
-                  ("tt", "none"), ("tt", "kron"))
+MODEL_VARIANTS = (
+    ("dense", "none"),
+    ("svd", "none"),
+    ("svd", "kron"),
+    ("cola", "none"),
+    ("cola", "kron"),
+    ("tt", "none"),
+    ("tt", "kron"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +57,11 @@ class Case:
     @property
     def label(self) -> str:
         tag = "" if not self.shrink else "-shrunk"
-        shape = f"{self.batch_size}x{self.seq_len}" if get_task(self.family).counts_tokens else f"{self.batch_size}"
+        shape = (
+            f"{self.batch_size}x{self.seq_len}"
+            if get_task(self.family).counts_tokens
+            else f"{self.batch_size}"
+        )
         return f"{self.family}-{self.preset}{tag} (batch {shape})"
 
 
@@ -58,8 +69,13 @@ def default_cases(tiny: bool = False) -> list[Case]:
     if tiny:
         return [Case("llama", "nano", 2, 32, shrink=TINY)]
     if on_accelerator():
-        return [Case("llama", "nano", 64, 256), Case("llama", "60m", 64, 256), Case("llama", "130m", 32, 256),
-                Case("vit", "tiny", 512), Case("vit", "s16", 128)]
+        return [
+            Case("llama", "nano", 64, 256),
+            Case("llama", "60m", 64, 256),
+            Case("llama", "130m", 32, 256),
+            Case("vit", "tiny", 512),
+            Case("vit", "s16", 128),
+        ]
     return [Case("llama", "nano", 8, 256), Case("llama", "60m", 2, 256), Case("vit", "tiny", 32)]
 
 
@@ -72,7 +88,9 @@ def parse_cases(text: str) -> list[Case]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         parts = item.split(":")
         if len(parts) != 3 or parts[0] not in TASKS:
-            raise ValueError(f"case {item!r}: expected FAMILY:PRESET:BATCH[xSEQ] with FAMILY one of {', '.join(TASKS)}")
+            raise ValueError(
+                f"case {item!r}: expected FAMILY:PRESET:BATCH[xSEQ] with FAMILY one of {', '.join(TASKS)}"
+            )
         batch, _, seq = parts[2].partition("x")
         cases.append(Case(parts[0], parts[1], int(batch), int(seq) if seq else 256))
     return cases
@@ -93,8 +111,16 @@ def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank:
     return config
 
 
-def model_config(family: str, preset: str, kind: str, crossing: str, *, dtype: str = "float32",
-                 extra: dict | None = None, shrink: dict | None = None):
+def model_config(
+    family: str,
+    preset: str,
+    kind: str,
+    crossing: str,
+    *,
+    dtype: str = "float32",
+    extra: dict | None = None,
+    shrink: dict | None = None,
+):
     """The recipe config of one variant (`lax_pretrain.config.RECIPES`, extra keywords of the compact grammar
     in `extra`), optionally shrunk."""
     options = dict(kind=kind, lax=crossing, dtype=dtype, **(extra or {}))
@@ -119,17 +145,32 @@ class _Stepper:
 
     def __init__(self, compiled, trainable, opt_state, frozen, batch):
         self.compiled, self.trainable, self.opt_state, self.frozen, self.batch = (
-            compiled, trainable, opt_state, frozen, batch)
+            compiled,
+            trainable,
+            opt_state,
+            frozen,
+            batch,
+        )
         self.index = jnp.zeros((), jnp.int32)
 
     def __call__(self):
-        self.trainable, self.opt_state, metrics = self.compiled(self.trainable, self.opt_state, self.frozen,
-                                                                self.batch, self.index)
+        self.trainable, self.opt_state, metrics = self.compiled(
+            self.trainable, self.opt_state, self.frozen, self.batch, self.index
+        )
         return self.trainable, metrics
 
 
-def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: int = 1, min_sample_s: float = 0.0,
-             dtype: str = "float32", seed: int = 0, log=print) -> list[dict[str, Any]]:
+def run_case(
+    case: Case,
+    *,
+    variants=MODEL_VARIANTS,
+    repeats: int = 3,
+    warmup: int = 1,
+    min_sample_s: float = 0.0,
+    dtype: str = "float32",
+    seed: int = 0,
+    log=print,
+) -> list[dict[str, Any]]:
     peak, device_kind = device_peak_flops()
     n_dev = 1  # one device runs the step (no mesh): per-device numbers
     steppers, meta = {}, {}
@@ -138,8 +179,9 @@ def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: i
         config = model_config(case.family, case.preset, kind, crossing, dtype=dtype, shrink=case.shrink)
         stats = model_stats(config.model, case.seq_len)
         program = step_program(config, case.batch_size, case.seq_len, seed=seed)
-        batch = jax.device_put(program.task.batch(config.model, case.batch_size, case.seq_len, seed),
-                               program.batch_shardings)
+        batch = jax.device_put(
+            program.task.batch(config.model, case.batch_size, case.seq_len, seed), program.batch_shardings
+        )
         t0 = time.perf_counter()
         compiled = program.lower_train_step().compile()
         compile_s = time.perf_counter() - t0
@@ -154,20 +196,35 @@ def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: i
         examples_per_s = case.batch_size / st.median
         tokens_per_s = examples_per_s * tokens_per_example
         tflops = stats.train_flops_per_token * tokens_per_s / 1e12
-        rows.append({
-            "case": case.label, "family": case.family, "preset": case.preset, "shrunk": bool(case.shrink),
-            "name": name, "kind": m["kind"], "crossing": m["crossing"], "dtype": dtype,
-            "batch_size": case.batch_size, "tokens_per_example": tokens_per_example,
-            "params": stats.total_params, "non_embedding_params": stats.non_embedding_params,
-            "lax_params": stats.lax_params, "flops_per_token": stats.flops_per_token,
-            "train_flops_per_token": stats.train_flops_per_token,
-            "train_flops_per_step": stats.train_flops_per_token * tokens_per_example * case.batch_size,
-            "step_time": st.to_json(), "step_time_s": st.median,
-            "tokens_per_s": tokens_per_s, "images_per_s": None if get_task(case.family).counts_tokens else examples_per_s,
-            "tflops_per_s": tflops,
-            "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
-            "peak_flops": peak, "device_kind": device_kind, "compile_s": m["compile_s"],
-        })
+        rows.append(
+            {
+                "case": case.label,
+                "family": case.family,
+                "preset": case.preset,
+                "shrunk": bool(case.shrink),
+                "name": name,
+                "kind": m["kind"],
+                "crossing": m["crossing"],
+                "dtype": dtype,
+                "batch_size": case.batch_size,
+                "tokens_per_example": tokens_per_example,
+                "params": stats.total_params,
+                "non_embedding_params": stats.non_embedding_params,
+                "lax_params": stats.lax_params,
+                "flops_per_token": stats.flops_per_token,
+                "train_flops_per_token": stats.train_flops_per_token,
+                "train_flops_per_step": stats.train_flops_per_token * tokens_per_example * case.batch_size,
+                "step_time": st.to_json(),
+                "step_time_s": st.median,
+                "tokens_per_s": tokens_per_s,
+                "images_per_s": None if get_task(case.family).counts_tokens else examples_per_s,
+                "tflops_per_s": tflops,
+                "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
+                "peak_flops": peak,
+                "device_kind": device_kind,
+                "compile_s": m["compile_s"],
+            }
+        )
     by_name = {r["name"]: r for r in rows}
     for r in rows:
         dense = by_name.get("dense")
@@ -184,30 +241,57 @@ def run_case(case: Case, *, variants=MODEL_VARIANTS, repeats: int = 3, warmup: i
     return rows
 
 
-def run_models(*, cases: list[Case] | None = None, variants=MODEL_VARIANTS, repeats: int = 3, warmup: int = 1,
-               min_sample_s: float = 0.0, dtype: str = "float32", seed: int = 0, tiny: bool = False,
-               log=print) -> dict[str, Any]:
+def run_models(
+    *,
+    cases: list[Case] | None = None,
+    variants=MODEL_VARIANTS,
+    repeats: int = 3,
+    warmup: int = 1,
+    min_sample_s: float = 0.0,
+    dtype: str = "float32",
+    seed: int = 0,
+    tiny: bool = False,
+    log=print,
+) -> dict[str, Any]:
     """Runs every case; returns the JSON-ready result {'suite', 'settings', 'rows', 'notes', 'load'}."""
     cases = cases if cases is not None else default_cases(tiny)
     load_before = loadavg()
     rows = []
     for case in cases:
-        rows += run_case(case, variants=variants, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s,
-                         dtype=dtype, seed=seed, log=log)
+        rows += run_case(
+            case,
+            variants=variants,
+            repeats=repeats,
+            warmup=warmup,
+            min_sample_s=min_sample_s,
+            dtype=dtype,
+            seed=seed,
+            log=log,
+        )
     peak, device_kind = device_peak_flops()
     notes = []
     if peak is None:
-        notes.append(f"MFU omitted: no peak FLOP/s known for device kind {device_kind!r} "
-                     "(lax_pretrain.train.mfu.PEAK_BF16_FLOPS; CPUs have none).")
+        notes.append(
+            f"MFU omitted: no peak FLOP/s known for device kind {device_kind!r} "
+            "(lax_pretrain.train.mfu.PEAK_BF16_FLOPS; CPUs have none)."
+        )
     elif dtype != "bfloat16":
         notes.append(f"MFU is against the bf16 peak ({peak / 1e12:.0f} TFLOP/s) while computing in {dtype}.")
-    notes.append("FLOPs: analytic (models.stats.model_stats), training = 3 x forward, attention counted unmasked.")
+    notes.append(
+        "FLOPs: analytic (models.stats.model_stats), training = 3 x forward, attention counted unmasked."
+    )
     return {
         "suite": "models",
-        "settings": dict(cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
-                         variants=[variant_name(k, c) for k, c in variants], repeats=repeats, warmup=warmup,
-                         min_sample_s=min_sample_s, dtype=dtype, seed=seed,
-                         unit="one train step (forward, backward, clip, AdamW update) of the jitted real step"),
+        "settings": dict(
+            cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
+            variants=[variant_name(k, c) for k, c in variants],
+            repeats=repeats,
+            warmup=warmup,
+            min_sample_s=min_sample_s,
+            dtype=dtype,
+            seed=seed,
+            unit="one train step (forward, backward, clip, AdamW update) of the jitted real step",
+        ),
         "notes": notes,
         "load": {"before": load_before, "after": loadavg()},
         "rows": rows,

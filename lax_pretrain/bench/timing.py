@@ -58,8 +58,17 @@ def summarize(samples: list[float], calls_per_sample: int = 1) -> TimingStats:
         q1, _, q3 = statistics.quantiles(s, n=4, method="inclusive")
     else:
         q1 = q3 = s[0]
-    return TimingStats(median=statistics.median(s), min=s[0], max=s[-1], q1=q1, q3=q3, mean=statistics.fmean(s),
-                       repeats=len(s), calls_per_sample=calls_per_sample, samples=list(samples))
+    return TimingStats(
+        median=statistics.median(s),
+        min=s[0],
+        max=s[-1],
+        q1=q1,
+        q3=q3,
+        mean=statistics.fmean(s),
+        repeats=len(s),
+        calls_per_sample=calls_per_sample,
+        samples=list(samples),
+    )
 
 
 def _run(fn: Callable[[], Any], calls: int) -> float:
@@ -71,8 +80,14 @@ def _run(fn: Callable[[], Any], calls: int) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1,
-                     min_sample_s: float = 0.0, max_calls_per_sample: int = 1000) -> dict[str, TimingStats]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    min_sample_s: float = 0.0,
+    max_calls_per_sample: int = 1000,
+) -> dict[str, TimingStats]:
     """Times every candidate of `fns` side by side (see the module docstring); seconds per call."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
@@ -117,7 +132,7 @@ def machine_info() -> dict[str, Any]:
         "flax": flax.__version__,
         "platform_string": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -14,5 +14,11 @@ from lax_pretrain.convert.hf_checkpoint import export_hf_llama, load_hf_llama, m
 from lax_pretrain.convert.low_rank import to_low_rank
 from lax_pretrain.convert.workdir import load_imported, save_imported
 
-__all__ = ["export_hf_llama", "load_hf_llama", "load_imported", "model_config_from_hf", "save_imported",
-           "to_low_rank"]
+__all__ = [
+    "export_hf_llama",
+    "load_hf_llama",
+    "load_imported",
+    "model_config_from_hf",
+    "save_imported",
+    "to_low_rank",
+]

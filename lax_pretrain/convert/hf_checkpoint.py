@@ -24,15 +24,29 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lax_pretrain.config import llama_config
-from lax_pretrain.convert.weights import (Weights, check_linear, dense_block_paths, dense_params,
-                                          model_from_params, top_paths)
+from lax_pretrain.convert.weights import (
+    Weights,
+    check_linear,
+    dense_block_paths,
+    dense_params,
+    model_from_params,
+    top_paths,
+)
 from lax_pretrain.models.llama import PROJECTIONS, Llama
 
 # Our names -> Hugging Face module names (tensor = f"{module}.weight").
 HF_TOP = {"embed": "model.embed_tokens", "final_norm": "model.norm", "head": "lm_head"}
-HF_BLOCK = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
-            "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+HF_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "mlp_norm": "post_attention_layernorm",
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
 # Buffers some checkpoints carry that hold nothing we need (RoPE is recomputed).
 HF_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -46,8 +60,10 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
         rope = hf.get(key) or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
-            raise ValueError(f"config.json: {key}.rope_type={rope_type!r} is not supported; only unscaled "
-                             "RoPE ('default') is implemented")
+            raise ValueError(
+                f"config.json: {key}.rope_type={rope_type!r} is not supported; only unscaled "
+                "RoPE ('default') is implemented"
+            )
         if "rope_theta" in rope:
             return float(rope["rope_theta"])
     return float(hf.get("rope_theta", 10000.0))
@@ -67,17 +83,26 @@ def model_config_from_hf(hf: Mapping[str, Any], *, scan_layers: bool = False) ->
     heads = int(hf["num_attention_heads"])
     kv_heads = int(hf.get("num_key_value_heads") or heads)
     if heads % kv_heads:
-        raise ValueError(f"config.json: num_attention_heads={heads} is not a multiple of "
-                         f"num_key_value_heads={kv_heads}")
+        raise ValueError(
+            f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
+        )
     cfg = llama_config("nano").model
-    cfg.update(dict(
-        preset="hf", vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]), num_heads=heads, num_kv_heads=kv_heads,
-        head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
-        ffn_dim=int(hf["intermediate_size"]),
-        rope_theta=_rope_theta(hf), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), scan_layers=scan_layers,
-    ))
+    cfg.update(
+        dict(
+            preset="hf",
+            vocab_size=int(hf["vocab_size"]),
+            d_model=int(hf["hidden_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
+            ffn_dim=int(hf["intermediate_size"]),
+            rope_theta=_rope_theta(hf),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            scan_layers=scan_layers,
+        )
+    )
     return cfg
 
 
@@ -87,13 +112,21 @@ def hf_config_from_model(model_cfg: Any, base: Mapping[str, Any] | None = None) 
     hf = {k: v for k, v in (base or {}).items() if k not in ("rope_scaling", "torch_dtype", "dtype")}
     hf.setdefault("max_position_embeddings", 2048)
     hf.update(
-        architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=model_cfg.vocab_size,
-        hidden_size=model_cfg.d_model, intermediate_size=model_cfg.ffn_dim,
-        num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=model_cfg.vocab_size,
+        hidden_size=model_cfg.d_model,
+        intermediate_size=model_cfg.ffn_dim,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
         num_key_value_heads=model_cfg.num_kv_heads,
         head_dim=model_cfg.get("head_dim") or model_cfg.d_model // model_cfg.num_heads,
-        hidden_act="silu", rms_norm_eps=model_cfg.norm_eps, attention_bias=False, mlp_bias=False,
-        tie_word_embeddings=model_cfg.tie_embeddings, dtype=model_cfg.param_dtype,
+        hidden_act="silu",
+        rms_norm_eps=model_cfg.norm_eps,
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=model_cfg.tie_embeddings,
+        dtype=model_cfg.param_dtype,
         # Both spellings: transformers 5 reads rope_parameters, 4.x reads rope_theta.
         rope_theta=model_cfg.rope_theta,
         rope_parameters={"rope_type": "default", "rope_theta": model_cfg.rope_theta},
@@ -112,13 +145,16 @@ def read_safetensors(hf_dir: Path) -> dict[str, np.ndarray]:
     elif (hf_dir / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"{hf_dir}: neither model.safetensors nor model.safetensors.index.json (only "
-                                "safetensors checkpoints are read; re-save a .bin one with transformers)")
+        raise FileNotFoundError(
+            f"{hf_dir}: neither model.safetensors nor model.safetensors.index.json (only "
+            "safetensors checkpoints are read; re-save a .bin one with transformers)"
+        )
     tensors = {}
     for name in files:
         if not (hf_dir / name).exists():
-            raise FileNotFoundError(f"{hf_dir / name}: a shard listed in model.safetensors.index.json is "
-                                    "missing")
+            raise FileNotFoundError(
+                f"{hf_dir / name}: a shard listed in model.safetensors.index.json is missing"
+            )
         # The flax framework reads bfloat16 too (numpy has no such dtype); upcast on the host.
         with safe_open(hf_dir / name, framework="flax") as f:
             for key in f.keys():
@@ -142,12 +178,16 @@ def weights_from_hf(tensors: dict[str, np.ndarray], model_cfg: Any) -> tuple[Wei
         tensors.pop(f"{HF_TOP['head']}.weight", None)  # some tied checkpoints store the copy anyway
     else:
         top["head"] = _take(tensors, HF_TOP["head"], True)
-    blocks = [{name: _take(tensors, f"model.layers.{i}.{hf}", name in PROJECTIONS)
-               for name, hf in HF_BLOCK.items()} for i in range(model_cfg.num_layers)]
+    blocks = [
+        {name: _take(tensors, f"model.layers.{i}.{hf}", name in PROJECTIONS) for name, hf in HF_BLOCK.items()}
+        for i in range(model_cfg.num_layers)
+    ]
     leftover = sorted(k for k in tensors if not k.endswith(HF_IGNORED_SUFFIXES))
     if leftover:
-        raise ValueError(f"the checkpoint has tensors this converter does not know (wrong num_hidden_layers "
-                         f"or an unsupported feature?): {leftover[:5]}")
+        raise ValueError(
+            f"the checkpoint has tensors this converter does not know (wrong num_hidden_layers "
+            f"or an unsupported feature?): {leftover[:5]}"
+        )
     return top, blocks
 
 
@@ -155,16 +195,21 @@ def hf_tensors(top: Weights, blocks: list[Weights]) -> dict[str, np.ndarray]:
     """The inverse of `weights_from_hf`: torch (out, in) layout, contiguous for safetensors."""
     out = {f"{HF_TOP[name]}.weight": value.T if name == "head" else value for name, value in top.items()}
     for i, block in enumerate(blocks):
-        out.update({f"model.layers.{i}.{HF_BLOCK[name]}.weight": value.T if name in PROJECTIONS else value
-                    for name, value in block.items()})
+        out.update(
+            {
+                f"model.layers.{i}.{HF_BLOCK[name]}.weight": value.T if name in PROJECTIONS else value
+                for name, value in block.items()
+            }
+        )
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 # ---------------------------------------------------------------- the public API
 
 
-def load_hf_llama(hf_dir: str | Path, *,
-                  scan_layers: bool = False) -> tuple[Llama, ml_collections.ConfigDict]:
+def load_hf_llama(
+    hf_dir: str | Path, *, scan_layers: bool = False
+) -> tuple[Llama, ml_collections.ConfigDict]:
     """(model, config.model) of a Hugging Face LlamaForCausalLM directory (config.json + safetensors)."""
     hf_dir = Path(hf_dir)
     config_path = hf_dir / "config.json"
@@ -176,8 +221,9 @@ def load_hf_llama(hf_dir: str | Path, *,
     return model, model_cfg
 
 
-def export_hf_llama(model: Llama, model_cfg: Any, out_dir: str | Path, *,
-                    base_config: Mapping[str, Any] | None = None) -> Path:
+def export_hf_llama(
+    model: Llama, model_cfg: Any, out_dir: str | Path, *, base_config: Mapping[str, Any] | None = None
+) -> Path:
     """Writes config.json and model.safetensors that `transformers.LlamaForCausalLM.from_pretrained` loads.
 
     svd / tt projections are materialized into dense kernels; base_config: a source config.json whose

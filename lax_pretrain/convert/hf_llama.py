@@ -31,11 +31,17 @@ from lax_pretrain.models.llama import PROJECTIONS
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("hf_dir", None, "import: Hugging Face LlamaForCausalLM directory.", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "import: the workdir to write imported/ into; export: the HF directory.",
-                    flag_values=FLAGS)
+flags.DEFINE_string(
+    "out", None, "import: the workdir to write imported/ into; export: the HF directory.", flag_values=FLAGS
+)
 flags.DEFINE_string("workdir", None, "export: a workdir holding imported/.", flag_values=FLAGS)
-flags.DEFINE_enum("to_kind", "dense", ["dense", "svd", "tt"],
-                  "import: re-initialise the projections as this kind.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "to_kind",
+    "dense",
+    ["dense", "svd", "tt"],
+    "import: re-initialise the projections as this kind.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer("rank", None, "import: svd rank / middle TT rank for --to_kind.", flag_values=FLAGS)
 flags.DEFINE_bool("scan_layers", False, "import: stack blocks 1..L-1 for nnx.scan.", flag_values=FLAGS)
 

@@ -30,8 +30,14 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lax_pretrain.convert.weights import (check_linear, dense_params, model_from_params, module_of,
-                                          norm_paths, top_paths)
+from lax_pretrain.convert.weights import (
+    check_linear,
+    dense_params,
+    model_from_params,
+    module_of,
+    norm_paths,
+    top_paths,
+)
 from lax_pretrain.layers import tt_shape, validate
 from lax_pretrain.models.llama import PROJECTIONS, Llama
 from lax_pretrain.models.projections import dtype_of, projection_spec
@@ -72,8 +78,9 @@ def _left_sweep(t: np.ndarray, modes: Sequence[int], ranks: Sequence[int]) -> li
     return cores
 
 
-def tt_decompose(w_IxO: np.ndarray, in_modes: Sequence[int], out_modes: Sequence[int],
-                 ranks: Sequence[int]) -> list[np.ndarray]:
+def tt_decompose(
+    w_IxO: np.ndarray, in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int]
+) -> list[np.ndarray]:
     """TT cores (r_{k-1}, s_k, r_k) of w (d_in, d_out) for the given modes and ranks (with the outer 1s)."""
     p = len(in_modes)
     left, right = split_svd(w_IxO, ranks[p], balanced=True)
@@ -98,8 +105,12 @@ def relative_error(w: np.ndarray, w_hat: np.ndarray) -> float:
     return float(np.linalg.norm(w - np.asarray(w_hat, np.float64)) / np.linalg.norm(w))
 
 
-def low_rank_overrides(kind: str, rank: int, shapes: Mapping[str, tuple[int, int]],
-                       tt_shapes: Mapping[str, TTShape] | None = None) -> dict[str, dict]:
+def low_rank_overrides(
+    kind: str,
+    rank: int,
+    shapes: Mapping[str, tuple[int, int]],
+    tt_shapes: Mapping[str, TTShape] | None = None,
+) -> dict[str, dict]:
     """`model.proj` for the target kind, as `llama_config` writes it, with the real projection shapes
     (grouped-query k/v and head_dim make them differ from the presets' d x d)."""
     proj = {}
@@ -108,8 +119,12 @@ def low_rank_overrides(kind: str, rank: int, shapes: Mapping[str, tuple[int, int
             proj[name] = {"rank": min(rank, d_in, d_out)}
         else:
             in_modes, out_modes, ranks = (tt_shapes or {}).get(name) or tt_shape(d_in, d_out, rank)
-            proj[name] = {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes),
-                          "tt_ranks": list(ranks), "intra": False}
+            proj[name] = {
+                "tt_in_modes": list(in_modes),
+                "tt_out_modes": list(out_modes),
+                "tt_ranks": list(ranks),
+                "intra": False,
+            }
     return proj
 
 
@@ -136,9 +151,13 @@ def _factorize(w: np.ndarray, spec: Any, dtype: Any) -> tuple[dict, np.ndarray]:
     return {("cores", k): c for k, c in enumerate(cores)}, w_hat
 
 
-def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: int = 64,
-                tt_shapes: Mapping[str, TTShape] | None = None,
-                ) -> tuple[Llama, ml_collections.ConfigDict, dict[tuple[int, str], float]]:
+def to_low_rank(
+    dense_model: Llama,
+    model_config: Any,
+    kind: str = "svd",
+    rank: int = 64,
+    tt_shapes: Mapping[str, TTShape] | None = None,
+) -> tuple[Llama, ml_collections.ConfigDict, dict[tuple[int, str], float]]:
     """(low-rank model, its config.model, {(block, projection): relative Frobenius error}).
 
     kind: 'svd' | 'tt'; rank: svd rank (capped per projection at min(d_in, d_out)), or the latent (middle)
@@ -147,8 +166,11 @@ def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: 
     ViT-style shapes, or uncapped ranks for an exact TT). The source may be any linear model (dense, svd, tt).
     """
     if kind not in KINDS:
-        why = " (CoLA's latent activation is nonlinear: no factorization reproduces a dense layer)" \
-            if kind == "cola" else ""
+        why = (
+            " (CoLA's latent activation is nonlinear: no factorization reproduces a dense layer)"
+            if kind == "cola"
+            else ""
+        )
         raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}{why}")
     if rank < 1:
         raise ValueError(f"rank={rank} must be >= 1")
@@ -160,8 +182,10 @@ def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: 
     shapes = {name: blocks[0][name].shape for name in PROJECTIONS}
     cfg = low_rank_config(model_config, kind, low_rank_overrides(kind, rank, shapes, tt_shapes))
     # Validate every spec before any decomposition: a bad tt_shapes entry fails naming model.proj.<name>.
-    specs = {n: validate(projection_spec(cfg, n, first=False), *shapes[n], where=f"model.proj.{n}")
-             for n in PROJECTIONS}
+    specs = {
+        n: validate(projection_spec(cfg, n, first=False), *shapes[n], where=f"model.proj.{n}")
+        for n in PROJECTIONS
+    }
     dtype = np.dtype(dtype_of(cfg.param_dtype, "model.param_dtype"))
     report, block_params = {}, []
     for i, weights in enumerate(blocks):
@@ -173,4 +197,3 @@ def to_low_rank(dense_model: Llama, model_config: Any, kind: str = "svd", rank: 
         block_params.append(params)
     model = model_from_params(cfg, top_paths(top), block_params)
     return model, cfg, report
-

@@ -32,8 +32,9 @@ def module_of(name: str) -> str:
 
 def top_paths(top: Weights) -> dict[ParamPath, np.ndarray]:
     """Embedding, head and final norm by our names -> their paths in the model."""
-    return {("final_norm", "scale") if name == "final_norm" else (name,): value
-            for name, value in top.items()}
+    return {
+        ("final_norm", "scale") if name == "final_norm" else (name,): value for name, value in top.items()
+    }
 
 
 def norm_paths(block: Weights) -> dict[ParamPath, np.ndarray]:
@@ -47,8 +48,9 @@ def dense_block_paths(block: Weights) -> dict[ParamPath, np.ndarray]:
     return paths
 
 
-def model_from_params(model_cfg: Any, top: dict[ParamPath, np.ndarray],
-                      blocks: list[dict[ParamPath, np.ndarray]]) -> Llama:
+def model_from_params(
+    model_cfg: Any, top: dict[ParamPath, np.ndarray], blocks: list[dict[ParamPath, np.ndarray]]
+) -> Llama:
     """Builds the model of `model_cfg` holding exactly the given parameters (no random init is spent).
 
     top: paths outside the blocks; blocks: one dict per layer with paths inside a block. Under
@@ -69,8 +71,10 @@ def model_from_params(model_cfg: Any, top: dict[ParamPath, np.ndarray],
     _check_same_paths(set(flat), set(want))
     for path, value in flat.items():
         if tuple(value.shape) != tuple(want[path].shape):
-            raise ValueError(f"{_dotted(path)}: shape {tuple(value.shape)} does not match the model config's "
-                             f"{tuple(want[path].shape)}")
+            raise ValueError(
+                f"{_dotted(path)}: shape {tuple(value.shape)} does not match the model config's "
+                f"{tuple(want[path].shape)}"
+            )
         flat[path] = jnp.asarray(value, dtype=want[path].dtype)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
     return nnx.merge(graphdef, state)
@@ -94,8 +98,9 @@ def blocks_of(model: Llama) -> list[nnx.Module]:
     if not stack.scan:
         return [stack.first, *stack.rest]
     graphdef, state = nnx.split(stack.rest)
-    return [stack.first] + [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state))
-                            for i in range(stack.num_layers - 1)]
+    return [stack.first] + [
+        nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(stack.num_layers - 1)
+    ]
 
 
 def projection(block: nnx.Module, name: str) -> DenseLinear | FactorizedLinear:
@@ -112,19 +117,26 @@ def check_linear(model_cfg: Any) -> None:
         # Block 0 is always built without crossing: the spec of a later block is what the config asks for.
         spec, where = projection_spec(model_cfg, name, first=False), f"model.proj.{name}"
         if spec["kind"] not in ("dense", "svd", "tt"):
-            raise ValueError(f"{where}: kind {spec['kind']!r} is not a linear map (CoLA's latent activation "
-                             "is nonlinear), so it has no dense weight to export")
+            raise ValueError(
+                f"{where}: kind {spec['kind']!r} is not a linear map (CoLA's latent activation "
+                "is nonlinear), so it has no dense weight to export"
+            )
         if spec.get("use_bias"):
             raise ValueError(f"{where}.use_bias=True: LLaMA projections have no bias")
         if spec.get("crossing", "none") != "none" and model_cfg.num_layers > 1:
-            raise ValueError(f"{where}.crossing={spec['crossing']!r}: LaX crossing feeds the previous "
-                             "block's latent in, which a dense LLaMA cannot express")
+            raise ValueError(
+                f"{where}.crossing={spec['crossing']!r}: LaX crossing feeds the previous "
+                "block's latent in, which a dense LLaMA cannot express"
+            )
         if spec.get("intra"):
-            raise ValueError(f"{where}.intra=True: intra-layer LaX makes the map differ from its "
-                             "materialized kernel")
+            raise ValueError(
+                f"{where}.intra=True: intra-layer LaX makes the map differ from its materialized kernel"
+            )
         if spec.get("latent_act"):
-            raise ValueError(f"{where}.latent_act=True: an activation on the latent is nonlinear, so the "
-                             "projection has no dense weight to export")
+            raise ValueError(
+                f"{where}.latent_act=True: an activation on the latent is nonlinear, so the "
+                "projection has no dense weight to export"
+            )
 
 
 def dense_params(model: Llama) -> tuple[Weights, list[Weights]]:
@@ -137,8 +149,10 @@ def dense_params(model: Llama) -> tuple[Weights, list[Weights]]:
         top["head"] = np.asarray(model.head[...])
     blocks = []
     for block in blocks_of(model):
-        weights = {"attn_norm": np.asarray(block.attn_norm.scale[...]),
-                   "mlp_norm": np.asarray(block.mlp_norm.scale[...])}
+        weights = {
+            "attn_norm": np.asarray(block.attn_norm.scale[...]),
+            "mlp_norm": np.asarray(block.mlp_norm.scale[...]),
+        }
         weights.update({name: np.asarray(projection(block, name).materialize()) for name in PROJECTIONS})
         blocks.append(weights)
     return top, blocks

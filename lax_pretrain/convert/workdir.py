@@ -1,8 +1,8 @@
 """The workdir hand-over between conversion and training: a model and its config.model on disk.
 
-    WORKDIR/imported/params/        orbax StandardCheckpointer of nnx.state(model, nnx.Param)
-    WORKDIR/imported/config.json    the model config (config.model), as ConfigDict JSON
-    WORKDIR/imported/hf_config.json the source config.json, so an export keeps its token ids and context size
+WORKDIR/imported/params/        orbax StandardCheckpointer of nnx.state(model, nnx.Param)
+WORKDIR/imported/config.json    the model config (config.model), as ConfigDict JSON
+WORKDIR/imported/hf_config.json the source config.json, so an export keeps its token ids and context size
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def imported_dir(workdir: str | Path) -> Path:
     return Path(workdir).absolute() / "imported"
 
 
-def save_imported(model: Llama, model_cfg: Any, workdir: str | Path,
-                  hf_config: Mapping[str, Any] | None = None) -> Path:
+def save_imported(
+    model: Llama, model_cfg: Any, workdir: str | Path, hf_config: Mapping[str, Any] | None = None
+) -> Path:
     """WORKDIR/imported/{params/ (orbax), config.json, hf_config.json (optional)}; replaces an earlier
     import."""
     import orbax.checkpoint as ocp  # slow to import, and `import lax_pretrain.convert` loads this module

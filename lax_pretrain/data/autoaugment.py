@@ -70,7 +70,9 @@ def apply_op(image: Image.Image, op: str, m: float) -> Image.Image:
     if op == "rotate":
         return image.rotate(m, resample=Image.NEAREST, fillcolor=fill)
     if op == "shear_x":  # output (x, y) reads input (x + m y, y), as in the paper's code
-        return image.transform(image.size, Image.AFFINE, (1, m, 0, 0, 1, 0), resample=Image.NEAREST, fillcolor=fill)
+        return image.transform(
+            image.size, Image.AFFINE, (1, m, 0, 0, 1, 0), resample=Image.NEAREST, fillcolor=fill
+        )
     if op == "color":
         return ImageEnhance.Color(image).enhance(1 + m)
     if op == "contrast":

@@ -68,22 +68,30 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
             f"known: {', '.join(sorted(cfg.keys()))}."
         )
     cfg.update(dict(data_cfg))
-    _require(cfg.document_format in DOCUMENT_FORMATS, f"data.document_format={cfg.document_format!r} must be one "
-             f"of {', '.join(DOCUMENT_FORMATS)}")
+    _require(
+        cfg.document_format in DOCUMENT_FORMATS,
+        f"data.document_format={cfg.document_format!r} must be one of {', '.join(DOCUMENT_FORMATS)}",
+    )
     _require(cfg.crop in CROPS, f"data.crop={cfg.crop!r} must be one of {', '.join(CROPS)}")
     if cfg.works:
-        _require(cfg.name == "shakespeare", f"data.works={cfg.works!r} selects Shakespeare works; data.name is "
-                 f"{cfg.name!r}")
-        _require(0 < cfg.works_train_fraction < 1,
-                 f"data.works_train_fraction={cfg.works_train_fraction} must be in (0, 1)")
+        _require(
+            cfg.name == "shakespeare",
+            f"data.works={cfg.works!r} selects Shakespeare works; data.name is {cfg.name!r}",
+        )
+        _require(
+            0 < cfg.works_train_fraction < 1,
+            f"data.works_train_fraction={cfg.works_train_fraction} must be in (0, 1)",
+        )
         parse_works(cfg.works)
     _require(cfg.seq_len > 0, f"data.seq_len={cfg.seq_len} must be positive")
     _require(cfg.image_size > 0, f"data.image_size={cfg.image_size} must be positive")
     _require(0 < cfg.crop_scale_min <= 1, f"data.crop_scale_min={cfg.crop_scale_min} must be in (0, 1]")
     _require(cfg.crop_pad >= 0, f"data.crop_pad={cfg.crop_pad} must be >= 0")
     _require(0 < cfg.eval_crop <= 1, f"data.eval_crop={cfg.eval_crop} must be in (0, 1]")
-    _require(cfg.auto_augment in AUTO_AUGMENT, f"data.auto_augment={cfg.auto_augment!r} must be one of "
-             f"{', '.join(AUTO_AUGMENT)}")
+    _require(
+        cfg.auto_augment in AUTO_AUGMENT,
+        f"data.auto_augment={cfg.auto_augment!r} must be one of {', '.join(AUTO_AUGMENT)}",
+    )
     _require(cfg.mixup >= 0, f"data.mixup={cfg.mixup} must be >= 0 (0 = off)")
     _require(0 <= cfg.label_smoothing < 1, f"data.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
     _require(cfg.eval_batches >= 0, f"data.eval_batches={cfg.eval_batches} must be >= 0 (0 = whole split)")

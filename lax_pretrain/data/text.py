@@ -70,8 +70,9 @@ def _reader(cfg, tok: Tokenizer, split: str):
         )
         return read, len(windows_NxL1)
     source = tfds_io.open_split(cfg, split)
-    return functools.partial(_document_batch, source=source, tok=tok, seq_len=cfg.seq_len,
-                             document_format=cfg.document_format), len(source)
+    return functools.partial(
+        _document_batch, source=source, tok=tok, seq_len=cfg.seq_len, document_format=cfg.document_format
+    ), len(source)
 
 
 def decode_text(text) -> str:
@@ -84,12 +85,17 @@ _streams: dict[tuple, np.ndarray] = {}
 def _work_texts(cfg, split: str) -> list[str]:
     """The split's works, or with data.works the selected works' train / eval parts (in the order named)."""
     if not cfg.works:
-        return [decode_text(w["text"]) for w in sorted(tfds_io.open_split(cfg, split), key=lambda w: w["title"])]
+        return [
+            decode_text(w["text"]) for w in sorted(tfds_io.open_split(cfg, split), key=lambda w: w["title"])
+        ]
     names = shakespeare.parse_works(cfg.works)
-    records = {decode_text(w["work"]): decode_text(w["text"])
-               for part in ("train", "eval") for w in tfds_io.open_split(cfg, part)}
+    records = {
+        decode_text(w["work"]): decode_text(w["text"])
+        for part in ("train", "eval")
+        for w in tfds_io.open_split(cfg, part)
+    }
     cuts = {name: int(len(records[name]) * cfg.works_train_fraction) for name in names}
-    return [records[n][: cuts[n]] if split == "train" else records[n][cuts[n]:] for n in names]
+    return [records[n][: cuts[n]] if split == "train" else records[n][cuts[n] :] for n in names]
 
 
 def _work_stream(cfg, tok: Tokenizer, split: str) -> np.ndarray:

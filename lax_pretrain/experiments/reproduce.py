@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lax_pretrain.bench.timing import loadavg, machine_info
 from lax_pretrain import cli
+from lax_pretrain.bench.timing import loadavg, machine_info
 from lax_pretrain.experiments import compare, report, results, runner, sweep
 from lax_pretrain.models.tasks import get_task
 

@@ -16,8 +16,8 @@ from flax import nnx
 
 from lax_pretrain.layers.base import LATENT_NAME, FactorizedLinear
 from lax_pretrain.layers.cola import CoLALinear
-from lax_pretrain.layers.dense import DenseLinear
 from lax_pretrain.layers.crossing import DenseGate, KronGate
+from lax_pretrain.layers.dense import DenseLinear
 from lax_pretrain.layers.norm import Norm
 from lax_pretrain.layers.spec import LinearSpec, SpecError, balanced_factors, cap_tt_ranks, tt_shape, validate
 from lax_pretrain.layers.svd import SVDLinear
@@ -28,8 +28,17 @@ KIND_CLASSES = {"dense": DenseLinear, "svd": SVDLinear, "cola": CoLALinear, "tt"
 Linear = DenseLinear | SVDLinear | CoLALinear | TTLinear
 
 
-def make_linear(d_in: int, d_out: int, spec: Any, *, rngs: nnx.Rngs, axes: tuple[str, str] = ("embed", "mlp"),
-                dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec") -> Linear:
+def make_linear(
+    d_in: int,
+    d_out: int,
+    spec: Any,
+    *,
+    rngs: nnx.Rngs,
+    axes: tuple[str, str] = ("embed", "mlp"),
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    name: str = "spec",
+) -> Linear:
     """Builds the (d_in -> d_out) map described by `spec` (dict, ConfigDict or LinearSpec).
 
     axes: logical names of the input and output dimensions (e.g. ('embed', 'heads') for q, ('mlp', 'embed')
@@ -38,12 +47,28 @@ def make_linear(d_in: int, d_out: int, spec: Any, *, rngs: nnx.Rngs, axes: tuple
     name: where the spec lives in the config, used in error messages (e.g. 'model.attn').
     """
     s = validate(spec, d_in, d_out, where=name)
-    return KIND_CLASSES[s.kind](d_in, d_out, s, rngs=rngs, axes=tuple(axes), dtype=dtype, param_dtype=param_dtype,
-                                name=name)
+    return KIND_CLASSES[s.kind](
+        d_in, d_out, s, rngs=rngs, axes=tuple(axes), dtype=dtype, param_dtype=param_dtype, name=name
+    )
 
 
 __all__ = [
-    "LATENT_NAME", "KIND_CLASSES", "CoLALinear", "DenseGate", "DenseLinear", "FactorizedLinear", "KronGate",
-    "Linear", "Norm", "LinearSpec", "SVDLinear", "SpecError", "TTLinear", "balanced_factors",
-    "cap_tt_ranks", "make_linear", "tt_shape", "validate",
+    "LATENT_NAME",
+    "KIND_CLASSES",
+    "CoLALinear",
+    "DenseGate",
+    "DenseLinear",
+    "FactorizedLinear",
+    "KronGate",
+    "Linear",
+    "Norm",
+    "LinearSpec",
+    "SVDLinear",
+    "SpecError",
+    "TTLinear",
+    "balanced_factors",
+    "cap_tt_ranks",
+    "make_linear",
+    "tt_shape",
+    "validate",
 ]

@@ -29,8 +29,18 @@ LATENT_NAME = "lax_latent"
 class LinearBase(nnx.Module):
     """What every kind shares: widths, spec, logical axes, compute dtype, the optional output bias."""
 
-    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
-                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        spec: LinearSpec,
+        *,
+        rngs: nnx.Rngs,
+        axes: tuple[str, str],
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        name: str = "spec",
+    ):
         self.d_in, self.d_out, self.spec, self.name = d_in, d_out, spec, name
         self.axes = tuple(axes)  # logical names of (input, output): where tensor parallelism splits them
         self.dtype = dtype
@@ -62,9 +72,21 @@ class FactorizedLinear(LinearBase):
     expose their factors through `tp_factors()` for the explicit tensor-parallel path (lax_pretrain.parallel.tp).
     """
 
-    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
-                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
-        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        spec: LinearSpec,
+        *,
+        rngs: nnx.Rngs,
+        axes: tuple[str, str],
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        name: str = "spec",
+    ):
+        super().__init__(
+            d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name
+        )
         if spec.crossed:
             self.gate = make_gate(spec, rngs=rngs, param_dtype=param_dtype)
             self.latent_norm = make_latent_norm(spec, param_dtype=param_dtype)
@@ -83,8 +105,10 @@ class FactorizedLinear(LinearBase):
         u, aux = tp.encode(self, x.reshape(-1, self.d_in))  # self.encode, tensor-parallel per the mesh
         if self.spec.crossed:
             if latent_in is None:
-                raise ValueError(f"{self.name}: crossing={self.spec.crossing!r} needs latent_in, the latent of the "
-                                 "same projection in the previous block (block 0 must be built with crossing 'none')")
+                raise ValueError(
+                    f"{self.name}: crossing={self.spec.crossing!r} needs latent_in, the latent of the "
+                    "same projection in the previous block (block 0 must be built with crossing 'none')"
+                )
             z_prev = latent_in.reshape(-1, latent_in.shape[-1]).astype(u.dtype)
             u = u + (self.gate(z_prev) if self.gate is not None else z_prev)
             if self.latent_norm is not None:

@@ -25,8 +25,12 @@ class KronGate(nnx.Module):
 
     def __init__(self, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.f0, self.f1 = balanced_factors(width)
-        self.g0 = param(init.kaiming_uniform(rngs.params(), (self.f1, self.f1), self.f1, param_dtype), ("rank", "rank"))
-        self.g1 = param(init.kaiming_uniform(rngs.params(), (self.f0, self.f0), self.f0, param_dtype), ("rank", "rank"))
+        self.g0 = param(
+            init.kaiming_uniform(rngs.params(), (self.f1, self.f1), self.f1, param_dtype), ("rank", "rank")
+        )
+        self.g1 = param(
+            init.kaiming_uniform(rngs.params(), (self.f0, self.f0), self.f0, param_dtype), ("rank", "rank")
+        )
 
     def __call__(self, z_NxR: jax.Array) -> jax.Array:
         x = z_NxR.reshape(*z_NxR.shape[:-1], self.f0, self.f1)
@@ -50,7 +54,9 @@ class DenseGate(nnx.Module):
 
     def __init__(self, in_width: int, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.in_width, self.width = in_width, width
-        self.kernel = param(init.truncated_normal(rngs.params(), (in_width, width), 0.02, param_dtype), ("rank", "rank"))
+        self.kernel = param(
+            init.truncated_normal(rngs.params(), (in_width, width), 0.02, param_dtype), ("rank", "rank")
+        )
         self.bias = param(jnp.zeros((width,), param_dtype), ("rank",))
 
     def __call__(self, z_NxR: jax.Array) -> jax.Array:
@@ -72,7 +78,12 @@ def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> K
     if spec.crossing == "kron":
         return KronGate(width, rngs=rngs, param_dtype=param_dtype)
     if spec.crossing == "dense":
-        return DenseGate(spec.latent_in_dim if spec.latent_in_dim is not None else width, width, rngs=rngs, param_dtype=param_dtype)
+        return DenseGate(
+            spec.latent_in_dim if spec.latent_in_dim is not None else width,
+            width,
+            rngs=rngs,
+            param_dtype=param_dtype,
+        )
     return None
 
 
@@ -80,4 +91,6 @@ def make_latent_norm(spec: LinearSpec, *, param_dtype=jnp.float32) -> Norm | Non
     """The norm over the latent after the crossing (crossing layers only), eps 1e-6."""
     if spec.latent_norm == "none":
         return None
-    return Norm(spec.latent_dim, spec.latent_norm, eps=LATENT_NORM_EPS, axis_name="rank", param_dtype=param_dtype)
+    return Norm(
+        spec.latent_dim, spec.latent_norm, eps=LATENT_NORM_EPS, axis_name="rank", param_dtype=param_dtype
+    )

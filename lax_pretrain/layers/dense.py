@@ -15,9 +15,21 @@ from lax_pretrain.nnx_compat import param
 
 
 class DenseLinear(LinearBase):
-    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
-                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
-        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        spec: LinearSpec,
+        *,
+        rngs: nnx.Rngs,
+        axes: tuple[str, str],
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        name: str = "spec",
+    ):
+        super().__init__(
+            d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name
+        )
         self.kernel = param(init.dense_kernel(rngs.params(), spec, d_in, d_out, param_dtype), axes)
 
     def __call__(self, x: jax.Array, latent_in: jax.Array | None = None) -> tuple[jax.Array, None]:

@@ -64,14 +64,20 @@ def dense_kernel(key: jax.Array, spec: LinearSpec, d_in: int, d_out: int, dtype)
     return normal(key, shape, target_sigma(spec, d_in, d_out), dtype)
 
 
-def low_rank_factors(key: jax.Array, spec: LinearSpec, d_in: int, d_out: int, dtype) -> tuple[jax.Array, jax.Array]:
+def low_rank_factors(
+    key: jax.Array, spec: LinearSpec, d_in: int, d_out: int, dtype
+) -> tuple[jax.Array, jax.Array]:
     """(down (d_in, r), up (r, d_out)) for svd and cola."""
     r = spec.rank
     k_down, k_up = jax.random.split(key)
     if spec.init == "lax":  # torch stores (d_in, r) here with fan_in = r; (r, d_out) with fan_in = d_out
-        return (normal(k_down, (d_in, r), math.sqrt(2.0 / r), dtype),
-                normal(k_up, (r, d_out), math.sqrt(2.0 / d_out), dtype))
-    std = variance_correct_std(target_sigma(spec, d_in, d_out), [r])  # 'cola' reduces to r^-1/4 (d_in+d_out)^-1/4
+        return (
+            normal(k_down, (d_in, r), math.sqrt(2.0 / r), dtype),
+            normal(k_up, (r, d_out), math.sqrt(2.0 / d_out), dtype),
+        )
+    std = variance_correct_std(
+        target_sigma(spec, d_in, d_out), [r]
+    )  # 'cola' reduces to r^-1/4 (d_in+d_out)^-1/4
     return normal(k_down, (d_in, r), std, dtype), normal(k_up, (r, d_out), std, dtype)
 
 

@@ -97,7 +97,7 @@ class LinearSpec:
             return self.intra
         return self.tt_order == "sequential"
 
-    def replace(self, **changes: Any) -> "LinearSpec":
+    def replace(self, **changes: Any) -> LinearSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -126,7 +126,9 @@ def balanced_factors(n: int) -> tuple[int, int]:
     return f0, n // f0
 
 
-def cap_tt_ranks(in_modes: tuple[int, ...], out_modes: tuple[int, ...], ranks: tuple[int, ...]) -> tuple[int, ...]:
+def cap_tt_ranks(
+    in_modes: tuple[int, ...], out_modes: tuple[int, ...], ranks: tuple[int, ...]
+) -> tuple[int, ...]:
     """Caps each TT bond by the largest rank it can carry: r_k <= r_{k-1} s_k (left sweep) and
     r_k <= s_{k+1} r_{k+1} (right sweep), which also bounds it by the unfolding sizes. More adds nothing."""
     modes = tuple(in_modes) + tuple(out_modes)
@@ -152,11 +154,19 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
     raw = _as_dict(spec)
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
-        raise SpecError(f"{where}.{unknown[0]} is not a linear-spec key (known: {', '.join(sorted(_FIELDS))})")
+        raise SpecError(
+            f"{where}.{unknown[0]} is not a linear-spec key (known: {', '.join(sorted(_FIELDS))})"
+        )
     for key in _TUPLE_FIELDS:
         if raw.get(key) is not None:
             raw[key] = tuple(int(v) for v in raw[key])
-    s = LinearSpec(**{k: v for k, v in raw.items() if v is not None or k in ("rank", "init_std", "latent_in_dim", "latent_act")})
+    s = LinearSpec(
+        **{
+            k: v
+            for k, v in raw.items()
+            if v is not None or k in ("rank", "init_std", "latent_in_dim", "latent_act")
+        }
+    )
 
     _choice(where, "kind", s.kind, KINDS)
     _choice(where, "crossing", s.crossing, CROSSINGS)
@@ -174,13 +184,18 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
         if s.rank is None or int(s.rank) < 1:
             raise SpecError(f"{where}.rank must be an integer >= 1 for kind {s.kind!r}, got {s.rank!r}")
         if s.rank > min(d_in, d_out):
-            warnings.warn(f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: more parameters "
-                          "than the dense map it factorizes", stacklevel=3)
+            warnings.warn(
+                f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: more parameters "
+                "than the dense map it factorizes",
+                stacklevel=3,
+            )
     if s.kind == "tt":
         if not s.tt_in_modes and not s.tt_out_modes and not s.tt_ranks:
             if s.rank is None or int(s.rank) < 1:
-                raise SpecError(f"{where}.rank={s.rank!r}: kind 'tt' needs tt_in_modes/tt_out_modes/tt_ranks or a "
-                                "rank >= 1 (the latent bond of the default 4-core `tt_shape`)")
+                raise SpecError(
+                    f"{where}.rank={s.rank!r}: kind 'tt' needs tt_in_modes/tt_out_modes/tt_ranks or a "
+                    "rank >= 1 (the latent bond of the default 4-core `tt_shape`)"
+                )
             in_modes, out_modes, ranks = tt_shape(d_in, d_out, int(s.rank))
             s = s.replace(tt_in_modes=in_modes, tt_out_modes=out_modes, tt_ranks=ranks)
         _validate_tt(s, d_in, d_out, where)
@@ -197,7 +212,9 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
     if s.intra and s.kind != "tt":
         raise SpecError(f"{where}.intra=True needs kind 'tt' (intra-layer LaX crosses TT core intermediates)")
     if s.intra and s.tt_order == "factor_first":
-        raise SpecError(f"{where}.intra=True needs per-token intermediates: tt_order must be 'sequential' or 'auto'")
+        raise SpecError(
+            f"{where}.intra=True needs per-token intermediates: tt_order must be 'sequential' or 'auto'"
+        )
 
     if s.latent_in_dim is not None and (not isinstance(s.latent_in_dim, int) or s.latent_in_dim < 1):
         raise SpecError(f"{where}.latent_in_dim must be an integer >= 1 (or unset), got {s.latent_in_dim!r}")
@@ -205,13 +222,18 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
         width = s.latent_dim
         in_width = s.latent_in_dim if s.latent_in_dim is not None else width
         if s.crossing in ("identity", "kron") and in_width != width:
-            raise SpecError(f"{where}.latent_in_dim={in_width} differs from the latent width {width}: "
-                            f"crossing {s.crossing!r} needs equal widths (use crossing='dense')")
+            raise SpecError(
+                f"{where}.latent_in_dim={in_width} differs from the latent width {width}: "
+                f"crossing {s.crossing!r} needs equal widths (use crossing='dense')"
+            )
         if s.crossing == "kron":
             f0, _ = balanced_factors(width)
             if f0 == 1:
-                warnings.warn(f"{where}: kron gate on prime latent width {width} degenerates to a dense "
-                              f"{width}x{width} map", stacklevel=3)
+                warnings.warn(
+                    f"{where}: kron gate on prime latent width {width} degenerates to a dense "
+                    f"{width}x{width} map",
+                    stacklevel=3,
+                )
     return s
 
 
@@ -222,15 +244,21 @@ def _validate_tt(s: LinearSpec, d_in: int, d_out: int, where: str) -> None:
         if any(m < 1 for m in modes):
             raise SpecError(f"{where}.{key}={list(modes)} must be positive")
     if math.prod(s.tt_in_modes) != d_in:
-        raise SpecError(f"{where}.tt_in_modes={list(s.tt_in_modes)} multiply to {math.prod(s.tt_in_modes)}, "
-                        f"not d_in={d_in}")
+        raise SpecError(
+            f"{where}.tt_in_modes={list(s.tt_in_modes)} multiply to {math.prod(s.tt_in_modes)}, "
+            f"not d_in={d_in}"
+        )
     if math.prod(s.tt_out_modes) != d_out:
-        raise SpecError(f"{where}.tt_out_modes={list(s.tt_out_modes)} multiply to {math.prod(s.tt_out_modes)}, "
-                        f"not d_out={d_out}")
+        raise SpecError(
+            f"{where}.tt_out_modes={list(s.tt_out_modes)} multiply to {math.prod(s.tt_out_modes)}, "
+            f"not d_out={d_out}"
+        )
     n_cores = len(s.tt_in_modes) + len(s.tt_out_modes)
     if len(s.tt_ranks) != n_cores + 1:
-        raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must have {n_cores + 1} entries (one per bond of "
-                        f"{n_cores} cores, including the leading and trailing 1)")
+        raise SpecError(
+            f"{where}.tt_ranks={list(s.tt_ranks)} must have {n_cores + 1} entries (one per bond of "
+            f"{n_cores} cores, including the leading and trailing 1)"
+        )
     if s.tt_ranks[0] != 1 or s.tt_ranks[-1] != 1:
         raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must start and end with 1")
     if any(r < 1 for r in s.tt_ranks):
@@ -238,10 +266,14 @@ def _validate_tt(s: LinearSpec, d_in: int, d_out: int, where: str) -> None:
     if s.intra:
         p = len(s.tt_in_modes)
         if p != 2 or len(s.tt_out_modes) != 2:
-            raise SpecError(f"{where}.intra=True needs 4 TT cores (2 input + 2 output modes), got "
-                            f"{list(s.tt_in_modes)} | {list(s.tt_out_modes)}")
+            raise SpecError(
+                f"{where}.intra=True needs 4 TT cores (2 input + 2 output modes), got "
+                f"{list(s.tt_in_modes)} | {list(s.tt_out_modes)}"
+            )
         n2, m1 = s.tt_in_modes[1], s.tt_out_modes[0]
         r1, r3 = s.tt_ranks[1], s.tt_ranks[3]
         if n2 != m1 or r1 != r3:
-            raise SpecError(f"{where}.intra=True needs tt_in_modes[1] == tt_out_modes[0] and "
-                            f"tt_ranks[1] == tt_ranks[3], got {n2} vs {m1} and {r1} vs {r3}")
+            raise SpecError(
+                f"{where}.intra=True needs tt_in_modes[1] == tt_out_modes[0] and "
+                f"tt_ranks[1] == tt_ranks[3], got {n2} vs {m1} and {r1} vs {r3}"
+            )

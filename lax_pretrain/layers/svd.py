@@ -17,9 +17,21 @@ from lax_pretrain.nnx_compat import param
 class LowRank(FactorizedLinear):
     """The two factors shared by svd and cola."""
 
-    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
-                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
-        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        spec: LinearSpec,
+        *,
+        rngs: nnx.Rngs,
+        axes: tuple[str, str],
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        name: str = "spec",
+    ):
+        super().__init__(
+            d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name
+        )
         down, up = init.low_rank_factors(rngs.params(), spec, d_in, d_out, param_dtype)
         self.down = param(down, (axes[0], "rank"))
         self.up = param(up, ("rank", axes[1]))
@@ -46,6 +58,8 @@ class SVDLinear(LowRank):
     def materialize(self) -> jax.Array:
         """The (d_in, d_out) kernel A B (bias excluded); only without a latent activation."""
         if not self.spec.is_linear:
-            raise ValueError(f"{self.name}: an svd layer with latent_act=True is not a linear map; "
-                             "it has no kernel to materialize")
+            raise ValueError(
+                f"{self.name}: an svd layer with latent_act=True is not a linear map; "
+                "it has no kernel to materialize"
+            )
         return self.down[...] @ self.up[...]

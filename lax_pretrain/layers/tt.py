@@ -37,17 +37,35 @@ def chain(cores: list[jax.Array]) -> jax.Array:
 
 
 class TTLinear(FactorizedLinear):
-    def __init__(self, d_in: int, d_out: int, spec: LinearSpec, *, rngs: nnx.Rngs, axes: tuple[str, str],
-                 dtype: Any = None, param_dtype: Any = jnp.float32, name: str = "spec"):
-        super().__init__(d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name)
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        spec: LinearSpec,
+        *,
+        rngs: nnx.Rngs,
+        axes: tuple[str, str],
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        name: str = "spec",
+    ):
+        super().__init__(
+            d_in, d_out, spec, rngs=rngs, axes=axes, dtype=dtype, param_dtype=param_dtype, name=name
+        )
         self.p = len(spec.tt_in_modes)
-        self.cores = nnx.List([param(c, CORE_AXES) for c in init.tt_cores(rngs.params(), spec, d_in, d_out, param_dtype)])
-        if spec.intra_gate:  # the official IntraResGate: (N, n_2, r_1) -> (N, m_1, r_3) through two small maps
+        self.cores = nnx.List(
+            [param(c, CORE_AXES) for c in init.tt_cores(rngs.params(), spec, d_in, d_out, param_dtype)]
+        )
+        if (
+            spec.intra_gate
+        ):  # the official IntraResGate: (N, n_2, r_1) -> (N, m_1, r_3) through two small maps
             (n2, m1), (r1, r3) = self.intra_gate_shapes
-            self.intra_mode_gate = param(init.kaiming_uniform(rngs.params(), (n2, m1), m1, param_dtype),
-                                         ("tt_mode", "tt_mode"))
-            self.intra_rank_gate = param(init.kaiming_uniform(rngs.params(), (r1, r3), r3, param_dtype),
-                                         ("tt_rank", "tt_rank"))
+            self.intra_mode_gate = param(
+                init.kaiming_uniform(rngs.params(), (n2, m1), m1, param_dtype), ("tt_mode", "tt_mode")
+            )
+            self.intra_rank_gate = param(
+                init.kaiming_uniform(rngs.params(), (r1, r3), r3, param_dtype), ("tt_rank", "tt_rank")
+            )
 
     @property
     def intra_gate_shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -64,7 +82,7 @@ class TTLinear(FactorizedLinear):
 
     def output_factor(self) -> jax.Array:
         """R (r_p, d_out): the output cores contracted."""
-        return chain(self._cores()[self.p:]).reshape(-1, self.d_out)
+        return chain(self._cores()[self.p :]).reshape(-1, self.d_out)
 
     def tp_factors(self) -> tuple[jax.Array, jax.Array] | None:
         return None if self.spec.sequential_tt else (self.input_factor(), self.output_factor())
@@ -73,18 +91,18 @@ class TTLinear(FactorizedLinear):
         if not self.spec.sequential_tt:
             return x_NxI @ self.input_factor().astype(x_NxI.dtype), None
         cores = [c.astype(x_NxI.dtype) for c in self._cores()]
-        state = x_NxI.reshape(-1, *self.spec.tt_in_modes)          # (N, n_1, .., n_p)
+        state = x_NxI.reshape(-1, *self.spec.tt_in_modes)  # (N, n_1, .., n_p)
         state = jnp.tensordot(state, cores[0][0], axes=([1], [0]))  # (N, n_2, .., n_p, r_1)
         first_intermediate = state
-        for core in cores[1: self.p]:                               # contract n_k and r_{k-1}
+        for core in cores[1 : self.p]:  # contract n_k and r_{k-1}
             state = jnp.tensordot(state, core, axes=([1, state.ndim - 1], [1, 0]))
-        return state, first_intermediate                            # (N, r_p)
+        return state, first_intermediate  # (N, r_p)
 
     def decode(self, z_NxR: jax.Array, first_intermediate: Any) -> jax.Array:
         if not self.spec.sequential_tt:
             return z_NxR @ self.output_factor().astype(z_NxR.dtype)
-        cores = [c.astype(z_NxR.dtype) for c in self._cores()[self.p:]]
-        state = jnp.tensordot(z_NxR, cores[0], axes=([-1], [0]))   # (N, m_1, r_{p+1})
+        cores = [c.astype(z_NxR.dtype) for c in self._cores()[self.p :]]
+        state = jnp.tensordot(z_NxR, cores[0], axes=([-1], [0]))  # (N, m_1, r_{p+1})
         if self.spec.intra_gate:  # gated intra-layer LaX: G_mode^T t1 G_rank per token
             mode_gate = self.weight(self.intra_mode_gate).astype(z_NxR.dtype)
             rank_gate = self.weight(self.intra_rank_gate).astype(z_NxR.dtype)
@@ -99,8 +117,10 @@ class TTLinear(FactorizedLinear):
         """The (d_in, d_out) kernel L R of the cores (bias excluded). Intra-layer LaX makes the map differ from
         it; with a latent activation the layer is not linear, and there is none."""
         if self.spec.latent_act:
-            raise ValueError(f"{self.name}: a TT layer with latent_act=True is not a linear map; it has no kernel "
-                             "to materialize")
+            raise ValueError(
+                f"{self.name}: a TT layer with latent_act=True is not a linear map; it has no kernel "
+                "to materialize"
+            )
         return self.input_factor() @ self.output_factor()
 
     @property
@@ -135,7 +155,7 @@ def tt_flops_per_token(spec: LinearSpec) -> int:
         return 2 * r[p] * (math.prod(n) + math.prod(m))
     flops = 0
     for k in range(p):  # core k consumes mode n_k; the modes after it are still pending
-        flops += 2 * math.prod(n[k + 1:]) * r[k] * n[k] * r[k + 1]
+        flops += 2 * math.prod(n[k + 1 :]) * r[k] * n[k] * r[k + 1]
     for j in range(len(m)):  # output core j creates mode m_j next to the m_1..m_{j-1} already made
         flops += 2 * math.prod(m[:j]) * r[p + j] * m[j] * r[p + j + 1]
     return flops

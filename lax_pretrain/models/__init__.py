@@ -1,7 +1,7 @@
 """Models built only from the factory: a LLaMA-style decoder and a ViT, and the task registry that names them.
 
-    model = lax_pretrain.models.build(config.model, rngs=nnx.Rngs(0))
-    task = lax_pretrain.models.get_task(config.model)   # loss, eval, batch format, headline metric
+model = lax_pretrain.models.build(config.model, rngs=nnx.Rngs(0))
+task = lax_pretrain.models.get_task(config.model)   # loss, eval, batch format, headline metric
 """
 
 from __future__ import annotations

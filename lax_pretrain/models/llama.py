@@ -7,6 +7,7 @@ K kv heads, E head dim, F ffn width, V vocab.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -46,15 +47,19 @@ class Attention(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         d, h, kv, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
         if kv < 1 or h % kv:
-            raise ValueError(f"model.num_kv_heads={kv} must divide model.num_heads={h} (grouped-query attention)")
+            raise ValueError(
+                f"model.num_kv_heads={kv} must divide model.num_heads={h} (grouped-query attention)"
+            )
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, e
-        proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
+        proj = functools.partial(make_projection, cfg, first=first, rngs=rngs)  # (name, d_in, d_out, axes)
         self.q = proj("q", d, h * e, ("embed", "heads"))
         self.k = proj("k", d, kv * e, ("embed", "heads"))
         self.v = proj("v", d, kv * e, ("embed", "heads"))
         self.o = proj("o", h * e, d, ("heads", "embed"))
 
-    def __call__(self, x_BxLxD: jax.Array, latents: dict, sin: jax.Array, cos: jax.Array) -> tuple[jax.Array, dict]:
+    def __call__(
+        self, x_BxLxD: jax.Array, latents: dict, sin: jax.Array, cos: jax.Array
+    ) -> tuple[jax.Array, dict]:
         b, length, _ = x_BxLxD.shape
         h, kv, e = self.num_heads, self.num_kv_heads, self.head_dim
         q, lq = self.q(x_BxLxD, latents["q"])
@@ -71,7 +76,7 @@ class Attention(nnx.Module):
 class SwiGLU(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.ffn_dim
-        proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
+        proj = functools.partial(make_projection, cfg, first=first, rngs=rngs)  # (name, d_in, d_out, axes)
         self.gate = proj("gate", d, f, ("embed", "mlp"))
         self.up = proj("up", d, f, ("embed", "mlp"))
         self.down = proj("down", f, d, ("mlp", "embed"))
@@ -115,12 +120,21 @@ class Llama(nnx.Module):
         self.dtype = dtype_of(cfg.dtype, "model.dtype")
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
         std = cfg.embed_init_std
-        self.embed = param(std * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), pd), ("vocab", "embed"))
-        self.blocks = BlockStack(lambda first, r: DecoderBlock(cfg, first=first, rngs=r), cfg.num_layers,
-                                 scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
+        self.embed = param(
+            std * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), pd), ("vocab", "embed")
+        )
+        self.blocks = BlockStack(
+            lambda first, r: DecoderBlock(cfg, first=first, rngs=r),
+            cfg.num_layers,
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            rngs=rngs,
+        )
         self.final_norm = rms_norm(cfg.d_model, cfg.norm_eps, pd)
         if not cfg.tie_embeddings:
-            self.head = param(std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), pd), ("embed", "vocab"))
+            self.head = param(
+                std * jax.random.normal(rngs.params(), (cfg.d_model, cfg.vocab_size), pd), ("embed", "vocab")
+            )
 
     def __call__(self, tokens_BxL: jax.Array, *, train: bool = False) -> jax.Array:
         set_train_mode(self, train)

@@ -32,9 +32,16 @@ def projection_spec(model_cfg: Any, name: str, *, first: bool) -> dict[str, Any]
     return spec
 
 
-def make_projection(model_cfg: Any, name: str, d_in: int, d_out: int, axes: tuple[str, str], *, first: bool,
-                    rngs: nnx.Rngs) -> Linear:
-    return make_linear(d_in, d_out, projection_spec(model_cfg, name, first=first), rngs=rngs, axes=axes,
-                       dtype=dtype_of(model_cfg.dtype, "model.dtype"),
-                       param_dtype=dtype_of(model_cfg.param_dtype, "model.param_dtype"),
-                       name=f"model.proj.{name}")
+def make_projection(
+    model_cfg: Any, name: str, d_in: int, d_out: int, axes: tuple[str, str], *, first: bool, rngs: nnx.Rngs
+) -> Linear:
+    return make_linear(
+        d_in,
+        d_out,
+        projection_spec(model_cfg, name, first=first),
+        rngs=rngs,
+        axes=axes,
+        dtype=dtype_of(model_cfg.dtype, "model.dtype"),
+        param_dtype=dtype_of(model_cfg.param_dtype, "model.param_dtype"),
+        name=f"model.proj.{name}",
+    )

@@ -42,14 +42,22 @@ def _apply_block(block: nnx.Module, x: jax.Array, latents: Any, *args: Any) -> t
 class BlockStack(nnx.Module):
     """`make_block(first: bool, rngs) -> block` where `block(x, latents, *args) -> (x, latents)`."""
 
-    def __init__(self, make_block: Callable[[bool, nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool,
-                 remat: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        make_block: Callable[[bool, nnx.Rngs], nnx.Module],
+        num_layers: int,
+        *,
+        scan: bool,
+        remat: str,
+        rngs: nnx.Rngs,
+    ):
         if remat not in REMAT_CHOICES:
             raise ValueError(f"model.remat={remat!r} is not one of {', '.join(REMAT_CHOICES)}")
         self.num_layers, self.scan, self.remat = num_layers, scan, remat
         self.first = make_block(True, rngs)
         rest = num_layers - 1
         if scan and rest > 0:
+
             @nnx.split_rngs(splits=rest)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def make_stacked(r: nnx.Rngs) -> nnx.Module:
@@ -67,6 +75,7 @@ class BlockStack(nnx.Module):
         if self.num_layers == 1:
             return x
         if self.scan:
+
             @nnx.scan(in_axes=(nnx.Carry, 0) + (None,) * len(args), out_axes=nnx.Carry)
             def run(carry, block, *a):
                 return apply(block, *carry, *a)

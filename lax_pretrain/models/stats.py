@@ -9,11 +9,9 @@ token (matmuls; attention scores included; x3 for a training step). `lax-params`
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
-import jax
 from flax import nnx
 
 from lax_pretrain.layers.base import FactorizedLinear
@@ -83,19 +81,26 @@ def model_stats(model_cfg: Any, seq_len: int = 256) -> ModelStats:
 
     tokens = task.tokens_per_example(model_cfg, seq_len)
     linear = sum(r.flops_per_token for r in rows.values())
-    attention = model_cfg.num_layers * 2 * 2 * tokens * model_cfg.d_model  # q k^T and attn v, unmasked as in PaLM
+    attention = (
+        model_cfg.num_layers * 2 * 2 * tokens * model_cfg.d_model
+    )  # q k^T and attn v, unmasked as in PaLM
     outside = task.outside_flops_per_token(model_cfg, tokens)
     order = {name: i for i, name in enumerate(task.projections)}
     ordered = sorted(rows.values(), key=lambda r: order.get(r.name, len(order)))
-    return ModelStats(ordered, total, total - embedding, lax_total, linear, linear + attention + outside,
-                      tokens)
+    return ModelStats(
+        ordered, total, total - embedding, lax_total, linear, linear + attention + outside, tokens
+    )
 
 
 def format_table(stats: ModelStats) -> str:
-    lines = [f"{'module':<8} {'kind':<6} {'blocks':>6} {'params':>14} {'LaX params':>12} {'GFLOPs/token':>13}"]
+    lines = [
+        f"{'module':<8} {'kind':<6} {'blocks':>6} {'params':>14} {'LaX params':>12} {'GFLOPs/token':>13}"
+    ]
     for r in stats.rows:
-        lines.append(f"{r.name:<8} {r.kind:<6} {r.count:>6} {r.params:>14,} {r.lax_params:>12,} "
-                     f"{r.flops_per_token / 1e9:>13.4f}")
+        lines.append(
+            f"{r.name:<8} {r.kind:<6} {r.count:>6} {r.params:>14,} {r.lax_params:>12,} "
+            f"{r.flops_per_token / 1e9:>13.4f}"
+        )
     lines += [
         f"total parameters          {stats.total_params:>16,}  ({stats.total_params / 1e6:.2f}M)",
         f"non-embedding parameters  {stats.non_embedding_params:>16,}  ({stats.non_embedding_params / 1e6:.2f}M)",

@@ -51,8 +51,11 @@ def image_eval(model: Any, batch: dict) -> dict:
     weights_B = batch["weights"].astype(jnp.float32)
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch["labels"])
     correct_B = (jnp.argmax(logits_BxK, -1) == batch["labels"]).astype(jnp.float32)
-    return {"loss_sum": (loss_B * weights_B).sum(), "correct": (correct_B * weights_B).sum(),
-            "count": weights_B.sum()}
+    return {
+        "loss_sum": (loss_B * weights_B).sum(),
+        "correct": (correct_B * weights_B).sum(),
+        "count": weights_B.sum(),
+    }
 
 
 def _mean_loss(batch_sums: list[dict]) -> tuple[dict[str, float], float]:
@@ -83,9 +86,11 @@ def text_batch(model_cfg: Any, batch_size: int, seq_len: int, key: jax.Array) ->
     """Random tokens in the text pipeline's format (data/text.py): every target real."""
     k_in, k_out = jax.random.split(key)
     shape = (batch_size, seq_len)
-    return {"inputs": jax.random.randint(k_in, shape, 0, model_cfg.vocab_size, jnp.int32),
-            "targets": jax.random.randint(k_out, shape, 0, model_cfg.vocab_size, jnp.int32),
-            "weights": jnp.ones(shape, jnp.float32)}
+    return {
+        "inputs": jax.random.randint(k_in, shape, 0, model_cfg.vocab_size, jnp.int32),
+        "targets": jax.random.randint(k_out, shape, 0, model_cfg.vocab_size, jnp.int32),
+        "weights": jnp.ones(shape, jnp.float32),
+    }
 
 
 def image_batch(model_cfg: Any, batch_size: int, seq_len: int, key: jax.Array) -> dict[str, jax.Array]:
@@ -94,9 +99,12 @@ def image_batch(model_cfg: Any, batch_size: int, seq_len: int, key: jax.Array) -
     k_img, k_lab = jax.random.split(key)
     s, c, k = model_cfg.image_size, model_cfg.channels, model_cfg.num_classes
     labels_B = jax.random.randint(k_lab, (batch_size,), 0, k, jnp.int32)
-    return {"images": jax.random.uniform(k_img, (batch_size, s, s, c), jnp.float32, -1.0, 1.0),
-            "labels": labels_B, "targets": jax.nn.one_hot(labels_B, k, dtype=jnp.float32),
-            "weights": jnp.ones((batch_size,), jnp.float32)}
+    return {
+        "images": jax.random.uniform(k_img, (batch_size, s, s, c), jnp.float32, -1.0, 1.0),
+        "labels": labels_B,
+        "targets": jax.nn.one_hot(labels_B, k, dtype=jnp.float32),
+        "weights": jnp.ones((batch_size,), jnp.float32),
+    }
 
 
 # ------------------------------------------------------------------------------------------ the registry
@@ -137,31 +145,60 @@ class Task:
 
 TASKS = {
     "llama": Task(
-        family="llama", model_class=llama.Llama, block_class=llama.DecoderBlock, projections=llama.PROJECTIONS,
-        data_kind="text", loss=lm_loss, eval_sums=lm_eval, summarize=lm_summary, make_batch=text_batch,
+        family="llama",
+        model_class=llama.Llama,
+        block_class=llama.DecoderBlock,
+        projections=llama.PROJECTIONS,
+        data_kind="text",
+        loss=lm_loss,
+        eval_sums=lm_eval,
+        summarize=lm_summary,
+        make_batch=text_batch,
         tokens_per_example=lambda cfg, seq_len: seq_len,
         outside_flops_per_token=lambda cfg, tokens: 2 * cfg.d_model * cfg.vocab_size,
         block_args=lambda cfg, length: llama.rope_tables(length, llama.head_dim(cfg), cfg.rope_theta),
-        embedding_attrs=("embed", "head"), headline="eval_ppl", headline_label="val perplexity",
-        higher_is_better=False, throughput_key="tokens_per_s", counts_tokens=True),
+        embedding_attrs=("embed", "head"),
+        headline="eval_ppl",
+        headline_label="val perplexity",
+        higher_is_better=False,
+        throughput_key="tokens_per_s",
+        counts_tokens=True,
+    ),
     "vit": Task(
-        family="vit", model_class=vit.ViT, block_class=vit.VitBlock, projections=vit.PROJECTIONS,
-        data_kind="image", loss=image_loss, eval_sums=image_eval, summarize=image_summary, make_batch=image_batch,
+        family="vit",
+        model_class=vit.ViT,
+        block_class=vit.VitBlock,
+        projections=vit.PROJECTIONS,
+        data_kind="image",
+        loss=image_loss,
+        eval_sums=image_eval,
+        summarize=image_summary,
+        make_batch=image_batch,
         tokens_per_example=lambda cfg, seq_len: (cfg.image_size // cfg.patch_size) ** 2 + 1,
         # The patch embedding amortised over the tokens, the classifier on the cls token only.
         outside_flops_per_token=lambda cfg, tokens: (
-            2 * cfg.patch_size**2 * cfg.channels * cfg.d_model * (tokens - 1) + 2 * cfg.d_model * cfg.num_classes
-        ) // tokens,
+            (
+                2 * cfg.patch_size**2 * cfg.channels * cfg.d_model * (tokens - 1)
+                + 2 * cfg.d_model * cfg.num_classes
+            )
+            // tokens
+        ),
         block_args=lambda cfg, length: (),
         embedding_attrs=("patch_kernel", "patch_bias", "cls", "pos", "head_kernel", "head_bias"),
-        headline="eval_top1", headline_label="val top-1", higher_is_better=True, throughput_key="images_per_s",
-        counts_tokens=False),
+        headline="eval_top1",
+        headline_label="val top-1",
+        higher_is_better=True,
+        throughput_key="images_per_s",
+        counts_tokens=False,
+    ),
 }
 
 
 def get_task(model_cfg_or_family: Any) -> Task:
     """The task of a model config (or a family name); an unknown family names the key."""
-    family = model_cfg_or_family if isinstance(model_cfg_or_family, str) else model_cfg_or_family.get("family")
+    family = (
+        model_cfg_or_family if isinstance(model_cfg_or_family, str) else model_cfg_or_family.get("family")
+    )
     if family not in TASKS:
         raise ValueError(f"model.family={family!r} is not one of {', '.join(TASKS)}")
     return TASKS[family]

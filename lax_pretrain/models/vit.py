@@ -9,6 +9,7 @@ H heads, E head dim, F mlp width, K classes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -40,7 +41,9 @@ def mlp_hidden_norm_on(cfg: Any) -> bool:
     return cfg.linear.kind != "dense" if flag == "auto" else flag == "true"
 
 
-def embedding_init(kind: str, rngs: nnx.Rngs, fan_in: int, d: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+def embedding_init(
+    kind: str, rngs: nnx.Rngs, fan_in: int, d: int, dtype
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(patch kernel (fan_in, D), patch bias (D,), cls token (1, 1, D)) per `model.embed_init`.
 
     'timm'          the official LaX code (stock timm): the patch embedding is a Conv2d left at PyTorch's default
@@ -48,12 +51,17 @@ def embedding_init(kind: str, rngs: nnx.Rngs, fan_in: int, d: int, dtype) -> tup
     'trunc_normal'  kernel and cls trunc-normal(0.02), zero patch bias (big_vision-like; our earlier default).
     """
     if kind == "timm":
-        return (init.torch_default_uniform(rngs.params(), (fan_in, d), fan_in, dtype),
-                init.torch_default_uniform(rngs.params(), (d,), fan_in, dtype),
-                init.normal(rngs.params(), (1, 1, d), 1e-6, dtype))
+        return (
+            init.torch_default_uniform(rngs.params(), (fan_in, d), fan_in, dtype),
+            init.torch_default_uniform(rngs.params(), (d,), fan_in, dtype),
+            init.normal(rngs.params(), (1, 1, d), 1e-6, dtype),
+        )
     if kind == "trunc_normal":
-        return (init.truncated_normal(rngs.params(), (fan_in, d), 0.02, dtype), jnp.zeros((d,), dtype),
-                init.truncated_normal(rngs.params(), (1, 1, d), 0.02, dtype))
+        return (
+            init.truncated_normal(rngs.params(), (fan_in, d), 0.02, dtype),
+            jnp.zeros((d,), dtype),
+            init.truncated_normal(rngs.params(), (1, 1, d), 0.02, dtype),
+        )
     raise ValueError(f"model.embed_init={kind!r} is not one of {', '.join(EMBED_INITS)}")
 
 
@@ -61,7 +69,7 @@ class VitBlock(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         d, f, self.num_heads = cfg.d_model, cfg.mlp_dim, cfg.num_heads
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
-        proj = lambda name, d_in, d_out, axes: make_projection(cfg, name, d_in, d_out, axes, first=first, rngs=rngs)
+        proj = functools.partial(make_projection, cfg, first=first, rngs=rngs)  # (name, d_in, d_out, axes)
         self.attn_norm = layer_norm(d, "embed", pd)
         self.q = proj("q", d, d, ("embed", "heads"))
         self.k = proj("k", d, d, ("embed", "heads"))
@@ -80,8 +88,10 @@ class VitBlock(nnx.Module):
         q, lq = self.q(h, latents["q"])
         k, lk = self.k(h, latents["k"])
         v, lv = self.v(h, latents["v"])
-        heads = lambda t: t.reshape(b, p, self.num_heads, d // self.num_heads)
-        a_BxPxHxE = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))
+        q_BxPxHxE, k_BxPxHxE, v_BxPxHxE = (
+            t.reshape(b, p, self.num_heads, d // self.num_heads) for t in (q, k, v)
+        )
+        a_BxPxHxE = jax.nn.dot_product_attention(q_BxPxHxE, k_BxPxHxE, v_BxPxHxE)
         a, lo = self.o(a_BxPxHxE.reshape(b, p, d), latents["o"])
         x_BxPxD = tag_residual(constrain(x_BxPxD + a, RESIDUAL))
         m, l1 = self.fc1(self.mlp_norm(x_BxPxD), latents["fc1"])
@@ -105,15 +115,26 @@ class ViT(nnx.Module):
         if cfg.image_size % ps:
             raise ValueError(f"model.image_size={cfg.image_size} is not a multiple of model.patch_size={ps}")
         n_patches = (cfg.image_size // ps) ** 2
-        patch_kernel, patch_bias, cls = embedding_init(cfg.get("embed_init", "trunc_normal"), rngs, ps * ps * c, d, pd)
+        patch_kernel, patch_bias, cls = embedding_init(
+            cfg.get("embed_init", "trunc_normal"), rngs, ps * ps * c, d, pd
+        )
         self.patch_kernel = param(patch_kernel, ("patch", "embed"))
         self.patch_bias = param(patch_bias, ("embed",))
         self.cls = param(cls, (None, None, "embed"))
-        self.pos = param(init.truncated_normal(rngs.params(), (1, n_patches + 1, d), 0.02, pd), (None, None, "embed"))
-        self.blocks = BlockStack(lambda first, r: VitBlock(cfg, first=first, rngs=r), cfg.num_layers,
-                                 scan=cfg.scan_layers, remat=cfg.remat, rngs=rngs)
+        self.pos = param(
+            init.truncated_normal(rngs.params(), (1, n_patches + 1, d), 0.02, pd), (None, None, "embed")
+        )
+        self.blocks = BlockStack(
+            lambda first, r: VitBlock(cfg, first=first, rngs=r),
+            cfg.num_layers,
+            scan=cfg.scan_layers,
+            remat=cfg.remat,
+            rngs=rngs,
+        )
         self.final_norm = layer_norm(d, "embed", pd)
-        self.head_kernel = param(init.truncated_normal(rngs.params(), (d, cfg.num_classes), 0.02, pd), ("embed", "classes"))
+        self.head_kernel = param(
+            init.truncated_normal(rngs.params(), (d, cfg.num_classes), 0.02, pd), ("embed", "classes")
+        )
         self.head_bias = param(jnp.zeros((cfg.num_classes,), pd), ("classes",))
 
     def __call__(self, images_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
@@ -130,5 +151,7 @@ class ViT(nnx.Module):
         x_BxPxD = constrain(x_BxPxD, RESIDUAL)
         x_BxPxD = self.final_norm(self.blocks(x_BxPxD))
         cls_BxD = x_BxPxD[:, 0]
-        logits_BxK = jnp.dot(cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        logits_BxK = jnp.dot(
+            cls_BxD, self.head_kernel[...].astype(self.dtype), preferred_element_type=jnp.float32
+        )
         return logits_BxK + trailing(self.head_bias[...], logits_BxK)

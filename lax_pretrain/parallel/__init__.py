@@ -3,10 +3,34 @@ of the factorized layers (GSPMD or shard_map), multi-host start-up and collectiv
 
 from lax_pretrain.parallel.constraints import RESIDUAL, TP_IMPLS, constrain, sharding_context
 from lax_pretrain.parallel.mesh import MESH_AXES, make_mesh, mesh_devices, mesh_shape
-from lax_pretrain.parallel.rules import (DEFAULT_RULES, batch_sharding, batch_shardings, check_process_rows,
-                                         logical_to_spec, place_values, rules_from_config, sharded_init,
-                                         state_shardings)
+from lax_pretrain.parallel.rules import (
+    DEFAULT_RULES,
+    batch_sharding,
+    batch_shardings,
+    check_process_rows,
+    logical_to_spec,
+    place_values,
+    rules_from_config,
+    sharded_init,
+    state_shardings,
+)
 
-__all__ = ["DEFAULT_RULES", "MESH_AXES", "RESIDUAL", "TP_IMPLS", "batch_sharding", "batch_shardings",
-           "check_process_rows", "constrain", "logical_to_spec", "make_mesh", "mesh_devices", "mesh_shape",
-           "place_values", "rules_from_config", "sharded_init", "sharding_context", "state_shardings"]
+__all__ = [
+    "DEFAULT_RULES",
+    "MESH_AXES",
+    "RESIDUAL",
+    "TP_IMPLS",
+    "batch_sharding",
+    "batch_shardings",
+    "check_process_rows",
+    "constrain",
+    "logical_to_spec",
+    "make_mesh",
+    "mesh_devices",
+    "mesh_shape",
+    "place_values",
+    "rules_from_config",
+    "sharded_init",
+    "sharding_context",
+    "state_shardings",
+]

@@ -17,15 +17,35 @@ from typing import Any
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
-DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
-               "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-               "c128": 16}
+DTYPE_BYTES = {
+    "pred": 1,
+    "s4": 1,
+    "u4": 1,
+    "s8": 1,
+    "u8": 1,
+    "f8e4m3fn": 1,
+    "f8e5m2": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$")
-_CALLS = re.compile(r"\b(body|condition|to_apply|calls|branch_computations|true_computation|"
-                    r"false_computation)=(\{[^}]*\}|%?[\w.\-]+)")
+_CALLS = re.compile(
+    r"\b(body|condition|to_apply|calls|branch_computations|true_computation|"
+    r"false_computation)=(\{[^}]*\}|%?[\w.\-]+)"
+)
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
 
 
@@ -136,8 +156,10 @@ def memory_report(compiled: Any) -> dict[str, int] | None:
         return None
     if m is None:
         return None
-    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output", "temp", "alias",
-                                                                   "generated_code")}
+    out = {
+        k: int(getattr(m, f"{k}_size_in_bytes", 0))
+        for k in ("argument", "output", "temp", "alias", "generated_code")
+    }
     out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
     return {f"{k}_bytes": v for k, v in out.items()}
 

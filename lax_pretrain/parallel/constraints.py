@@ -35,8 +35,9 @@ def check_tp_impl(tp_impl: str) -> str:
 
 
 @contextlib.contextmanager
-def sharding_context(mesh: Mesh | None, rules: dict[str, MeshAxes] | None = None,
-                     tp_impl: str = "auto") -> Iterator[None]:
+def sharding_context(
+    mesh: Mesh | None, rules: dict[str, MeshAxes] | None = None, tp_impl: str = "auto"
+) -> Iterator[None]:
     """`jax.set_mesh(mesh)` (skipped for None) plus the rules and TP implementation read at trace time."""
     rules_token = _RULES.set(dict(rules) if rules is not None else None)
     tp_token = _TP_IMPL.set(check_tp_impl(tp_impl))
@@ -67,8 +68,11 @@ def active_mesh() -> Any | None:
 
 def auto_axes(mesh: Any) -> dict[str, int]:
     """Mesh axes that GSPMD partitions here (manual axes of an enclosing shard_map excluded)."""
-    return {name: size for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
-            if kind != AxisType.Manual}
+    return {
+        name: size
+        for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
+        if kind != AxisType.Manual
+    }
 
 
 def spec_for(names: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec | None:

@@ -34,10 +34,13 @@ def maybe_initialize_distributed(dist_cfg: Any) -> bool:
         process_id = -1 if process_id is None else process_id
     if coordinator:
         if num_processes < 1 or process_id < 0:
-            raise ValueError("distributed.coordinator is set: distributed.num_processes and distributed.process_id "
-                             "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID) must be set too")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+            raise ValueError(
+                "distributed.coordinator is set: distributed.num_processes and distributed.process_id "
+                "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID) must be set too"
+            )
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        )
         return True
     if os.environ.get("LAX_DISTRIBUTED", "") == "1":
         jax.distributed.initialize()  # JAX's cluster detection fills in the coordinator and ids
@@ -52,8 +55,10 @@ def _in_slurm_step() -> bool:
     """Inside `srun` with several tasks. A batch script's own shell (SLURM_JOB_ID, SLURM_NTASKS, but no step
     variables) is not: initialising there would wait forever for tasks that never start."""
     step_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
-    return all(v in os.environ for v in step_vars) and (_env_int("SLURM_STEP_NUM_TASKS")
-                                                        or _env_int("SLURM_NTASKS") or 1) > 1
+    return (
+        all(v in os.environ for v in step_vars)
+        and (_env_int("SLURM_STEP_NUM_TASKS") or _env_int("SLURM_NTASKS") or 1) > 1
+    )
 
 
 def _on_gke_tpu_pod() -> bool:

@@ -27,12 +27,16 @@ def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not divide "
-                             f"the {num_devices} available devices (mesh.{fill[0]}=-1 cannot fill)")
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))}: the fixed axes ({known} devices) do not divide "
+                f"the {num_devices} available devices (mesh.{fill[0]}=-1 cannot fill)"
+            )
         sizes[MESH_AXES.index(fill[0])] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, sizes))} = "
-                         f"{math.prod(sizes)} does not match the {num_devices} available devices")
+        raise ValueError(
+            f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, sizes))} = "
+            f"{math.prod(sizes)} does not match the {num_devices} available devices"
+        )
     return tuple(sizes)
 
 
@@ -43,10 +47,14 @@ def mesh_devices(mesh_cfg: Any) -> list:
     if n == 0:
         return devices
     if n < 0 or n > len(devices):
-        raise ValueError(f"mesh.num_devices={n} must be between 1 and the {len(devices)} available devices (0: all)")
+        raise ValueError(
+            f"mesh.num_devices={n} must be between 1 and the {len(devices)} available devices (0: all)"
+        )
     if n != len(devices) and jax.process_count() > 1:
-        raise ValueError(f"mesh.num_devices={n}: a mesh on a subset of the devices is single-process only "
-                         f"({jax.process_count()} processes hold {len(devices)} devices)")
+        raise ValueError(
+            f"mesh.num_devices={n}: a mesh on a subset of the devices is single-process only "
+            f"({jax.process_count()} processes hold {len(devices)} devices)"
+        )
     return devices[:n]
 
 

@@ -46,8 +46,12 @@ def rules_from_config(parallel_cfg: Any) -> dict[str, MeshAxes]:
     return rules
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh | Mapping[str, int],
-                    rules: dict[str, MeshAxes]) -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh | Mapping[str, int],
+    rules: dict[str, MeshAxes],
+) -> PartitionSpec:
     """mesh: a (possibly abstract) Mesh, or {axis: size} of the axes that may be used."""
     sizes = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
     used: set[str] = set()
@@ -77,16 +81,23 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: dict[str, MeshAxes]) ->
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def sharded_init(model_factory: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, rules: dict[str, MeshAxes], *,
-                 seed: int = 0, trainable: Any = nnx.Param):
+def sharded_init(
+    model_factory: Callable[[nnx.Rngs], nnx.Module],
+    mesh: Mesh,
+    rules: dict[str, MeshAxes],
+    *,
+    seed: int = 0,
+    trainable: Any = nnx.Param,
+):
     """(graphdef, init, (train_sh, frozen_sh)): `init()` builds (trainable, frozen) state directly into its
     shardings. The shapes come from an abstract model and every random draw runs inside one jit whose
     out_shardings are the rule shardings, so with partitionable threefry (JAX's default) no device ever holds
     an unsharded parameter. Call this outside `jax.set_mesh` (NNX would read our logical names as mesh axes
     there) and `init` under it."""
     rngs = lambda: nnx.Rngs(params=seed, dropout=seed)  # noqa: E731
-    graphdef, abstract_train, abstract_frozen = nnx.split(nnx.eval_shape(lambda: model_factory(rngs())),
-                                                          trainable, ...)
+    graphdef, abstract_train, abstract_frozen = nnx.split(
+        nnx.eval_shape(lambda: model_factory(rngs())), trainable, ...
+    )
     shardings = (state_shardings(abstract_train, mesh, rules), state_shardings(abstract_frozen, mesh, rules))
 
     def init_state():
@@ -112,10 +123,14 @@ def place_values(state: nnx.State, shardings: nnx.State, values: Mapping[tuple, 
         if path in values:
             value = np.asarray(values[path])
             if value.shape != tuple(variable.shape):
-                raise ValueError(f"initial value for {'/'.join(map(str, path))} has shape {value.shape}; the model "
-                                 f"expects {tuple(variable.shape)}")
+                raise ValueError(
+                    f"initial value for {'/'.join(map(str, path))} has shape {value.shape}; the model "
+                    f"expects {tuple(variable.shape)}"
+                )
             value = value.astype(variable.dtype, copy=False)
-            array = jax.make_array_from_callback(value.shape, shardings_by_path[path], lambda idx, v=value: v[idx])
+            array = jax.make_array_from_callback(
+                value.shape, shardings_by_path[path], lambda idx, v=value: v[idx]
+            )
             variable = variable.replace(array)
         leaves.append((path, variable))
     return nnx.from_flat_state(leaves)
@@ -157,4 +172,5 @@ def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
             f"mesh {dict(sharding.mesh.shape)} with batch -> {sharding.spec[0]}: process {me} of {count} loads rows "
             f"{me * local}..{(me + 1) * local - 1} of each global batch but its devices would hold "
             f"{len(held)} rows ({min(held, default=0)}..{max(held, default=-1)}). Give the hosts distinct slices of "
-            "the batch axes (mesh.data or mesh.fsdp a multiple of the process count, hosts outermost).")
+            "the batch axes (mesh.data or mesh.fsdp a multiple of the process count, hosts outermost)."
+        )

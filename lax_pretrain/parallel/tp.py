@@ -30,7 +30,13 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec as P
 
-from lax_pretrain.parallel.constraints import active_mesh, auto_axes, constrain, current_rules, current_tp_impl
+from lax_pretrain.parallel.constraints import (
+    active_mesh,
+    auto_axes,
+    constrain,
+    current_rules,
+    current_tp_impl,
+)
 from lax_pretrain.parallel.rules import logical_to_spec
 
 TP_AXIS = "tensor"
@@ -58,8 +64,12 @@ def encode(layer: Any, x_NxI: jax.Array) -> tuple[jax.Array, Any]:
     else:
         down_IxR, aux = factors[0].astype(x_NxI.dtype), None
         if current_tp_impl() == "shard_map":
-            u_NxR = jax.shard_map(_row_parallel_down, in_specs=(P(None, TP_AXIS), P(TP_AXIS, None)),
-                                  out_specs=P(), axis_names={TP_AXIS})(x_NxI, down_IxR)
+            u_NxR = jax.shard_map(
+                _row_parallel_down,
+                in_specs=(P(None, TP_AXIS), P(TP_AXIS, None)),
+                out_specs=P(),
+                axis_names={TP_AXIS},
+            )(x_NxI, down_IxR)
         else:  # a no-op for svd/cola (their factor is stored so); splits a TT factor computed from its cores
             u_NxR = x_NxI @ jax.lax.with_sharding_constraint(down_IxR, P(TP_AXIS, None))
     return constrain(u_NxR, LATENT), aux
@@ -72,8 +82,12 @@ def decode(layer: Any, z_NxR: jax.Array, aux: Any) -> jax.Array:
         return layer.decode(z_NxR, aux)
     up_RxO = factors[1].astype(z_NxR.dtype)
     if current_tp_impl() == "shard_map":
-        return jax.shard_map(_column_parallel_up, in_specs=(P(), P(None, TP_AXIS)), out_specs=P(None, TP_AXIS),
-                             axis_names={TP_AXIS})(z_NxR, up_RxO)
+        return jax.shard_map(
+            _column_parallel_up,
+            in_specs=(P(), P(None, TP_AXIS)),
+            out_specs=P(None, TP_AXIS),
+            axis_names={TP_AXIS},
+        )(z_NxR, up_RxO)
     return z_NxR @ jax.lax.with_sharding_constraint(up_RxO, P(None, TP_AXIS))
 
 

@@ -1,7 +1,7 @@
 """Pretrain a model from a recipe: checkpoints, metrics.jsonl, config.json in the workdir (resumes if there).
 
-    lax-train --config=configs/llama.py:nano,kind=cola,lax=kron --workdir=runs/x [--config.a.b=v]
-    python -m lax_pretrain.train ...   (the same)
+lax-train --config=configs/llama.py:nano,kind=cola,lax=kron --workdir=runs/x [--config.a.b=v]
+python -m lax_pretrain.train ...   (the same)
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ from lax_pretrain.train import train
 
 FLAGS = cli.new_flags()
 config_flags.DEFINE_config_file(
-    "config", None, "Recipe file and compact argument, e.g. configs/llama.py:nano", flag_values=FLAGS)
-flags.DEFINE_string("workdir", None,
-                    "Run directory: checkpoints, metrics.jsonl, config.json (resumes if present).",
-                    flag_values=FLAGS)
+    "config", None, "Recipe file and compact argument, e.g. configs/llama.py:nano", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory: checkpoints, metrics.jsonl, config.json (resumes if present).",
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 

@@ -25,13 +25,18 @@ log = logging.getLogger(__name__)
 class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True):
         self.directory = Path(directory).resolve()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, params: Any, opt_state: Any, data_state: dict, *, force: bool = False) -> None:
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                                  data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave({"step": int(step)}))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave({"step": int(step)}),
+        )
         self.manager.save(step, args=args, force=force)
 
     def wait(self) -> None:
@@ -50,12 +55,20 @@ class Checkpointer:
         for step in sorted(self.manager.all_steps(), reverse=True):
             args = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
             if abstract_opt_state is not None:
-                args.update(opt_state=ocp.args.StandardRestore(abstract_opt_state), data=ocp.args.JsonRestore())
+                args.update(
+                    opt_state=ocp.args.StandardRestore(abstract_opt_state), data=ocp.args.JsonRestore()
+                )
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**args))
             except Exception as e:  # noqa: BLE001 - any damage means "try the previous one"
-                log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); falling back to the "
-                            "previous one", step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                log.warning(
+                    "checkpoint at step %d in %s cannot be restored (%s: %s); falling back to the "
+                    "previous one",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
                 damaged.append(step)
                 continue
             self._drop(damaged, training=abstract_opt_state is not None)

@@ -8,7 +8,6 @@ last good checkpoint as the newest.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -33,6 +32,7 @@ from lax_pretrain.train.validate import prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
 
+
 class _Preemption:
     """SIGTERM sets a flag; the loop checkpoints at the next step boundary and returns."""
 
@@ -56,9 +56,14 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.A
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 
-def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | None = None,
-          trainable: nnx.filterlib.Filter = nnx.Param,
-          init_values: Mapping[tuple, Any] | None = None) -> dict[str, Any]:
+def train(
+    config: Any,
+    workdir: str | Path,
+    *,
+    model_factory: ModelFactory | None = None,
+    trainable: nnx.filterlib.Filter = nnx.Param,
+    init_values: Mapping[tuple, Any] | None = None,
+) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints). Returns the final metrics summary.
 
     `init_values` (flat state path -> host array, e.g. a pretrained base under adapters) replace the factory's
@@ -70,13 +75,19 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
     prepare_workdir(workdir, config)
     t_cfg = config.train
     stats = model_stats(config.model, data_info.get("seq_len", 0))
-    program = build_program(config, mesh, model_factory=model_factory, trainable=trainable, init_values=init_values)
+    program = build_program(
+        config, mesh, model_factory=model_factory, trainable=trainable, init_values=init_values
+    )
     task, params, frozen, opt_state = program.task, program.params, program.frozen, program.opt_state
     # Everything traced below (steps, eval) sees the mesh, the rules table and the TP implementation.
     with program.context():
-        train_it = data_lib.make_train_iterator(config.data, global_batch_size=t_cfg.batch_size, seed=t_cfg.seed,
-                                                process_index=jax.process_index(),
-                                                process_count=jax.process_count())
+        train_it = data_lib.make_train_iterator(
+            config.data,
+            global_batch_size=t_cfg.batch_size,
+            seed=t_cfg.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         ckpt = Checkpointer(workdir / "checkpoints", keep=t_cfg.keep_checkpoints)
         start = 0
         restored = ckpt.restore(abstract_like(params), abstract_like(opt_state))
@@ -89,12 +100,19 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
         data_state = train_it.get_state()  # before the first batch: what a checkpoint at `start` holds
         batch = next(train_it)
         batch_sh, step_fn = program.batch_shardings, program.train_step
-        eval_batches = list(data_lib.make_eval_batches(config.data, global_batch_size=t_cfg.batch_size,
-                                                        process_index=jax.process_index(),
-                                                        process_count=jax.process_count()))
+        eval_batches = list(
+            data_lib.make_eval_batches(
+                config.data,
+                global_batch_size=t_cfg.batch_size,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+        )
 
         def evaluate(p) -> dict[str, float]:
-            sums = [jax.device_get(program.eval_step(p, frozen, _to_global(b, batch_sh))) for b in eval_batches]
+            sums = [
+                jax.device_get(program.eval_step(p, frozen, _to_global(b, batch_sh))) for b in eval_batches
+            ]
             return task.summarize(sums)
 
         peak, device_kind = device_peak_flops()
@@ -102,9 +120,18 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
         tokens_per_example = stats.seq_len
         writer = MetricWriter(workdir, config, run_name=config.name or workdir.name)
         if start == 0:
-            writer.write({"step": 0, **evaluate(params), "params": stats.total_params,
-                          "non_embedding_params": stats.non_embedding_params, "lax_params": stats.lax_params,
-                          "flops_per_token": stats.flops_per_token, "device": device_kind, "num_devices": n_dev})
+            writer.write(
+                {
+                    "step": 0,
+                    **evaluate(params),
+                    "params": stats.total_params,
+                    "non_embedding_params": stats.non_embedding_params,
+                    "lax_params": stats.lax_params,
+                    "flops_per_token": stats.flops_per_token,
+                    "device": device_kind,
+                    "num_devices": n_dev,
+                }
+            )
         if peak is None:
             log.info("MFU omitted: no peak FLOP/s known for device kind %r", device_kind)
 
@@ -120,7 +147,8 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                 raise FloatingPointError(
                     f"loss became {float(host['loss'])} at step {step_done}; stopping. The last good checkpoint "
                     f"(step {ckpt.latest_step()}) in {workdir / 'checkpoints'} is kept; lower optim.lr or raise "
-                    "optim.warmup_steps and resume.")
+                    "optim.warmup_steps and resume."
+                )
             return host
 
         bar = tqdm(total=t_cfg.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
@@ -130,7 +158,9 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                 while step < t_cfg.steps:
                     if preempt.requested:
                         break
-                    params, opt_state, metrics = step_fn(params, opt_state, frozen, _to_global(batch, batch_sh), step)
+                    params, opt_state, metrics = step_fn(
+                        params, opt_state, frozen, _to_global(batch, batch_sh), step
+                    )
                     step += 1
                     window_steps += 1
                     if pending is not None:  # check the previous step while this one runs
@@ -143,10 +173,15 @@ def train(config: Any, workdir: str | Path, *, model_factory: ModelFactory | Non
                         examples_per_s = window_steps * t_cfg.batch_size / elapsed
                         tokens_per_s = examples_per_s * tokens_per_example
                         tflops = stats.train_flops_per_token * tokens_per_s / 1e12
-                        record = {"step": step, "loss": float(host["loss"]), "lr": float(host["lr"]),
-                                  "grad_norm": float(host["grad_norm"]), "tflops_per_s": tflops,
-                                  "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
-                                  "time": time.time()}
+                        record = {
+                            "step": step,
+                            "loss": float(host["loss"]),
+                            "lr": float(host["lr"]),
+                            "grad_norm": float(host["grad_norm"]),
+                            "tflops_per_s": tflops,
+                            "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
+                            "time": time.time(),
+                        }
                         record[task.throughput_key] = task.throughput(examples_per_s, tokens_per_example)
                         writer.write(record)
                         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")

@@ -38,8 +38,10 @@ class MetricWriter:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, str)},
-                               step=record["step"])
+            self.wandb_run.log(
+                {k: v for k, v in record.items() if k != "step" and not isinstance(v, str)},
+                step=record["step"],
+            )
 
     def close(self) -> None:
         if self.wandb_run is not None:
@@ -55,9 +57,17 @@ def _start_wandb(workdir: str | Path, config: Any, run_name: str):
     run_id = "".join(c if c.isalnum() else "-" for c in str(Path(workdir).resolve()))[-64:].strip("-")
     os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(
-        project=wb.project, entity=wb.entity or None, group=wb.group or None, tags=list(wb.tags) or None,
-        name=wb.name or run_name, mode=wb.mode, dir=str(workdir), id=run_id, resume="allow",
-        config=json.loads(config.to_json_best_effort()), settings=wandb.Settings(console="off"),
+        project=wb.project,
+        entity=wb.entity or None,
+        group=wb.group or None,
+        tags=list(wb.tags) or None,
+        name=wb.name or run_name,
+        mode=wb.mode,
+        dir=str(workdir),
+        id=run_id,
+        resume="allow",
+        config=json.loads(config.to_json_best_effort()),
+        settings=wandb.Settings(console="off"),
     )
 
 

@@ -27,8 +27,12 @@ TOKEN_NAMES = ("cls", "pos")
 def lr_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
     warmup = min(optim_cfg.warmup_steps, total_steps)
     return optax.warmup_cosine_decay_schedule(
-        init_value=optim_cfg.get("warmup_init_lr", 0.0), peak_value=optim_cfg.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.lr * optim_cfg.min_lr_ratio)
+        init_value=optim_cfg.get("warmup_init_lr", 0.0),
+        peak_value=optim_cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=optim_cfg.lr * optim_cfg.min_lr_ratio,
+    )
 
 
 def _names(path: Sequence[Any]) -> tuple[str, ...]:
@@ -57,11 +61,21 @@ def decay_mask(kind: str):
 
 def make_optimizer(optim_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     if optim_cfg.weight_decay_mask not in WEIGHT_DECAY_MASKS:
-        raise ValueError(f"optim.weight_decay_mask={optim_cfg.weight_decay_mask!r} is not one of "
-                         f"{', '.join(WEIGHT_DECAY_MASKS)}")
+        raise ValueError(
+            f"optim.weight_decay_mask={optim_cfg.weight_decay_mask!r} is not one of "
+            f"{', '.join(WEIGHT_DECAY_MASKS)}"
+        )
     schedule = lr_schedule(optim_cfg, total_steps)
-    chain = [optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                         weight_decay=optim_cfg.weight_decay, mask=decay_mask(optim_cfg.weight_decay_mask))]
+    chain = [
+        optax.adamw(
+            schedule,
+            b1=optim_cfg.b1,
+            b2=optim_cfg.b2,
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
+            mask=decay_mask(optim_cfg.weight_decay_mask),
+        )
+    ]
     if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
         chain.insert(0, optax.clip_by_global_norm(optim_cfg.clip_norm))
     return optax.chain(*chain), schedule

@@ -26,8 +26,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lax_pretrain.models import Task, build, get_task
-from lax_pretrain.parallel import (RESIDUAL, batch_sharding, check_process_rows, logical_to_spec, place_values,
-                                   rules_from_config, sharded_init, sharding_context)
+from lax_pretrain.parallel import (
+    RESIDUAL,
+    batch_sharding,
+    check_process_rows,
+    logical_to_spec,
+    place_values,
+    rules_from_config,
+    sharded_init,
+    sharding_context,
+)
 from lax_pretrain.train.optimizer import make_optimizer
 from lax_pretrain.train.step import jit_train_step, make_eval_step, make_train_step
 
@@ -67,8 +75,13 @@ class Program:
     def lower_train_step(self):
         """The train step lowered for abstract arguments of this program's shapes and shardings."""
         with self.context():
-            return self.train_step.lower(abstract(self.params), abstract(self.opt_state), abstract(self.frozen),
-                                         self.batch_spec, jax.ShapeDtypeStruct((), jnp.int32))
+            return self.train_step.lower(
+                abstract(self.params),
+                abstract(self.opt_state),
+                abstract(self.frozen),
+                self.batch_spec,
+                jax.ShapeDtypeStruct((), jnp.int32),
+            )
 
 
 def abstract(tree: Any) -> Any:
@@ -87,9 +100,15 @@ def global_batch_spec(task: Task, config: Any, mesh: Mesh, rules: dict) -> dict[
     return out
 
 
-def build_program(config: Any, mesh: Mesh, *, model_factory: ModelFactory | None = None,
-                  trainable: nnx.filterlib.Filter = nnx.Param, abstract: bool = False,
-                  init_values: Mapping[tuple, Any] | None = None) -> Program:
+def build_program(
+    config: Any,
+    mesh: Mesh,
+    *,
+    model_factory: ModelFactory | None = None,
+    trainable: nnx.filterlib.Filter = nnx.Param,
+    abstract: bool = False,
+    init_values: Mapping[tuple, Any] | None = None,
+) -> Program:
     """The sharded state and jitted steps of `config` on `mesh`.
 
     model_factory: rngs -> model (default: the config's model); trainable: which variables the optimizer
@@ -98,17 +117,22 @@ def build_program(config: Any, mesh: Mesh, *, model_factory: ModelFactory | None
     task = get_task(config.model)
     rules = rules_from_config(config.parallel)
     factory = model_factory or (lambda rngs: build(config.model, rngs=rngs))
-    graphdef, init_state, (param_sh, frozen_sh) = sharded_init(factory, mesh, rules, seed=config.train.seed,
-                                                               trainable=trainable)
+    graphdef, init_state, (param_sh, frozen_sh) = sharded_init(
+        factory, mesh, rules, seed=config.train.seed, trainable=trainable
+    )
     known = {path for sh in (param_sh, frozen_sh) for path, _ in nnx.to_flat_state(sh)}
     unknown = set(init_values or ()) - known
     if unknown:
-        raise ValueError(f"init_values has {len(unknown)} paths the model does not, e.g. "
-                         f"{sorted('/'.join(map(str, p)) for p in unknown)[:3]}")
+        raise ValueError(
+            f"init_values has {len(unknown)} paths the model does not, e.g. "
+            f"{sorted('/'.join(map(str, p)) for p in unknown)[:3]}"
+        )
     tx, schedule = make_optimizer(config.optim, config.train.steps)
     with sharding_context(mesh, rules, config.parallel.tp_impl):
         if abstract:
-            params, frozen = (_with_shardings(s, sh) for s, sh in zip(jax.eval_shape(init_state), (param_sh, frozen_sh)))
+            params, frozen = (
+                _with_shardings(s, sh) for s, sh in zip(jax.eval_shape(init_state), (param_sh, frozen_sh))
+            )
             opt_sh = jax.jit(tx.init).lower(params).compile().output_shardings
             opt_state = _with_shardings(jax.eval_shape(tx.init, params), opt_sh)
         else:
@@ -120,12 +144,35 @@ def build_program(config: Any, mesh: Mesh, *, model_factory: ModelFactory | None
             opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
         batch_spec = global_batch_spec(task, config, mesh, rules)
         batch_sh = {k: v.sharding for k, v in batch_spec.items()}
-        step = make_train_step(graphdef, frozen, task.loss, tx, schedule, grad_accum=config.train.grad_accum,
-                               dropout_seed=config.train.seed)
+        step = make_train_step(
+            graphdef,
+            frozen,
+            task.loss,
+            tx,
+            schedule,
+            grad_accum=config.train.grad_accum,
+            dropout_seed=config.train.seed,
+        )
         train_step = jit_train_step(step, param_sh, opt_sh, frozen_sh, batch_sh)
         eval_step = make_eval_step(graphdef, task.eval_sums, param_sh, frozen_sh, batch_sh)
-    return Program(config, task, mesh, rules, graphdef, params, frozen, opt_state, param_sh, frozen_sh, opt_sh,
-                   batch_spec, tx, schedule, train_step, eval_step)
+    return Program(
+        config,
+        task,
+        mesh,
+        rules,
+        graphdef,
+        params,
+        frozen,
+        opt_state,
+        param_sh,
+        frozen_sh,
+        opt_sh,
+        batch_spec,
+        tx,
+        schedule,
+        train_step,
+        eval_step,
+    )
 
 
 def compile_block_step(config: Any, mesh: Mesh):
@@ -141,19 +188,28 @@ def compile_block_step(config: Any, mesh: Mesh):
     length = task.tokens_per_example(cfg, config.data.get("seq_len", 0))
     make = task.block_class
     crossed = cfg.linear.crossing != "none" or any(
-        dict(p or {}).get("crossing", "none") != "none" for p in dict(cfg.get("proj", {}) or {}).values())
+        dict(p or {}).get("crossing", "none") != "none" for p in dict(cfg.get("proj", {}) or {}).values()
+    )
     extra = task.block_args(cfg, length)
 
     x_shape = (b, length, cfg.d_model)
-    _, latent_shapes = jax.eval_shape(lambda x: make(cfg, first=True, rngs=nnx.Rngs(0))(x, None, *extra),
-                                      jax.ShapeDtypeStruct(x_shape, jnp.float32))
-    graphdef, init, (param_sh, rest_sh) = sharded_init(lambda r: make(cfg, first=not crossed, rngs=r), mesh, rules)
+    _, latent_shapes = jax.eval_shape(
+        lambda x: make(cfg, first=True, rngs=nnx.Rngs(0))(x, None, *extra),
+        jax.ShapeDtypeStruct(x_shape, jnp.float32),
+    )
+    graphdef, init, (param_sh, rest_sh) = sharded_init(
+        lambda r: make(cfg, first=not crossed, rngs=r), mesh, rules
+    )
     with sharding_context(mesh, rules, config.parallel.tp_impl):
         params, rest = jax.eval_shape(init)
         params, rest = _with_shardings(params, param_sh), _with_shardings(rest, rest_sh)
         x = jax.ShapeDtypeStruct(x_shape, jnp.float32, sharding=_named(mesh, rules, RESIDUAL, x_shape))
-        lat = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=_named(
-            mesh, rules, LATENT_BxLxR, s.shape)), latent_shapes)
+        lat = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(
+                s.shape, s.dtype, sharding=_named(mesh, rules, LATENT_BxLxR, s.shape)
+            ),
+            latent_shapes,
+        )
         lat_in = lat if crossed else None
 
         def forward_backward(params, x, lat_in, dy, dlat):
@@ -175,6 +231,7 @@ def _named(mesh: Mesh, rules: dict, names, shape) -> NamedSharding:
 
 def _with_shardings(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `tree` carrying `shardings` (a prefix tree: one sharding per variable)."""
+
     def attach(sharding, sub):
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), sub)
 

@@ -21,8 +21,16 @@ def _has_dropout_stream(graphdef_and_state: Any) -> bool:
     return any("dropout" in map(str, path) for path, _ in nnx.to_flat_state(graphdef_and_state))
 
 
-def make_train_step(graphdef: nnx.GraphDef, frozen: nnx.State, loss_fn: Callable, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, grad_accum: int, dropout_seed: int):
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    frozen: nnx.State,
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    grad_accum: int,
+    dropout_seed: int,
+):
     reseed = _has_dropout_stream(frozen)
     dropout_key = jax.random.key(dropout_seed)
 
@@ -45,8 +53,8 @@ def make_train_step(graphdef: nnx.GraphDef, frozen: nnx.State, loss_fn: Callable
 
             def body(carry, xs):
                 i, mb = xs
-                (l, _), g = grad_fn(trainable, frozen, mb, step_index * grad_accum + i)
-                return jax.tree.map(jnp.add, carry, (l, g)), None
+                (loss_i, _), grads_i = grad_fn(trainable, frozen, mb, step_index * grad_accum + i)
+                return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
             (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
@@ -60,11 +68,17 @@ def make_train_step(graphdef: nnx.GraphDef, frozen: nnx.State, loss_fn: Callable
 
 
 def jit_train_step(step: Callable, trainable_sh: Any, opt_sh: Any, frozen_sh: Any, batch_sh: dict):
-    return jax.jit(step, in_shardings=(trainable_sh, opt_sh, frozen_sh, batch_sh, None),
-                   out_shardings=(trainable_sh, opt_sh, None), donate_argnums=(0, 1))
+    return jax.jit(
+        step,
+        in_shardings=(trainable_sh, opt_sh, frozen_sh, batch_sh, None),
+        out_shardings=(trainable_sh, opt_sh, None),
+        donate_argnums=(0, 1),
+    )
 
 
-def make_eval_step(graphdef: nnx.GraphDef, eval_fn: Callable, trainable_sh: Any, frozen_sh: Any, batch_sh: dict):
+def make_eval_step(
+    graphdef: nnx.GraphDef, eval_fn: Callable, trainable_sh: Any, frozen_sh: Any, batch_sh: dict
+):
     def step(trainable, frozen, batch):
         return eval_fn(nnx.merge(graphdef, trainable, frozen), batch)
 

@@ -15,8 +15,15 @@ from lax_pretrain.models import build, get_task
 from lax_pretrain.parallel.constraints import check_tp_impl
 from lax_pretrain.train.metrics import WANDB_MODES
 
-POSITIVE_TRAIN_KEYS = ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                       "grad_accum")
+POSITIVE_TRAIN_KEYS = (
+    "steps",
+    "batch_size",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "grad_accum",
+)
 
 
 def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
@@ -29,13 +36,19 @@ def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
         raise ValueError(f"optim.lr={config.optim.lr} must be > 0")
     data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if t.batch_size % data_ways:
-        raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the data axes "
-                         f"(mesh.data x mesh.fsdp = {data_ways})")
+        raise ValueError(
+            f"train.batch_size={t.batch_size} is not divisible by the data axes "
+            f"(mesh.data x mesh.fsdp = {data_ways})"
+        )
     if t.batch_size % t.grad_accum or (t.batch_size // t.grad_accum) % data_ways:
-        raise ValueError(f"train.batch_size={t.batch_size} must split into train.grad_accum={t.grad_accum} "
-                         f"micro-batches that are each divisible by the data axes ({data_ways})")
+        raise ValueError(
+            f"train.batch_size={t.batch_size} must split into train.grad_accum={t.grad_accum} "
+            f"micro-batches that are each divisible by the data axes ({data_ways})"
+        )
     if t.batch_size % jax.process_count():
-        raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes")
+        raise ValueError(
+            f"train.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes"
+        )
 
     check_tp_impl(config.parallel.tp_impl)
     if config.wandb.mode not in WANDB_MODES:
@@ -45,18 +58,26 @@ def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
     m = config.model
     task = get_task(m)  # an unknown model.family fails here
     if info["kind"] != task.data_kind:
-        raise ValueError(f"data.name={config.data.name!r} is a {info['kind']} dataset; model.family {m.family!r} "
-                         f"needs {task.data_kind}")
+        raise ValueError(
+            f"data.name={config.data.name!r} is a {info['kind']} dataset; model.family {m.family!r} "
+            f"needs {task.data_kind}"
+        )
     if "vocab_size" in info and m.vocab_size < info["vocab_size"]:
-        raise ValueError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary "
-                         f"({info['vocab_size']}, data.tokenizer={config.data.tokenizer!r})")
+        raise ValueError(
+            f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({info['vocab_size']}, data.tokenizer={config.data.tokenizer!r})"
+        )
     if "image_shape" in info:
         h, w, c = info["image_shape"]
         if (m.image_size, m.image_size, m.channels) != (h, w, c):
-            raise ValueError(f"model.image_size/channels = {m.image_size}x{m.image_size}x{m.channels} do not match "
-                             f"the data's {h}x{w}x{c} (data.name={config.data.name!r}, data.image_size)")
+            raise ValueError(
+                f"model.image_size/channels = {m.image_size}x{m.image_size}x{m.channels} do not match "
+                f"the data's {h}x{w}x{c} (data.name={config.data.name!r}, data.image_size)"
+            )
         if m.num_classes != info["num_classes"]:
-            raise ValueError(f"model.num_classes={m.num_classes} does not match the data's {info['num_classes']}")
+            raise ValueError(
+                f"model.num_classes={m.num_classes} does not match the data's {info['num_classes']}"
+            )
     nnx.eval_shape(lambda: build(m, rngs=nnx.Rngs(0)))  # every projection spec is validated here, abstractly
     return info
 
@@ -72,4 +93,6 @@ def prepare_workdir(workdir: Path, config: Any) -> None:
     except OSError as e:
         raise ValueError(f"--workdir={workdir} is not writable: {e}") from e
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+        (workdir / "config.json").write_text(
+            json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n"
+        )

@@ -90,8 +90,11 @@ class Basis:
 
     def check_signature(self, signature: Signature, what: str = "model") -> None:
         """Raise ValueError unless `signature` (path -> (d_in, d_out)) is exactly the basis's own."""
-        check_signature(dict(self.model_signature), dict(signature),
-                        f"model signature mismatch: this basis was built for another model than this {what}")
+        check_signature(
+            dict(self.model_signature),
+            dict(signature),
+            f"model signature mismatch: this basis was built for another model than this {what}",
+        )
 
 
 jax.tree_util.register_dataclass(
@@ -124,10 +127,14 @@ def _check_adapters(adapters: Sequence[Adapter]) -> tuple[dict[str, tuple[int, i
     for i, adapter in enumerate(adapters[1:], start=1):
         check_signature(signature, adapter_signature(adapter), f"adapter {i} does not match adapter 0")
         if (r := _adapter_rank(adapter)) != rank:
-            raise ValueError(f"adapter {i} has rank {r}, adapter 0 has rank {rank}: all adapters need one rank")
+            raise ValueError(
+                f"adapter {i} has rank {r}, adapter 0 has rank {rank}: all adapters need one rank"
+            )
     for i, adapter in enumerate(adapters):
         for path, (a, b) in adapter.items():
-            if not (np.isfinite(np.asarray(a, np.float64)).all() and np.isfinite(np.asarray(b, np.float64)).all()):
+            if not (
+                np.isfinite(np.asarray(a, np.float64)).all() and np.isfinite(np.asarray(b, np.float64)).all()
+            ):
                 raise ValueError(f"adapter {i}, {path}: non-finite values")
     return signature, rank
 
@@ -141,7 +148,9 @@ def _check_k(k: int, signature: dict[str, tuple[int, int]], n_samples: int, rank
     for path, (d_in, d_out) in signature.items():
         dims = (d_in * rank, rank * d_out) if unwind else (d_in, d_out)
         if k > min(dims):
-            raise ValueError(f"{path}: k = {k} exceeds the component dimension {min(dims)} (d_in, d_out = {dims})")
+            raise ValueError(
+                f"{path}: k = {k} exceeds the component dimension {min(dims)} (d_in, d_out = {dims})"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- fitting
@@ -164,7 +173,9 @@ def _centred_svd(m_DxN: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, 
     u_DxN, s_N, _ = np.linalg.svd(mc_DxN, full_matrices=False)
     cumulative_N = np.cumsum(s_N**2)
     if cumulative_N[-1] == 0.0:
-        raise ValueError(f"{what}: the centred samples are all zero (identical samples), there is nothing to fit")
+        raise ValueError(
+            f"{what}: the centred samples are all zero (identical samples), there is nothing to fit"
+        )
     return u_DxN, s_N, cumulative_N / cumulative_N[-1]  # dividing by the last entry makes rho(full) exactly 1
 
 
@@ -185,8 +196,9 @@ def _orthonormal_extension(c_DxK: np.ndarray, n: int, rng: np.random.Generator) 
     return np.concatenate([c_DxK, q[:, k:]], axis=1)
 
 
-def _principal_components(m_DxN: np.ndarray, k: int, rng: np.random.Generator, what: str
-                          ) -> tuple[np.ndarray, np.ndarray, int]:
+def _principal_components(
+    m_DxN: np.ndarray, k: int, rng: np.random.Generator, what: str
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Top-k components of the centred samples, their rho, and how many trailing ones are random."""
     u_DxN, s_N, rho_N = _centred_svd(m_DxN, what)
     n_signal = min(k, _numerical_rank(s_N, m_DxN.shape))
@@ -222,8 +234,11 @@ def fit_basis(adapters: Sequence[Adapter], k: int, *, unwind: bool = False, seed
         n_random[path] = (na, nb)
     extended = {p: n for p, n in n_random.items() if any(n)}
     if extended:
-        warnings.warn(f"k = {k} exceeds the rank of the centred samples; trailing random orthonormal components "
-                      f"per module (A, B): {extended}", stacklevel=2)
+        warnings.warn(
+            f"k = {k} exceeds the rank of the centred samples; trailing random orthonormal components "
+            f"per module (A, B): {extended}",
+            stacklevel=2,
+        )
     return Basis(c_a, c_b, rho_a, rho_b, FrozenDict(signature), rank, unwind, FrozenDict(n_random))
 
 
@@ -256,8 +271,10 @@ def augment(basis: Basis, n_random: int, *, seed: int) -> Basis:
     for p in basis.modules:
         for side, c in (("C_A", basis.C_A[p]), ("C_B", basis.C_B[p])):
             if c.shape[1] + n_random > c.shape[0]:
-                raise ValueError(f"{p}: cannot have {c.shape[1] + n_random} orthonormal {side} components in "
-                                 f"dimension {c.shape[0]}")
+                raise ValueError(
+                    f"{p}: cannot have {c.shape[1] + n_random} orthonormal {side} components in "
+                    f"dimension {c.shape[0]}"
+                )
     rng = np.random.default_rng(seed)
     c_a, c_b, counts = {}, {}, {}
     for p in basis.modules:
@@ -293,13 +310,26 @@ def project(basis: Basis, adapter: Adapter) -> Loadings:
 def reconstruct(basis: Basis, loadings: Loadings) -> dict[str, tuple[jax.Array, jax.Array]]:
     """The adapter of the loadings: A_hat = C_A alpha_A (d_in, r), B_hat = (C_B alpha_B)^T (r, d_out)."""
     check_loadings(basis, loadings)
-    return {p: lora_factors(basis.C_A[p], basis.C_B[p], loadings.alpha_A[p], loadings.alpha_B[p],
-                            unwind_shape=(*basis.model_signature[p], basis.rank) if basis.unwind else None)
-            for p in basis.modules}
+    return {
+        p: lora_factors(
+            basis.C_A[p],
+            basis.C_B[p],
+            loadings.alpha_A[p],
+            loadings.alpha_B[p],
+            unwind_shape=(*basis.model_signature[p], basis.rank) if basis.unwind else None,
+        )
+        for p in basis.modules
+    }
 
 
-def lora_factors(C_A: ArrayLike, C_B: ArrayLike, alpha_A: ArrayLike, alpha_B: ArrayLike, *,
-                 unwind_shape: tuple[int, int, int] | None = None) -> tuple[jax.Array, jax.Array]:
+def lora_factors(
+    C_A: ArrayLike,
+    C_B: ArrayLike,
+    alpha_A: ArrayLike,
+    alpha_B: ArrayLike,
+    *,
+    unwind_shape: tuple[int, int, int] | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Materialise (A_hat, B_hat) of one module; unwind_shape = (d_in, d_out, r) for an unwind basis."""
     a_hat = jnp.matmul(C_A, alpha_A, precision=HIGHEST)
     b_hat = jnp.matmul(C_B, alpha_B, precision=HIGHEST)

@@ -67,8 +67,10 @@ def zero_b_loadings(basis: Basis, rank: int, *, rngs: nnx.Rngs, scale: float = I
 def check_loadings(basis: Basis, loadings: Loadings) -> int:
     """The loadings' column count (r, or 1 for unwind), after checking them against the basis."""
     if set(loadings.alpha_A) != set(basis.modules) or set(loadings.alpha_B) != set(basis.modules):
-        raise ValueError(f"loadings modules {sorted(loadings.alpha_A)} / {sorted(loadings.alpha_B)} "
-                         f"do not match the basis modules {sorted(basis.modules)}")
+        raise ValueError(
+            f"loadings modules {sorted(loadings.alpha_A)} / {sorted(loadings.alpha_B)} "
+            f"do not match the basis modules {sorted(basis.modules)}"
+        )
     cols = {loadings.alpha_A[p].shape[-1] for p in basis.modules}
     if len(cols) != 1:
         raise ValueError(f"loadings have different ranks across modules: {sorted(cols)}")
@@ -76,7 +78,12 @@ def check_loadings(basis: Basis, loadings: Loadings) -> int:
     if basis.unwind and r != 1:
         raise ValueError(f"an unwind basis takes loadings of shape (K, 1), got rank {r}")
     for p in basis.modules:
-        for side, c, alpha in (("A", basis.C_A[p], loadings.alpha_A[p]), ("B", basis.C_B[p], loadings.alpha_B[p])):
+        for side, c, alpha in (
+            ("A", basis.C_A[p], loadings.alpha_A[p]),
+            ("B", basis.C_B[p], loadings.alpha_B[p]),
+        ):
             if alpha.shape != (c.shape[1], r):
-                raise ValueError(f"{p}: alpha_{side} has shape {alpha.shape}, expected (K, r) = {(c.shape[1], r)}")
+                raise ValueError(
+                    f"{p}: alpha_{side} has shape {alpha.shape}, expected (K, r) = {(c.shape[1], r)}"
+                )
     return r

@@ -31,8 +31,9 @@ def frozen(value: ArrayLike, axes: tuple[str | None, ...]) -> Frozen:
     return Frozen(f32(value), **{AXES_KEY: axes}, eager_sharding=False)
 
 
-def eigenlora_delta(x: jax.Array, C_A: jax.Array, C_B: jax.Array, alpha_A: jax.Array, alpha_B: jax.Array
-                    ) -> jax.Array:
+def eigenlora_delta(
+    x: jax.Array, C_A: jax.Array, C_B: jax.Array, alpha_A: jax.Array, alpha_B: jax.Array
+) -> jax.Array:
     """delta(x) = (x C_A alpha_A)(C_B alpha_B)^T for x (..., d_in); returns (..., d_out) in x's dtype.
 
     B_hat = alpha_B^T C_B^T is formed once (r K d_out flops, independent of the token count). On the A side
@@ -43,8 +44,10 @@ def eigenlora_delta(x: jax.Array, C_A: jax.Array, C_B: jax.Array, alpha_A: jax.A
     d_in, k_a = C_A.shape
     r = alpha_A.shape[1]
     if x.shape[-1] != d_in or alpha_A.shape[0] != k_a or alpha_B.shape != (C_B.shape[1], r):
-        raise ValueError(f"shape mismatch: x {x.shape}, C_A {C_A.shape}, C_B {C_B.shape}, "
-                         f"alpha_A {alpha_A.shape}, alpha_B {alpha_B.shape} (expected alpha (K, r))")
+        raise ValueError(
+            f"shape mismatch: x {x.shape}, C_A {C_A.shape}, C_B {C_B.shape}, "
+            f"alpha_A {alpha_A.shape}, alpha_B {alpha_B.shape} (expected alpha (K, r))"
+        )
     dtype = x.dtype
     b_hat_RxO = (C_B @ alpha_B).T.astype(dtype)
     if k_a < r:
@@ -61,9 +64,18 @@ class EigenLoRA(nnx.Module):
     base map. `axes` are the logical names of (d_in, d_out), to shard the components like the base map.
     """
 
-    def __init__(self, C_A: ArrayLike, C_B: ArrayLike, rank: int, *, rngs: nnx.Rngs | None = None,
-                 loadings: tuple[ArrayLike, ArrayLike] | None = None, unwind_shape: tuple[int, int] | None = None,
-                 axes: tuple[str | None, str | None] = (None, None), init_scale: float = INIT_SCALE):
+    def __init__(
+        self,
+        C_A: ArrayLike,
+        C_B: ArrayLike,
+        rank: int,
+        *,
+        rngs: nnx.Rngs | None = None,
+        loadings: tuple[ArrayLike, ArrayLike] | None = None,
+        unwind_shape: tuple[int, int] | None = None,
+        axes: tuple[str | None, str | None] = (None, None),
+        init_scale: float = INIT_SCALE,
+    ):
         """unwind_shape = (d_in, d_out) selects the unwind ablation (C_A (d_in r, K), loadings (K, 1)).
 
         Loadings start U(-init_scale, init_scale) from `rngs`, or from `loadings` = (alpha_A, alpha_B) to
@@ -75,8 +87,10 @@ class EigenLoRA(nnx.Module):
         if unwind_shape:
             d_in, d_out = unwind_shape
             if C_A.shape[0] != d_in * rank or C_B.shape[0] != rank * d_out:
-                raise ValueError(f"unwind components {C_A.shape}, {C_B.shape} do not fit (d_in, d_out, r) = "
-                                 f"{(d_in, d_out, rank)}")
+                raise ValueError(
+                    f"unwind components {C_A.shape}, {C_B.shape} do not fit (d_in, d_out, r) = "
+                    f"{(d_in, d_out, rank)}"
+                )
             axes_a, axes_b = (None, None), (None, None)  # a component is a flattened whole factor
         else:
             axes_a, axes_b = (axes[0], None), (axes[1], None)
@@ -89,17 +103,27 @@ class EigenLoRA(nnx.Module):
         else:
             alpha_a, alpha_b = map(f32, loadings)
             if alpha_a.shape != (k_a, cols) or alpha_b.shape != (k_b, cols):
-                raise ValueError(f"loadings of shapes {alpha_a.shape}, {alpha_b.shape}; expected "
-                                 f"{(k_a, cols)} and {(k_b, cols)}")
+                raise ValueError(
+                    f"loadings of shapes {alpha_a.shape}, {alpha_b.shape}; expected "
+                    f"{(k_a, cols)} and {(k_b, cols)}"
+                )
         self.C_A = frozen(C_A, axes_a)
         self.C_B = frozen(C_B, axes_b)
         self.alpha_A = param(alpha_a, (None, None))  # tiny: replicated
         self.alpha_B = param(alpha_b, (None, None))
 
     @classmethod
-    def from_basis(cls, basis: Basis, path: str, rank: int, *, rngs: nnx.Rngs | None = None,
-                   loadings: Loadings | None = None, axes: tuple[str | None, str | None] = (None, None),
-                   init_scale: float = INIT_SCALE) -> EigenLoRA:
+    def from_basis(
+        cls,
+        basis: Basis,
+        path: str,
+        rank: int,
+        *,
+        rngs: nnx.Rngs | None = None,
+        loadings: Loadings | None = None,
+        axes: tuple[str | None, str | None] = (None, None),
+        init_scale: float = INIT_SCALE,
+    ) -> EigenLoRA:
         """The module for `path` of `basis`, optionally warm-started from a task's `loadings`."""
         c_a, c_b = basis.components(path)
         basis.loading_columns(rank)  # an unwind basis is for its own rank only
@@ -107,14 +131,23 @@ class EigenLoRA(nnx.Module):
         if loadings is not None:
             check_loadings(basis, loadings)
             pair = (loadings.alpha_A[path], loadings.alpha_B[path])
-        return cls(c_a, c_b, rank, rngs=rngs, loadings=pair, axes=axes, init_scale=init_scale,
-                   unwind_shape=tuple(basis.model_signature[path]) if basis.unwind else None)
+        return cls(
+            c_a,
+            c_b,
+            rank,
+            rngs=rngs,
+            loadings=pair,
+            axes=axes,
+            init_scale=init_scale,
+            unwind_shape=tuple(basis.model_signature[path]) if basis.unwind else None,
+        )
 
     def factors(self) -> tuple[jax.Array, jax.Array]:
         """(A_hat (d_in, r), B_hat (r, d_out)): the plain LoRA factors this module currently represents."""
         unwind_shape = (*self.unwind_shape, self.rank) if self.unwind_shape else None
-        return lora_factors(self.C_A[...], self.C_B[...], self.alpha_A[...], self.alpha_B[...],
-                            unwind_shape=unwind_shape)
+        return lora_factors(
+            self.C_A[...], self.C_B[...], self.alpha_A[...], self.alpha_B[...], unwind_shape=unwind_shape
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.unwind_shape:
@@ -128,8 +161,15 @@ class EigenLoRALinear(nnx.Module):
     """A frozen factory map plus an EigenLoRAx delta (frozen components, trainable loadings):
     y = base(x) + eigenlora(drop(x)). Transparent to the base's latent. Build with `from_basis`."""
 
-    def __init__(self, base: nnx.Module, delta: EigenLoRA, *, dropout: float = 0.0, rngs: nnx.Rngs | None = None,
-                 name: str = "eigenlora"):
+    def __init__(
+        self,
+        base: nnx.Module,
+        delta: EigenLoRA,
+        *,
+        dropout: float = 0.0,
+        rngs: nnx.Rngs | None = None,
+        name: str = "eigenlora",
+    ):
         check_base(base)
         if dropout > 0 and rngs is None:
             raise ValueError(f"{name}: dropout needs rngs")
@@ -140,15 +180,27 @@ class EigenLoRALinear(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
     @classmethod
-    def from_basis(cls, base: nnx.Module, basis: Basis, path: str, rank: int, *, rngs: nnx.Rngs | None = None,
-                   loadings: Loadings | None = None, dropout: float = 0.0, init_scale: float = INIT_SCALE
-                   ) -> EigenLoRALinear:
+    def from_basis(
+        cls,
+        base: nnx.Module,
+        basis: Basis,
+        path: str,
+        rank: int,
+        *,
+        rngs: nnx.Rngs | None = None,
+        loadings: Loadings | None = None,
+        dropout: float = 0.0,
+        init_scale: float = INIT_SCALE,
+    ) -> EigenLoRALinear:
         dims = tuple(basis.model_signature[path]) if path in basis.model_signature else None
         if dims != (base.d_in, base.d_out):
-            raise ValueError(f"model signature mismatch at {path}: the basis has (d_in, d_out) = {dims}, the model "
-                             f"({base.d_in}, {base.d_out})")
-        delta = EigenLoRA.from_basis(basis, path, rank, rngs=rngs, loadings=loadings, axes=base_axes(base),
-                                     init_scale=init_scale)
+            raise ValueError(
+                f"model signature mismatch at {path}: the basis has (d_in, d_out) = {dims}, the model "
+                f"({base.d_in}, {base.d_out})"
+            )
+        delta = EigenLoRA.from_basis(
+            basis, path, rank, rngs=rngs, loadings=loadings, axes=base_axes(base), init_scale=init_scale
+        )
         return cls(base, delta, dropout=dropout, rngs=rngs, name=path)
 
     @property
