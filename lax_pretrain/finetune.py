@@ -7,8 +7,8 @@
     python -m lax_pretrain.finetune --config=configs/llama.py:nano --base=runs/nano --adapter=eigenlorax \
         --basis=basis.safetensors [--augment=8] --workdir=runs/nano_eigen
 
---base is a training workdir (config.json + checkpoints/, newest checkpoint), a workdir holding `imported/`
-(`python -m lax_pretrain.convert.hf_llama import`), or a Hugging Face LlamaForCausalLM directory. The model
+--base is a workdir (config.json + checkpoints/, newest checkpoint: a training run or an import made by
+`lax-convert import`) or a Hugging Face LlamaForCausalLM directory. The model
 section of the run config is the base's (`--config` supplies data, train, optim, wandb, mesh); the adapter
 settings are recorded in the run config under `adapter`. Data for the new task come from `config.data`.
 
@@ -67,7 +67,8 @@ LOADINGS_FILE = "loadings.safetensors"
 
 
 def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-    """(model, config.model) of a training workdir, an imported workdir or a Hugging Face directory."""
+    """(model, config.model) of a workdir (a training run or an import: one loader) or a Hugging Face
+    directory."""
     base = Path(base)
     config_json = base / "config.json"
     if (base / "checkpoints").is_dir() and config_json.exists():
@@ -82,10 +83,6 @@ def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
         model, config, step = load_trained_model(base)
         log.info("base: %s at step %d", base, step)
         return model, config.model
-    if (base / "imported" / "config.json").exists():
-        from lax_pretrain.convert import load_imported
-
-        return load_imported(base)
     if config_json.exists() and (
         any(base.glob("*.safetensors")) or (base / "model.safetensors.index.json").exists()
     ):
@@ -93,8 +90,8 @@ def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
 
         return load_hf_llama(base)
     raise FileNotFoundError(
-        f"--base={base} is neither a training workdir (config.json + checkpoints/), a workdir "
-        "with imported/, nor a Hugging Face directory (config.json + *.safetensors)"
+        f"--base={base} is neither a workdir (config.json + checkpoints/: a training run or an import) "
+        "nor a Hugging Face directory (config.json + *.safetensors)"
     )
 
 
@@ -172,7 +169,7 @@ config_flags.DEFINE_config_file(
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "base", None, "Training workdir, workdir with imported/, or Hugging Face directory.", flag_values=FLAGS
+    "base", None, "A workdir (training run or import) or a Hugging Face directory.", flag_values=FLAGS
 )
 flags.DEFINE_enum("adapter", "lora", list(ADAPTER_KINDS), "Adapter kind.", flag_values=FLAGS)
 flags.DEFINE_string(

@@ -179,7 +179,7 @@ def test_cli_import_svd_then_export(tmp_path, hf_dir):
         "--to_kind=svd",
         "--rank=1000",
     )
-    assert "mean rel. error" in shown.stdout and (tmp_path / "imported" / "params").is_dir()
+    assert "mean rel. error" in shown.stdout and (tmp_path / "checkpoints" / "0").is_dir()
     # runpy warns when the package has imported the module it is about to run as __main__.
     assert "RuntimeWarning" not in shown.stderr, shown.stderr
     lax_convert = Path(sys.executable).parent / "lax-convert"
@@ -324,3 +324,56 @@ def test_modules_import_one_way():
         ready = sorted(m for m in imports if m not in done and imports[m] <= set(done))
         assert ready, f"import cycle among {sorted(set(imports) - set(done))}"
         done += ready
+
+
+# ---------------------------------------------------------------- one loader for imports and training runs
+
+
+@pytest.mark.slow
+def test_training_in_an_import_starts_from_it_and_the_run_exports(tmp_path):
+    """An import is a normal workdir: `train()` there starts from the imported parameters (the parameters-only
+    checkpoint is initial values, never mistaken for a damaged one), and `lax-convert export` takes the
+    resulting training workdir and gives transformers' logits equal to ours (max abs diff < 1e-4)."""
+    from lax_pretrain.bench.models import shrink_model
+    from lax_pretrain.config import llama_config
+    from lax_pretrain.train import train
+    from lax_pretrain.train.checkpoint import load_trained_model
+
+    config = shrink_model(llama_config("nano"), d_model=32, num_layers=2, num_heads=2, ffn_dim=64, rank=8)
+    config.data.update(seq_len=16, eval_batches=1, data_dir=str(tmp_path / "data"))
+    config.train.update(steps=2, batch_size=4, log_every=1, eval_every=2, checkpoint_every=2)
+    config.optim.update(lr=1e-9, warmup_steps=0)  # the parameters stay where the import put them
+    config.mesh.num_devices = 1
+    config.wandb.mode = "disabled"
+    imported = build(config.model, rngs=nnx.Rngs(7))
+    workdir = save_imported(imported, config.model, tmp_path / "run")
+    assert load_trained_model(workdir)[2] == 0  # the one loader reads the import
+
+    assert train(config, workdir)["status"] == "done"
+    trained, _, step = load_trained_model(workdir)
+    assert step == 2
+    want, got, fresh = params(imported), params(trained), params(build(config.model, rngs=nnx.Rngs(0)))
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=str(key))
+    assert max(np.abs(fresh[k] - want[k]).max() for k in want) > 0.01  # not a fresh init
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lax_pretrain.convert.hf_llama",
+            "export",
+            f"--workdir={workdir}",
+            f"--out={tmp_path / 'hf'}",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    tokens = np.random.default_rng(1).integers(0, config.model.vocab_size, (2, 16))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_out = hf(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(trained(jnp.asarray(tokens))), hf_out, atol=1e-4, rtol=0)

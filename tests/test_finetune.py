@@ -249,7 +249,7 @@ def test_bases_from_hugging_face_and_imported_directories(tmp_path):
         assert set(got) == set(want) and got_cfg.d_model == D
         for path in want:
             np.testing.assert_allclose(got[path], want[path], rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+    with pytest.raises(FileNotFoundError, match="neither a workdir"):
         load_base(tmp_path)
     scanned = config.model.copy_and_resolve_references()
     scanned.update(scan_layers=True, num_layers=3)

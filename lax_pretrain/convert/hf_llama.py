@@ -5,9 +5,10 @@ back; see convert/workdir.py):
     lax-convert export --workdir=WORKDIR --out=HF_DIR
     python -m lax_pretrain.convert.hf_llama import|export ...   (the same)
 
-`import` writes WORKDIR/imported/ (params, config.json and the source hf_config.json) and, with --to_kind,
-first re-initialises every projection from the dense weights (see convert/low_rank.py). `export` reads that
-layout back and writes config.json + model.safetensors that transformers.LlamaForCausalLM loads.
+`import` writes a normal workdir (config.json, checkpoints/0 with the parameters, the source hf_config.json;
+see convert/workdir.py) and, with --to_kind, first re-initialises every projection from the dense weights
+(convert/low_rank.py). `export` reads any workdir, an import or a training run (its newest checkpoint), and
+writes config.json + model.safetensors that transformers.LlamaForCausalLM loads (dense, svd and tt models).
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ from flax import nnx
 from lax_pretrain import cli
 from lax_pretrain.convert.hf_checkpoint import export_hf_llama, load_hf_llama
 from lax_pretrain.convert.low_rank import to_low_rank
-from lax_pretrain.convert.workdir import imported_dir, load_imported, save_imported
+from lax_pretrain.convert.workdir import load_imported, save_imported, source_hf_config
 from lax_pretrain.models.llama import PROJECTIONS
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("hf_dir", None, "import: Hugging Face LlamaForCausalLM directory.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "out", None, "import: the workdir to write imported/ into; export: the HF directory.", flag_values=FLAGS
+    "out", None, "import: the workdir to write the import into; export: the HF directory.", flag_values=FLAGS
 )
-flags.DEFINE_string("workdir", None, "export: a workdir holding imported/.", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "export: a workdir (an import or a training run).", flag_values=FLAGS)
 flags.DEFINE_enum(
     "to_kind",
     "dense",
@@ -73,8 +74,7 @@ def _export(fv: flags.FlagValues) -> None:
     if not fv.workdir or not fv.out:
         raise ValueError("export needs --workdir and --out")
     model, model_cfg = load_imported(fv.workdir)
-    base_path = imported_dir(fv.workdir) / "hf_config.json"
-    base = json.loads(base_path.read_text()) if base_path.exists() else None
+    base = source_hf_config(fv.workdir)
     print(f"exported {fv.workdir} -> {export_hf_llama(model, model_cfg, fv.out, base_config=base)}")
 
 

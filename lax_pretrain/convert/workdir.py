@@ -1,8 +1,10 @@
-"""The workdir hand-over between conversion and training: a model and its config.model on disk.
+"""An import is a normal workdir: the one loader (`train.checkpoint.load_trained_model`) reads imports and
+training runs alike, and `lax-convert export` and `lax-finetune --base` take either.
 
-WORKDIR/imported/params/        orbax StandardCheckpointer of nnx.state(model, nnx.Param)
-WORKDIR/imported/config.json    the model config (config.model), as ConfigDict JSON
-WORKDIR/imported/hf_config.json the source config.json, so an export keeps its token ids and context size
+WORKDIR/config.json       {"name", "model"}: the model config (config.model) of the imported weights
+WORKDIR/checkpoints/0/    a parameters-only orbax checkpoint (`Checkpointer.save_params`); `lax-train` in this
+                          workdir starts from these parameters (fresh optimizer and data order)
+WORKDIR/hf_config.json    the source config.json, so an export keeps its token ids and context size
 """
 
 from __future__ import annotations
@@ -15,40 +17,41 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from lax_pretrain.models import build
 from lax_pretrain.models.llama import Llama
+from lax_pretrain.train.checkpoint import Checkpointer, load_trained_model
 
-
-def imported_dir(workdir: str | Path) -> Path:
-    return Path(workdir).absolute() / "imported"
+HF_CONFIG = "hf_config.json"
 
 
 def save_imported(
     model: Llama, model_cfg: Any, workdir: str | Path, hf_config: Mapping[str, Any] | None = None
 ) -> Path:
-    """WORKDIR/imported/{params/ (orbax), config.json, hf_config.json (optional)}; replaces an earlier
-    import."""
-    import orbax.checkpoint as ocp  # slow to import, and `import lax_pretrain.convert` loads this module
-
-    root = imported_dir(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(root / "params", nnx.state(model, nnx.Param), force=True)
-    checkpointer.wait_until_finished()
-    (root / "config.json").write_text(model_cfg.to_json(indent=2) + "\n")
+    """Writes the import layout into `workdir`; replaces an earlier import, refuses a training run's workdir."""
+    workdir = Path(workdir).absolute()
+    ckpt = Checkpointer(workdir / "checkpoints", keep=1, async_save=False)
+    trained = [s for s in ckpt.manager.all_steps() if s != 0]
+    if trained:
+        ckpt.close()
+        raise FileExistsError(
+            f"--out={workdir} holds a training run (checkpoints at steps {trained}); import into a new directory"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt.save_params(0, nnx.state(model, nnx.Param))
+    ckpt.close()
+    config = ml_collections.ConfigDict({"name": "imported", "model": model_cfg.to_dict()})
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
     if hf_config is not None:
-        (root / "hf_config.json").write_text(json.dumps(dict(hf_config), indent=2) + "\n")
-    return root
+        (workdir / HF_CONFIG).write_text(json.dumps(dict(hf_config), indent=2) + "\n")
+    return workdir
 
 
 def load_imported(workdir: str | Path) -> tuple[Llama, ml_collections.ConfigDict]:
-    """The (model, config.model) that `save_imported` wrote."""
-    import orbax.checkpoint as ocp
+    """(model, config.model) of any workdir: an import or a training run (its newest checkpoint)."""
+    model, config, _ = load_trained_model(workdir)
+    return model, config.model
 
-    root = imported_dir(workdir)
-    if not (root / "config.json").exists():
-        raise FileNotFoundError(f"{root / 'config.json'} does not exist: run `import` into {workdir} first")
-    model_cfg = ml_collections.ConfigDict(json.loads((root / "config.json").read_text()))
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(model_cfg, rngs=nnx.Rngs(0))))
-    state = ocp.StandardCheckpointer().restore(root / "params", abstract)
-    return nnx.merge(graphdef, state), model_cfg
+
+def source_hf_config(workdir: str | Path) -> dict | None:
+    """The Hugging Face config.json an import came from (None for a workdir trained here)."""
+    path = Path(workdir) / HF_CONFIG
+    return json.loads(path.read_text()) if path.exists() else None

@@ -39,6 +39,16 @@ class Checkpointer:
         )
         self.manager.save(step, args=args, force=force)
 
+    def save_params(self, step: int, params: Any) -> None:
+        """A parameters-only checkpoint (a Hugging Face import): loaders read it like any other; a training run
+        started in its workdir takes its parameters as initial values (fresh optimizer and data order)."""
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            meta=ocp.args.JsonSave({"step": int(step), "params_only": True}),
+        )
+        self.manager.save(step, args=args, force=True)
+        self.manager.wait_until_finished()
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -54,7 +64,7 @@ class Checkpointer:
         damaged: list[int] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             args = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
-            if abstract_opt_state is not None:
+            if abstract_opt_state is not None and not self._params_only(step):
                 args.update(
                     opt_state=ocp.args.StandardRestore(abstract_opt_state), data=ocp.args.JsonRestore()
                 )
@@ -72,9 +82,17 @@ class Checkpointer:
                 damaged.append(step)
                 continue
             self._drop(damaged, training=abstract_opt_state is not None)
-            return step, {k: restored[k] for k in args if k != "meta"}
+            # A parameters-only checkpoint gives no optimizer or data state: the caller starts those fresh.
+            return step, {k: restored[k] if k in args else None for k in ("params", "opt_state", "data")}
         self._drop(damaged, training=abstract_opt_state is not None)
         return None
+
+    def _params_only(self, step: int) -> bool:
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:  # noqa: BLE001 - unreadable metadata: the full restore decides (and reports) below
+            return False
+        return bool(meta.get("params_only"))
 
     def _drop(self, steps: list[int], *, training: bool) -> None:
         if not training or not steps:
