@@ -163,7 +163,7 @@ def test_hosts_must_hold_distinct_batch_slices(monkeypatch):
         match=r"process 0 of 2 loads rows 0\.\.3 of each global batch but its devices "
         r"would hold 8 rows \(0\.\.7\)",
     ):
-        rules_lib.batch_shardings({"inputs": np.zeros((4, 16), np.int32)}, mesh, rules_lib.DEFAULT_RULES)
+        rules_lib.check_process_rows(rules_lib.batch_sharding(mesh, 2, rules_lib.DEFAULT_RULES), 8)
     ok = NamedSharding(mesh, PartitionSpec(None))
     monkeypatch.setattr(rules_lib.jax, "process_count", lambda: 1)
     rules_lib.check_process_rows(ok, 8)  # one process: nothing to check

@@ -34,7 +34,7 @@ from lax_pretrain.layers import tt_shape
 from lax_pretrain.models import build
 from lax_pretrain.models.tasks import lm_loss
 from lax_pretrain.parallel import (
-    batch_shardings,
+    batch_sharding,
     make_mesh,
     place_values,
     rules_from_config,
@@ -183,7 +183,7 @@ def test_shard_map_tp_equals_auto_tp(data_dir):
     host_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((8, 16), np.float32)}
     with sharding_context(mesh, rules):
         params, frozen = init()
-        shardings = batch_shardings(host_batch, mesh, rules)
+        shardings = {k: batch_sharding(mesh, v.ndim, rules) for k, v in host_batch.items()}
         batch = {k: jax.device_put(v, shardings[k]) for k, v in host_batch.items()}
     results = {}
     for tp_impl in ("auto", "shard_map"):

@@ -6,7 +6,6 @@ from lax_pretrain.parallel.mesh import MESH_AXES, make_mesh, mesh_devices, mesh_
 from lax_pretrain.parallel.rules import (
     DEFAULT_RULES,
     batch_sharding,
-    batch_shardings,
     check_process_rows,
     logical_to_spec,
     place_values,
@@ -21,7 +20,6 @@ __all__ = [
     "RESIDUAL",
     "TP_IMPLS",
     "batch_sharding",
-    "batch_shardings",
     "check_process_rows",
     "constrain",
     "logical_to_spec",

@@ -145,14 +145,6 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: dict[str, MeshAxes]) -> NamedSh
     return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
 
 
-def batch_shardings(batch: dict, mesh: Mesh, rules: dict[str, MeshAxes]) -> dict[str, NamedSharding]:
-    """Shardings of a process-local batch (dict of arrays whose leading dim is this process's rows)."""
-    shardings = {k: batch_sharding(mesh, v.ndim, rules) for k, v in batch.items()}
-    for k, v in batch.items():
-        check_process_rows(shardings[k], v.shape[0] * jax.process_count())
-    return shardings
-
-
 def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
     """Each process loads rows [p * local, (p + 1) * local) of every global batch (lax_pretrain.data) and
     `jax.make_array_from_process_local_data` places them on its own devices: those devices must hold exactly

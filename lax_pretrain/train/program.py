@@ -36,6 +36,7 @@ from lax_pretrain.parallel import (
     sharded_init,
     sharding_context,
 )
+from lax_pretrain.train.checkpoint import abstract_like
 from lax_pretrain.train.optimizer import make_optimizer
 from lax_pretrain.train.step import jit_train_step, make_eval_step, make_train_step
 
@@ -76,17 +77,12 @@ class Program:
         """The train step lowered for abstract arguments of this program's shapes and shardings."""
         with self.context():
             return self.train_step.lower(
-                abstract(self.params),
-                abstract(self.opt_state),
-                abstract(self.frozen),
+                abstract_like(self.params),
+                abstract_like(self.opt_state),
+                abstract_like(self.frozen),
                 self.batch_spec,
                 jax.ShapeDtypeStruct((), jnp.int32),
             )
-
-
-def abstract(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a tree of arrays or ShapeDtypeStructs."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def global_batch_spec(task: Task, config: Any, mesh: Mesh, rules: dict) -> dict[str, jax.ShapeDtypeStruct]:
