@@ -1,10 +1,10 @@
 """Generate text from the newest checkpoint of a LLaMA training run.
 
-    lax-sample --workdir=runs/x --prompt="ROMEO:" [--max_new_tokens=300 --temperature=0.8 --top_k=40]
+    lax-sample --workdir=runs/x --prompt="ROMEO:" [--max_new_tokens=300 --temperature=0.8 --top_k=40 --top_p=0.95]
     python -m lax_pretrain.sample ...   (the same)
 
-Decoding re-runs the model over a fixed window of `data.seq_len` tokens (one compiled shape, no KV cache):
-simple and exact for the small models this is meant for; the window slides for longer outputs.
+Decoding uses a KV cache (lax_pretrain.models.generate): one prefill of the prompt (its last `data.seq_len`
+tokens), then one jitted step per new token; RoPE positions run on past `data.seq_len` for longer outputs.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from lax_pretrain import cli
 from lax_pretrain import data as data_lib
 from lax_pretrain.models import get_task
+from lax_pretrain.models.generate import generate as generate_cached
 from lax_pretrain.train.checkpoint import load_trained_model
 
 FLAGS = cli.new_flags()
@@ -28,6 +27,9 @@ flags.DEFINE_string("prompt", "", "Text to continue.", flag_values=FLAGS)
 flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate.", flag_values=FLAGS)
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.", flag_values=FLAGS)
 flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens (0 = all).", flag_values=FLAGS)
+flags.DEFINE_float(
+    "top_p", 1.0, "Nucleus sampling: the smallest set of mass >= p (1 = all).", flag_values=FLAGS
+)
 flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
 flags.mark_flags_as_required(["workdir"], flag_values=FLAGS)
 
@@ -40,36 +42,28 @@ def generate(
     temperature: float = 0.8,
     top_k: int = 40,
     seed: int = 0,
+    top_p: float = 1.0,
 ) -> str:
     model, config, _ = load_trained_model(workdir)
     if get_task(config.model).data_kind != "text":
         raise ValueError(f"{workdir} holds a {config.model.family!r} model; sampling needs a language model")
     tokenizer = data_lib.get_tokenizer(config.data)
     window = config.data.seq_len
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
-
-    @jax.jit
-    def next_token(tokens_1xL, position, key):
-        logits_V = model(tokens_1xL)[0, position].astype(jnp.float32)
-        if temperature <= 0:
-            return jnp.argmax(logits_V)
-        logits_V = logits_V / temperature
-        if 0 < top_k < logits_V.shape[0]:
-            kth = jax.lax.top_k(logits_V, top_k)[0][-1]
-            logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
-        return jax.random.categorical(key, logits_V)
-
-    key = jax.random.key(seed)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        context = (ids + out)[-window:]
-        buffer = np.full((1, window), tokenizer.pad_id, np.int32)
-        buffer[0, : len(context)] = context
-        key, sub = jax.random.split(key)
-        token = int(next_token(jnp.asarray(buffer), len(context) - 1, sub))
-        if token == tokenizer.eos_id:
-            break
-        out.append(token)
+    ids = ([tokenizer.bos_id] + tokenizer.encode(prompt))[-window:]
+    if max_new_tokens < 1:
+        return prompt
+    new_1xN, n_1 = generate_cached(
+        model,
+        np.asarray([ids], np.int32),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+    )
+    out = new_1xN[0, : n_1[0]].tolist()
     return prompt + tokenizer.decode(out)
 
 
@@ -82,6 +76,7 @@ def _run(fv: flags.FlagValues) -> None:
             temperature=fv.temperature,
             top_k=fv.top_k,
             seed=fv.seed,
+            top_p=fv.top_p,
         )
     )
 

@@ -20,20 +20,18 @@ PACKAGE = ROOT / "lax_pretrain"
 LEVELS = [
     ("lax_pretrain.nnx_compat", 0),
     ("lax_pretrain.cli", 0),
-    (
-        "lax_pretrain.parallel",
-        1,
-    ),  # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
+    # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
+    ("lax_pretrain.parallel", 1),
     ("lax_pretrain.layers", 2),
     ("lax_pretrain.models", 3),
     ("lax_pretrain.data", 3),
     ("lax_pretrain.config", 4),
     ("lax_pretrain.recipe", 4),
     ("lax_pretrain.adapters", 5),
-    ("lax_pretrain.convert", 5),
     ("lax_pretrain.train", 6),
     ("lax_pretrain.bench", 7),
     ("lax_pretrain.experiments", 7),
+    ("lax_pretrain.convert", 7),  # an import is a training workdir: it writes checkpoints (train level 6)
     ("lax_pretrain.params", 8),
     ("lax_pretrain.sample", 8),
     ("lax_pretrain.quickstart", 8),

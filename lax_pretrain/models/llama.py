@@ -43,6 +43,21 @@ def apply_rope(x_BxLxHxE: jax.Array, sin_LxE: jax.Array, cos_LxE: jax.Array) -> 
     return (x_BxLxHxE * cos + rotated * sin).astype(x_BxLxHxE.dtype)
 
 
+def rope_rows(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos) of shape (B, T, E) at per-row absolute positions: the same angles as `rope_tables`."""
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles_BxTxE2 = positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+    angles_BxTxE = jnp.concatenate([angles_BxTxE2, angles_BxTxE2], axis=-1)
+    return jnp.sin(angles_BxTxE), jnp.cos(angles_BxTxE)
+
+
+def apply_rope_rows(x_BxTxHxE: jax.Array, sin_BxTxE: jax.Array, cos_BxTxE: jax.Array) -> jax.Array:
+    half = x_BxTxHxE.shape[-1] // 2
+    rotated = jnp.concatenate([-x_BxTxHxE[..., half:], x_BxTxHxE[..., :half]], axis=-1)
+    sin, cos = sin_BxTxE[:, :, None, :], cos_BxTxE[:, :, None, :]
+    return (x_BxTxHxE * cos + rotated * sin).astype(x_BxTxHxE.dtype)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         d, h, kv, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
@@ -71,6 +86,40 @@ class Attention(nnx.Module):
         out_BxLxHxE = jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, is_causal=True)
         y, lo = self.o(out_BxLxHxE.reshape(b, length, h * e), latents["o"])
         return y, {"q": lq, "k": lk, "v": lv, "o": lo}
+
+    def decode(
+        self,
+        x_BxTxD: jax.Array,
+        latents: dict,
+        cache: dict,
+        sin_BxTxE: jax.Array,
+        cos_BxTxE: jax.Array,
+        mask_BxTxS: jax.Array,
+        index: jax.Array,
+    ) -> tuple[jax.Array, dict, dict]:
+        """T new tokens written at cache slots index..index+T-1 (`cache`: k, v of shape B x S x K x E), attending
+        to the slots `mask_BxTxS` allows. Same projections as `__call__`; query head h reads kv head h // (H/K)."""
+        b, t, _ = x_BxTxD.shape
+        h, kv, e = self.num_heads, self.num_kv_heads, self.head_dim
+        q, lq = self.q(x_BxTxD, latents["q"])
+        k, lk = self.k(x_BxTxD, latents["k"])
+        v, lv = self.v(x_BxTxD, latents["v"])
+        q_BxTxHxE = apply_rope_rows(q.reshape(b, t, h, e), sin_BxTxE, cos_BxTxE)
+        k_BxTxKxE = apply_rope_rows(k.reshape(b, t, kv, e), sin_BxTxE, cos_BxTxE)
+        v_BxTxKxE = v.reshape(b, t, kv, e)
+        zero = jnp.zeros((), jnp.int32)
+        start = (zero, index.astype(jnp.int32), zero, zero)
+        k_BxSxKxE = jax.lax.dynamic_update_slice(cache["k"], k_BxTxKxE.astype(cache["k"].dtype), start)
+        v_BxSxKxE = jax.lax.dynamic_update_slice(cache["v"], v_BxTxKxE.astype(cache["v"].dtype), start)
+        q_BxTxKxGxE = q_BxTxHxE.reshape(b, t, kv, h // kv, e)
+        scores_BxKxGxTxS = jnp.einsum(
+            "btkge,bske->bkgts", q_BxTxKxGxE, k_BxSxKxE.astype(q.dtype), preferred_element_type=jnp.float32
+        ) * (1.0 / float(e) ** 0.5)
+        scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, -1e30)
+        weights_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxTxKxE.dtype)
+        out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", weights_BxKxGxTxS, v_BxSxKxE.astype(v.dtype))
+        y, lo = self.o(out_BxTxKxGxE.reshape(b, t, h * e), latents["o"])
+        return y, {"q": lq, "k": lk, "v": lv, "o": lo}, {"k": k_BxSxKxE, "v": v_BxSxKxE}
 
 
 class SwiGLU(nnx.Module):
@@ -106,6 +155,15 @@ class DecoderBlock(nnx.Module):
         m, lm = self.mlp(self.mlp_norm(x_BxLxD), latents)
         return tag_residual(constrain(x_BxLxD + m, RESIDUAL)), {**la, **lm}
 
+    def decode(self, x_BxTxD: jax.Array, latents: dict | None, cache: dict, *args: Any):
+        """`__call__` for T new tokens against a KV cache: `args` = (sin_BxTxE, cos_BxTxE, mask_BxTxS, index).
+        LaX latents are per position, so they cross block to block here as in training and need no cache."""
+        latents = latents or dict.fromkeys(PROJECTIONS)
+        a, la, cache = self.attn.decode(self.attn_norm(x_BxTxD), latents, cache, *args)
+        x_BxTxD = constrain(x_BxTxD + a, RESIDUAL)
+        m, lm = self.mlp(self.mlp_norm(x_BxTxD), latents)
+        return constrain(x_BxTxD + m, RESIDUAL), {**la, **lm}, cache
+
 
 def head_dim(cfg: Any) -> int:
     return cfg.get("head_dim") or cfg.d_model // cfg.num_heads
@@ -138,9 +196,44 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens_BxL: jax.Array, *, train: bool = False) -> jax.Array:
         set_train_mode(self, train)
-        table_VxD = constrain(self.embed[...], ("vocab", None))  # gather the fsdp shards before the lookup
-        x_BxLxD = constrain(jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype), RESIDUAL)
+        x_BxLxD = self._embed(tokens_BxL)
         sin, cos = rope_tables(tokens_BxL.shape[1], head_dim(self.cfg), self.cfg.rope_theta)
-        x_BxLxD = self.final_norm(self.blocks(x_BxLxD, sin, cos))
+        return self._logits(self.blocks(x_BxLxD, sin, cos))
+
+    def _embed(self, tokens_BxL: jax.Array) -> jax.Array:
+        table_VxD = constrain(self.embed[...], ("vocab", None))  # gather the fsdp shards before the lookup
+        return constrain(jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.dtype), RESIDUAL)
+
+    def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
+        x_BxLxD = self.final_norm(x_BxLxD)
         head_DxV = self.embed[...].T if self.cfg.tie_embeddings else self.head[...]
         return jnp.dot(x_BxLxD, head_DxV.astype(self.dtype), preferred_element_type=jnp.float32)
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """An empty KV cache for `batch` rows of `max_len` slots (k, v: B x S x K x E per layer, model dtype)."""
+        shape = (batch, max_len, self.cfg.num_kv_heads, head_dim(self.cfg))
+        return self.blocks.init_cache(
+            lambda: {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+        )
+
+    def decode(
+        self, tokens_BxT: jax.Array, cache: dict, index: jax.Array, start_B: jax.Array
+    ) -> tuple[jax.Array, dict]:
+        """Runs T tokens at cache slots index..index+T-1 -> (logits_BxTxV float32, new cache).
+
+        Row b's real tokens begin at slot start_B[b] (left padding): its RoPE position at slot j is
+        j - start_B[b], and a query at slot i attends to slots start_B[b]..i (a padding query only to itself).
+        Prefill is `decode(prompt_BxP, cache, 0, start_B)`; each next step feeds one token at the next slot."""
+        set_train_mode(self, False)
+        t, s = tokens_BxT.shape[1], self.blocks.cache_length(cache)
+        index = jnp.asarray(index, jnp.int32)
+        slots_T = index + jnp.arange(t, dtype=jnp.int32)
+        start_B = jnp.asarray(start_B, jnp.int32)
+        sin, cos = rope_rows(slots_T[None, :] - start_B[:, None], head_dim(self.cfg), self.cfg.rope_theta)
+        keys_1x1xS = jnp.arange(s, dtype=jnp.int32)[None, None, :]
+        queries_1xTx1 = slots_T[None, :, None]
+        mask_BxTxS = (keys_1x1xS <= queries_1xTx1) & (
+            (keys_1x1xS >= start_B[:, None, None]) | (keys_1x1xS == queries_1xTx1)
+        )
+        x_BxTxD, cache = self.blocks.decode(self._embed(tokens_BxT), cache, sin, cos, mask_BxTxS, index)
+        return self._logits(x_BxTxD), cache

@@ -85,3 +85,37 @@ class BlockStack(nnx.Module):
         for block in self.rest:
             x, latents = apply(block, x, latents, *args)
         return x
+
+    def init_cache(self, make_one: Callable[[], Any]) -> dict:
+        """A per-layer cache for `decode`: {'first': make_one(), 'rest': a list (unrolled) or one pytree with
+        a leading layer axis of L-1 (scanned)}."""
+        rest = [make_one() for _ in range(self.num_layers - 1)]
+        if self.scan and rest:
+            rest = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *rest)
+        return {"first": make_one(), "rest": rest}
+
+    @staticmethod
+    def cache_length(cache: dict) -> int:
+        """The number of slots S of a cache (axis 1 of the first block's arrays)."""
+        return jax.tree.leaves(cache["first"])[0].shape[1]
+
+    def decode(self, x: jax.Array, cache: dict, *args: Any) -> tuple[jax.Array, dict]:
+        """Like `__call__`, with state: `block.decode(x, latents, cache_l, *args) -> (x, latents, cache_l)`.
+        No remat (inference); scanned stacks scan their caches along the layer axis."""
+        x, latents, first = self.first.decode(x, None, cache["first"], *args)
+        if self.num_layers == 1:
+            return x, {"first": first, "rest": cache["rest"]}
+        if self.scan:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0) + (None,) * len(args), out_axes=(nnx.Carry, 0))
+            def run(carry, block, c, *a):
+                y, lat, c = block.decode(*carry, c, *a)
+                return (y, lat), c
+
+            (x, _), rest = run((x, latents), self.rest, cache["rest"], *args)
+            return x, {"first": first, "rest": rest}
+        rest = []
+        for block, c in zip(self.rest, cache["rest"], strict=True):
+            x, latents, c = block.decode(x, latents, c, *args)
+            rest.append(c)
+        return x, {"first": first, "rest": rest}
