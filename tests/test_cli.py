@@ -131,7 +131,7 @@ BAD_CALLS = {
     "convert_program_name_first": (
         hf_llama.main,
         ["lax-convert", "export", "--workdir={tmp}/none", "--out={tmp}/out"],
-        "run `import` into",
+        "must be a training run or an import",
         FileNotFoundError,
     ),
     "bench_bad_widths": (

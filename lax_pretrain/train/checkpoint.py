@@ -114,7 +114,9 @@ def abstract_like(state: Any) -> Any:
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: --workdir must be a training run directory")
+        raise FileNotFoundError(
+            f"{path} not found: --workdir must be a training run or an import (`lax-convert import --out=...`)"
+        )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
