@@ -91,9 +91,8 @@ def train(
         ckpt = Checkpointer(workdir / "checkpoints", keep=t_cfg.keep_checkpoints)
         start = 0
         restored = ckpt.restore(abstract_like(params), abstract_like(opt_state))
-        if (
-            restored is not None and restored[1]["opt_state"] is None
-        ):  # an imported model: initial values only
+        if restored is not None and restored[1]["opt_state"] is None:
+            # An import: its parameters are initial values; the optimizer and the data order start fresh.
             params = restored[1]["params"]
             log.info("starting from the parameters-only checkpoint (an import) in %s", workdir)
         elif restored is not None:
