@@ -321,11 +321,7 @@ def _preset(presets: dict[str, Any], preset: str, family: str) -> Any:
 
 def run_name(family: str, preset: str, options: dict[str, Any]) -> str:
     """'llama-60m,kind=cola,lax=kron': the preset and the options given, in the compact grammar."""
-    shown = {
-        k: ({True: 1, False: 0}.get(v, v) if isinstance(v, bool) else v)
-        for k, v in options.items()
-        if v is not None
-    }
+    shown = {k: int(v) if isinstance(v, bool) else v for k, v in options.items() if v is not None}
     return ",".join([f"{family}-{preset}", *(f"{k}={v}" for k, v in shown.items())])
 
 
