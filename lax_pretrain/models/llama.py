@@ -28,34 +28,26 @@ def rms_norm(width: int, eps: float, param_dtype) -> Norm:
     return Norm(width, "rmsnorm", eps=eps, axis_name="embed", param_dtype=param_dtype)
 
 
+def rope_at(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """(sin, cos) of shape positions.shape + (E,) in Hugging Face's half-split layout (rotate_half)."""
+    inv_freq_E2 = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq_E2.reshape((1,) * positions.ndim + (-1,))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.sin(angles), jnp.cos(angles)
+
+
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """(sin, cos) of shape (L, E) in Hugging Face's half-split layout (rotate_half)."""
-    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angles_LxE2 = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    angles_LxE = jnp.concatenate([angles_LxE2, angles_LxE2], axis=-1)
-    return jnp.sin(angles_LxE), jnp.cos(angles_LxE)
+    """(sin, cos) of shape (L, E) for positions 0..L-1, shared by every row of a batch."""
+    return rope_at(jnp.arange(length), head_dim, theta)
 
 
-def apply_rope(x_BxLxHxE: jax.Array, sin_LxE: jax.Array, cos_LxE: jax.Array) -> jax.Array:
+def apply_rope(x_BxLxHxE: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotates x by (sin, cos) of shape (L, E) (every row at positions 0..L-1) or (B, L, E) (per-row positions,
+    cached decoding)."""
     half = x_BxLxHxE.shape[-1] // 2
     rotated = jnp.concatenate([-x_BxLxHxE[..., half:], x_BxLxHxE[..., :half]], axis=-1)
-    sin, cos = sin_LxE[None, :, None, :], cos_LxE[None, :, None, :]
-    return (x_BxLxHxE * cos + rotated * sin).astype(x_BxLxHxE.dtype)
-
-
-def rope_rows(positions_BxT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """(sin, cos) of shape (B, T, E) at per-row absolute positions: the same angles as `rope_tables`."""
-    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angles_BxTxE2 = positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
-    angles_BxTxE = jnp.concatenate([angles_BxTxE2, angles_BxTxE2], axis=-1)
-    return jnp.sin(angles_BxTxE), jnp.cos(angles_BxTxE)
-
-
-def apply_rope_rows(x_BxTxHxE: jax.Array, sin_BxTxE: jax.Array, cos_BxTxE: jax.Array) -> jax.Array:
-    half = x_BxTxHxE.shape[-1] // 2
-    rotated = jnp.concatenate([-x_BxTxHxE[..., half:], x_BxTxHxE[..., :half]], axis=-1)
-    sin, cos = sin_BxTxE[:, :, None, :], cos_BxTxE[:, :, None, :]
-    return (x_BxTxHxE * cos + rotated * sin).astype(x_BxTxHxE.dtype)
+    sin_BxLx1xE, cos_BxLx1xE = (jnp.expand_dims(t if t.ndim == 3 else t[None], 2) for t in (sin, cos))
+    return (x_BxLxHxE * cos_BxLx1xE + rotated * sin_BxLx1xE).astype(x_BxLxHxE.dtype)
 
 
 class Attention(nnx.Module):
@@ -76,16 +68,21 @@ class Attention(nnx.Module):
         self, x_BxLxD: jax.Array, latents: dict, sin: jax.Array, cos: jax.Array
     ) -> tuple[jax.Array, dict]:
         b, length, _ = x_BxLxD.shape
+        (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE), out_latents = self._qkv(x_BxLxD, latents, sin, cos)
+        out_BxLxHxE = jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, is_causal=True)
+        y, out_latents["o"] = self.o(out_BxLxHxE.reshape(b, length, -1), latents["o"])
+        return y, out_latents
+
+    def _qkv(self, x_BxLxD: jax.Array, latents: dict, sin: jax.Array, cos: jax.Array):
+        """((q_BxLxHxE, k_BxLxKxE, v_BxLxKxE) with RoPE on q and k, {q, k, v latents}): both attention paths."""
+        b, length, _ = x_BxLxD.shape
         h, kv, e = self.num_heads, self.num_kv_heads, self.head_dim
         q, lq = self.q(x_BxLxD, latents["q"])
         k, lk = self.k(x_BxLxD, latents["k"])
         v, lv = self.v(x_BxLxD, latents["v"])
         q_BxLxHxE = apply_rope(q.reshape(b, length, h, e), sin, cos)
         k_BxLxKxE = apply_rope(k.reshape(b, length, kv, e), sin, cos)
-        v_BxLxKxE = v.reshape(b, length, kv, e)
-        out_BxLxHxE = jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, is_causal=True)
-        y, lo = self.o(out_BxLxHxE.reshape(b, length, h * e), latents["o"])
-        return y, {"q": lq, "k": lk, "v": lv, "o": lo}
+        return (q_BxLxHxE, k_BxLxKxE, v.reshape(b, length, kv, e)), {"q": lq, "k": lk, "v": lv}
 
     def decode(
         self,
@@ -101,25 +98,23 @@ class Attention(nnx.Module):
         to the slots `mask_BxTxS` allows. Same projections as `__call__`; query head h reads kv head h // (H/K)."""
         b, t, _ = x_BxTxD.shape
         h, kv, e = self.num_heads, self.num_kv_heads, self.head_dim
-        q, lq = self.q(x_BxTxD, latents["q"])
-        k, lk = self.k(x_BxTxD, latents["k"])
-        v, lv = self.v(x_BxTxD, latents["v"])
-        q_BxTxHxE = apply_rope_rows(q.reshape(b, t, h, e), sin_BxTxE, cos_BxTxE)
-        k_BxTxKxE = apply_rope_rows(k.reshape(b, t, kv, e), sin_BxTxE, cos_BxTxE)
-        v_BxTxKxE = v.reshape(b, t, kv, e)
+        (q_BxTxHxE, k_BxTxKxE, v_BxTxKxE), out_latents = self._qkv(x_BxTxD, latents, sin_BxTxE, cos_BxTxE)
         zero = jnp.zeros((), jnp.int32)
         start = (zero, index.astype(jnp.int32), zero, zero)
         k_BxSxKxE = jax.lax.dynamic_update_slice(cache["k"], k_BxTxKxE.astype(cache["k"].dtype), start)
         v_BxSxKxE = jax.lax.dynamic_update_slice(cache["v"], v_BxTxKxE.astype(cache["v"].dtype), start)
         q_BxTxKxGxE = q_BxTxHxE.reshape(b, t, kv, h // kv, e)
         scores_BxKxGxTxS = jnp.einsum(
-            "btkge,bske->bkgts", q_BxTxKxGxE, k_BxSxKxE.astype(q.dtype), preferred_element_type=jnp.float32
+            "btkge,bske->bkgts",
+            q_BxTxKxGxE,
+            k_BxSxKxE.astype(q_BxTxHxE.dtype),
+            preferred_element_type=jnp.float32,
         ) * (1.0 / float(e) ** 0.5)
         scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, -1e30)
         weights_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxTxKxE.dtype)
-        out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", weights_BxKxGxTxS, v_BxSxKxE.astype(v.dtype))
-        y, lo = self.o(out_BxTxKxGxE.reshape(b, t, h * e), latents["o"])
-        return y, {"q": lq, "k": lk, "v": lv, "o": lo}, {"k": k_BxSxKxE, "v": v_BxSxKxE}
+        out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", weights_BxKxGxTxS, v_BxSxKxE.astype(v_BxTxKxE.dtype))
+        y, out_latents["o"] = self.o(out_BxTxKxGxE.reshape(b, t, h * e), latents["o"])
+        return y, out_latents, {"k": k_BxSxKxE, "v": v_BxSxKxE}
 
 
 class SwiGLU(nnx.Module):
@@ -229,7 +224,7 @@ class Llama(nnx.Module):
         index = jnp.asarray(index, jnp.int32)
         slots_T = index + jnp.arange(t, dtype=jnp.int32)
         start_B = jnp.asarray(start_B, jnp.int32)
-        sin, cos = rope_rows(slots_T[None, :] - start_B[:, None], head_dim(self.cfg), self.cfg.rope_theta)
+        sin, cos = rope_at(slots_T[None, :] - start_B[:, None], head_dim(self.cfg), self.cfg.rope_theta)
         keys_1x1xS = jnp.arange(s, dtype=jnp.int32)[None, None, :]
         queries_1xTx1 = slots_T[None, :, None]
         mask_BxTxS = (keys_1x1xS <= queries_1xTx1) & (
