@@ -343,22 +343,8 @@ def llama_config(
     only_lr_act: bool | None = None,
 ) -> ml_collections.ConfigDict:
     """The LLaMA recipe of `preset` (nano, 60m, 130m, 350m, 1b, 7b); the keywords are the compact grammar's."""
+    options = {k: v for k, v in locals().items() if k != "preset"}  # the keywords as given (the run's name)
     p = _preset(LLAMA_PRESETS, preset, "llama")
-    options = dict(
-        kind=kind,
-        lax=lax,
-        rank=rank,
-        intra=intra,
-        norm=norm,
-        init=init,
-        act=act,
-        latent_act=latent_act,
-        scan=scan,
-        remat=remat,
-        dtype=dtype,
-        precision=precision,
-        only_lr_act=only_lr_act,
-    )
     dtype, param_dtype = _precision(precision, dtype)
     c = base_config()
     c.name = run_name("llama", preset, _changed(llama_config, options))
@@ -418,21 +404,8 @@ def vit_config(
     precision: str = "fp32",
 ) -> ml_collections.ConfigDict:
     """The ViT recipe of `preset` (tiny, s16, b16, l16); the keywords are the compact grammar's."""
+    options = {k: v for k, v in locals().items() if k != "preset"}  # the keywords as given (the run's name)
     p = _preset(VIT_PRESETS, preset, "vit")
-    options = dict(
-        kind=kind,
-        lax=lax,
-        rank=rank,
-        intra=intra,
-        norm=norm,
-        init=init,
-        act=act,
-        latent_act=latent_act,
-        scan=scan,
-        remat=remat,
-        dtype=dtype,
-        precision=precision,
-    )
     # The authors' TT + LaX configs switch the intra-layer skip on for q, k, v, o; plain TT and svd/cola never.
     intra_flags = _intra(intra, kind == "tt" and lax != "none")
     dtype, param_dtype = _precision(precision, dtype)
