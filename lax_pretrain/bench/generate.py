@@ -10,12 +10,10 @@ compiled before timing; the repeats interleave the two (alternating order) and t
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -23,23 +21,30 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lax_pretrain.bench.timing import machine_info
+from lax_pretrain import cli
+from lax_pretrain.bench.timing import loadavg, machine_info, time_interleaved
 from lax_pretrain.config import llama_config
+from lax_pretrain.experiments.report import machine_line, markdown_table
 from lax_pretrain.models.generate import generate
 from lax_pretrain.models.llama import Llama
 
 
-def uncached_greedy(model: Llama, ids: list[int], new_tokens: int) -> list[int]:
-    window = len(ids) + new_tokens
+def uncached_greedy(model: Llama, window: int) -> Callable[[list[int], int], list[int]]:
+    """The recompute baseline: (prompt ids, new tokens) -> greedy tokens, one forward over a fixed window of
+    `window` tokens per new token. Jitted once here, so every timed call reuses the compiled forward."""
     graphdef, state = nnx.split(model)  # a pure jitted forward: no per-call graph traversal in the baseline
-    fwd = jax.jit(lambda st, t, pos: jnp.argmax(nnx.merge(graphdef, st)(t)[0, pos]))
-    buffer = np.zeros((1, window), np.int32)
-    buffer[0, : len(ids)] = ids
-    n = len(ids)
-    for _ in range(new_tokens):
-        buffer[0, n] = int(fwd(state, jnp.asarray(buffer), n - 1))
-        n += 1
-    return buffer[0, len(ids) :].tolist()
+    forward = jax.jit(lambda st, tokens_1xW, pos: jnp.argmax(nnx.merge(graphdef, st)(tokens_1xW)[0, pos]))
+
+    def run(ids: list[int], new_tokens: int) -> list[int]:
+        buffer_1xW = np.zeros((1, window), np.int32)
+        buffer_1xW[0, : len(ids)] = ids
+        n = len(ids)
+        for _ in range(new_tokens):
+            buffer_1xW[0, n] = int(forward(state, jnp.asarray(buffer_1xW), n - 1))
+            n += 1
+        return buffer_1xW[0, len(ids) :].tolist()
+
+    return run
 
 
 def run(
@@ -47,40 +52,36 @@ def run(
     repeats: int = 5,
 ) -> dict:  # fmt: skip
     cfg = llama_config(preset, kind=kind, lax=lax).model
-    cfg.dtype, cfg.param_dtype = "float32", "float32"
-    model = Llama(cfg, rngs=nnx.Rngs(0))
+    model = Llama(cfg, rngs=nnx.Rngs(0))  # the recipe's float32 parameters and compute
     ids = np.random.default_rng(0).integers(1, cfg.vocab_size, size=prompt_len).tolist()
+    recompute = uncached_greedy(model, prompt_len + new_tokens)
     fns = {
-        "uncached": lambda: uncached_greedy(model, ids, new_tokens),
+        "uncached": lambda: recompute(ids, new_tokens),
         "cached": lambda: generate(model, np.asarray([ids]), max_new_tokens=new_tokens)[0][0].tolist(),
     }
-    outputs = {name: fn() for name, fn in fns.items()}  # compile both
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(s) for name, s in samples.items()}
+    outputs = {name: fn() for name, fn in fns.items()}  # compiles both before timing
+    load_before = loadavg()
+    timings = time_interleaved(fns, repeats=repeats, warmup=1)
+    med = {name: t.median for name, t in timings.items()}
     return {
         "model": {
             "preset": preset,
             "kind": kind,
             "lax": lax,
-            "dtype": "float32",
+            "dtype": cfg.dtype,
             "scan_layers": cfg.scan_layers,
         },
         "batch": 1,
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "repeats": repeats,
-        "seconds": samples,
+        "step_time": {name: t.to_json() for name, t in timings.items()},
         "median_s": med,
         "tokens_per_s": {name: new_tokens / s for name, s in med.items()},
         "speedup": med["uncached"] / med["cached"],
         "same_tokens": outputs["uncached"] == outputs["cached"],
         "machine": machine_info(),
+        "load": {"before": load_before, "after": loadavg()},
         "command": " ".join(shlex.quote(a) for a in ["python", "scripts/bench_generate.py", *sys.argv[1:]]),
     }
 
@@ -88,35 +89,29 @@ def run(
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "generate.json").write_text(json.dumps(result, indent=2) + "\n")
-    m, mach = result["model"], result["machine"]
+    m = result["model"]
+    rows = [[name, f"{result['median_s'][name]:.3f}", f"{result['tokens_per_s'][name]:.1f}"]
+            for name in ("uncached", "cached")]  # fmt: skip
     lines = [
         "# Generation: KV cache vs uncached recompute",
-        "",
-        f"`{result['command']}`",
         "",
         f"Model: LLaMA `{m['preset']}`, kind `{m['kind']}`, LaX `{m['lax']}`, {m['dtype']}, random weights; "
         f"batch {result['batch']}, prompt {result['prompt_len']} tokens, {result['new_tokens']} new tokens "
         f"(greedy), median of {result['repeats']} interleaved repeats after compilation.",
         "",
-        "| path | median s | tokens/s |",
-        "|---|---:|---:|",
-        *(
-            f"| {name} | {result['median_s'][name]:.3f} | {result['tokens_per_s'][name]:.1f} |"
-            for name in ("uncached", "cached")
-        ),
+        markdown_table(["path", "median s", "tokens/s"], rows, align="lrr"),
         "",
         f"Speedup: **{result['speedup']:.1f}x**. Same tokens: {result['same_tokens']}.",
         "",
-        f"Machine: {mach['cpu_model']}, {mach['cpu_affinity']} usable of {mach['cpu_count']} CPUs, backend "
-        f"{mach['backend']}, jax {mach['jax']}, flax {mach['flax']}, {mach['platform_string']}, "
-        f"load average {mach['loadavg']}, {mach['time_utc']}.",
+        machine_line(result["machine"], result["load"], result["command"]),
         "",
     ]
     (out / "generate.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The command line (scripts/bench_generate.py); bad input: one line and status 2 (lax_pretrain/cli.py)."""
+    p = cli.parser("scripts/bench_generate.py", __doc__)
     p.add_argument("--preset", default="nano")
     p.add_argument("--kind", default="cola")
     p.add_argument("--lax", default="kron")
@@ -124,16 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="docs/benchmarks/generate")
-    a = p.parse_args(argv)
-    result = run(
-        preset=a.preset,
-        kind=a.kind,
-        lax=a.lax,
-        new_tokens=a.new_tokens,
-        prompt_len=a.prompt_len,
-        repeats=a.repeats,
-    )
+    return cli.run_parsed(p, _run, argv)
+
+
+def _run(a) -> None:
+    result = run(preset=a.preset, kind=a.kind, lax=a.lax, new_tokens=a.new_tokens, prompt_len=a.prompt_len,
+                 repeats=a.repeats)  # fmt: skip
     write(result, Path(a.out))
     print(f"uncached {result['median_s']['uncached']:.3f}s  cached {result['median_s']['cached']:.3f}s  "
           f"speedup {result['speedup']:.1f}x  same tokens {result['same_tokens']}")  # fmt: skip
-    return 0
