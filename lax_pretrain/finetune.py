@@ -8,7 +8,7 @@
         --basis=basis.safetensors [--augment=8] --workdir=runs/nano_eigen
 
 --base is a workdir (config.json + checkpoints/, newest checkpoint: a training run or an import made by
-`lax-convert import`) or a Hugging Face LlamaForCausalLM directory. The model
+`lax-convert import`) or a Hugging Face directory (LlamaForCausalLM, CoLA or LaX). The model
 section of the run config is the base's (`--config` supplies data, train, optim, wandb, mesh); the adapter
 settings are recorded in the run config under `adapter`. Data for the new task come from `config.data`.
 
@@ -86,9 +86,10 @@ def load_base(base: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     if config_json.exists() and (
         any(base.glob("*.safetensors")) or (base / "model.safetensors.index.json").exists()
     ):
-        from lax_pretrain.convert import load_hf_llama
+        from lax_pretrain.convert import load_checkpoint
 
-        return load_hf_llama(base)
+        model, model_cfg, _ = load_checkpoint(base)  # LlamaForCausalLM, CoLA or LaX (by model_type)
+        return model, model_cfg
     raise FileNotFoundError(
         f"--base={base} is neither a workdir (config.json + checkpoints/: a training run or an import) "
         "nor a Hugging Face directory (config.json + *.safetensors)"

@@ -141,8 +141,8 @@ def test_export_materializes_low_rank_and_refuses_cola(tmp_path, imported):
     out = export_hf_llama(svd, svd_cfg, tmp_path / "svd")
     np.testing.assert_allclose(hf_logits(out), logits(svd), atol=1e-4, rtol=0)
     for arg, error in (
-        ("kind=cola", "model.proj.q: kind 'cola' is not a linear map"),
-        ("kind=svd,lax=kron", "model.proj.q.crossing='kron'"),
+        ("kind=cola", "model.linear.kind='cola' is not a linear map"),
+        ("kind=svd,lax=kron", "model.linear.crossing='kron': LaX crossing feeds"),
     ):
         cfg = from_compact("llama", f"nano,{arg},rank=8").model
         # Refused from the config alone, before any weight is read: an abstract model is enough.
@@ -289,6 +289,13 @@ def test_unsupported_features_name_the_key(tmp_path):
     config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
     (scaled / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rope_parameters.rope_type='linear' is not supported"):
+        load_hf_llama(scaled)
+    config["rope_parameters"]["rope_type"] = "default"
+    config["sliding_window"] = 64  # a key that would change the maths if it meant anything
+    (scaled / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match="config.json: 'sliding_window' is not a key this converter implements"
+    ):
         load_hf_llama(scaled)
 
 

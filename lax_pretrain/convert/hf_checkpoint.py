@@ -6,9 +6,11 @@
 Only safetensors checkpoints are read (one `model.safetensors`, or shards listed in
 `model.safetensors.index.json`), without torch. Torch `nn.Linear` stores (out, in); our kernels are (in, out)
 (y = x @ kernel), so every projection and the untied head are transposed; the embedding is (V, D) in both.
-Unsupported features (biases, scaled RoPE, another activation) are rejected naming the config.json key.
-Export writes dense weights: svd and tt projections are materialized, CoLA (nonlinear), LaX crossing and
-intra-layer TT LaX have no dense equivalent and are refused.
+config.json is read strictly (hf_config.py): unsupported values (biases, scaled RoPE, another activation) and
+unknown keys are refused naming the key. Export writes dense weights: svd and tt projections are materialized;
+CoLA (nonlinear), LaX crossing and intra-layer TT LaX have no dense equivalent and are refused (the cola and
+lax formats hold the first two: cola_checkpoint.py, lax_checkpoint.py). The names below are also the
+skeleton of those formats (factor_layout.py).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from lax_pretrain.config import llama_config
+from lax_pretrain.convert.export_dir import export_dir
+from lax_pretrain.convert.hf_config import hf_config_from_model, model_config_from_hf
+from lax_pretrain.convert.representable import check_linear
 from lax_pretrain.convert.weights import (
     Weights,
-    check_linear,
     dense_block_paths,
     dense_params,
     model_from_params,
@@ -49,89 +52,6 @@ HF_BLOCK = {
 }
 # Buffers some checkpoints carry that hold nothing we need (RoPE is recomputed).
 HF_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-# ---------------------------------------------------------------- config.json <-> config.model
-
-
-def _rope_theta(hf: Mapping[str, Any]) -> float:
-    """RoPE base; transformers 5 writes `rope_parameters`, older versions `rope_theta` + `rope_scaling`."""
-    for key in ("rope_parameters", "rope_scaling"):
-        rope = hf.get(key) or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(
-                f"config.json: {key}.rope_type={rope_type!r} is not supported; only unscaled "
-                "RoPE ('default') is implemented"
-            )
-        if "rope_theta" in rope:
-            return float(rope["rope_theta"])
-    return float(hf.get("rope_theta", 10000.0))
-
-
-def _reject(hf: Mapping[str, Any], key: str, ok: Any, why: str) -> None:
-    if key in hf and hf[key] not in ok:
-        raise ValueError(f"config.json: {key}={hf[key]!r} is not supported: {why}")
-
-
-def model_config_from_hf(hf: Mapping[str, Any], *, scan_layers: bool = False) -> ml_collections.ConfigDict:
-    """config.model (dense) for a Hugging Face LlamaForCausalLM config.json."""
-    _reject(hf, "model_type", ("llama",), "only LlamaForCausalLM checkpoints convert")
-    _reject(hf, "attention_bias", (False, None), "our attention projections have no bias")
-    _reject(hf, "mlp_bias", (False, None), "our MLP projections have no bias")
-    _reject(hf, "hidden_act", ("silu",), "the MLP is SwiGLU with SiLU")
-    heads = int(hf["num_attention_heads"])
-    kv_heads = int(hf.get("num_key_value_heads") or heads)
-    if heads % kv_heads:
-        raise ValueError(
-            f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
-        )
-    cfg = llama_config("nano").model
-    cfg.update(
-        dict(
-            preset="hf",
-            vocab_size=int(hf["vocab_size"]),
-            d_model=int(hf["hidden_size"]),
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
-            ffn_dim=int(hf["intermediate_size"]),
-            rope_theta=_rope_theta(hf),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            scan_layers=scan_layers,
-        )
-    )
-    return cfg
-
-
-def hf_config_from_model(model_cfg: Any, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """config.json for LlamaForCausalLM; `base` (e.g. the imported source config) supplies token ids and
-    max_position_embeddings, the architecture always comes from `model_cfg`."""
-    hf = {k: v for k, v in (base or {}).items() if k not in ("rope_scaling", "torch_dtype", "dtype")}
-    hf.setdefault("max_position_embeddings", 2048)
-    hf.update(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        vocab_size=model_cfg.vocab_size,
-        hidden_size=model_cfg.d_model,
-        intermediate_size=model_cfg.ffn_dim,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_heads,
-        num_key_value_heads=model_cfg.num_kv_heads,
-        head_dim=model_cfg.get("head_dim") or model_cfg.d_model // model_cfg.num_heads,
-        hidden_act="silu",
-        rms_norm_eps=model_cfg.norm_eps,
-        attention_bias=False,
-        mlp_bias=False,
-        tie_word_embeddings=model_cfg.tie_embeddings,
-        dtype=model_cfg.param_dtype,
-        # Both spellings: transformers 5 reads rope_parameters, 4.x reads rope_theta.
-        rope_theta=model_cfg.rope_theta,
-        rope_parameters={"rope_type": "default", "rope_theta": model_cfg.rope_theta},
-    )
-    return hf
 
 
 # ---------------------------------------------------------------- safetensors files
@@ -162,10 +82,27 @@ def read_safetensors(hf_dir: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def write_safetensors(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    # transformers refuses safetensors files without a known "format" in their metadata.
+    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    save_file(contiguous, path, metadata={"format": "pt"})
+
+
+def read_config(hf_dir: str | Path) -> dict[str, Any]:
+    config_path = Path(hf_dir) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} does not exist: expected a Hugging Face model directory")
+    return json.loads(config_path.read_text())
+
+
+def write_config(hf_config: Mapping[str, Any], out_dir: Path) -> None:
+    (out_dir / "config.json").write_text(json.dumps(dict(hf_config), indent=2) + "\n")
+
+
 def _take(tensors: dict[str, np.ndarray], hf_name: str, transpose: bool) -> np.ndarray:
     key = f"{hf_name}.weight"
     if key not in tensors:
-        raise KeyError(f"tensor {key!r} is missing from the checkpoint")
+        raise ValueError(f"tensor {key!r} is missing from the checkpoint")
     value = tensors.pop(key)
     return value.T if transpose else value
 
@@ -201,7 +138,7 @@ def hf_tensors(top: Weights, blocks: list[Weights]) -> dict[str, np.ndarray]:
                 for name, value in block.items()
             }
         )
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return out
 
 
 # ---------------------------------------------------------------- the public API
@@ -211,12 +148,8 @@ def load_hf_llama(
     hf_dir: str | Path, *, scan_layers: bool = False
 ) -> tuple[Llama, ml_collections.ConfigDict]:
     """(model, config.model) of a Hugging Face LlamaForCausalLM directory (config.json + safetensors)."""
-    hf_dir = Path(hf_dir)
-    config_path = hf_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} does not exist: expected a Hugging Face model directory")
-    model_cfg = model_config_from_hf(json.loads(config_path.read_text()), scan_layers=scan_layers)
-    top, blocks = weights_from_hf(read_safetensors(hf_dir), model_cfg)
+    model_cfg = model_config_from_hf(read_config(hf_dir), scan_layers=scan_layers)
+    top, blocks = weights_from_hf(read_safetensors(Path(hf_dir)), model_cfg)
     model = model_from_params(model_cfg, top_paths(top), [dense_block_paths(b) for b in blocks])
     return model, model_cfg
 
@@ -227,14 +160,10 @@ def export_hf_llama(
     """Writes config.json and model.safetensors that `transformers.LlamaForCausalLM.from_pretrained` loads.
 
     svd / tt projections are materialized into dense kernels; base_config: a source config.json whose
-    non-architecture keys (token ids, max_position_embeddings) are kept.
+    token ids and context length are kept. The directory appears complete or not at all (export_dir.py).
     """
     check_linear(model_cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    top, blocks = dense_params(model)
-    # transformers refuses safetensors files without a known "format" in their metadata.
-    save_file(hf_tensors(top, blocks), out_dir / "model.safetensors", metadata={"format": "pt"})
-    hf_config = hf_config_from_model(model_cfg, base_config)
-    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    return out_dir
+    with export_dir(out_dir) as tmp:
+        write_safetensors(hf_tensors(*dense_params(model)), tmp / "model.safetensors")
+        write_config(hf_config_from_model(model_cfg, base_config), tmp)
+    return Path(out_dir)

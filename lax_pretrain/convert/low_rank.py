@@ -30,8 +30,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from lax_pretrain.convert.representable import check_linear
 from lax_pretrain.convert.weights import (
-    check_linear,
     dense_params,
     model_from_params,
     module_of,

@@ -15,9 +15,8 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from lax_pretrain.layers import DenseLinear, FactorizedLinear
-from lax_pretrain.models import build, get_task
+from lax_pretrain.models import build
 from lax_pretrain.models.llama import PROJECTIONS, Llama
-from lax_pretrain.models.projections import projection_spec
 
 ATTN_PROJECTIONS = ("q", "k", "v", "o")
 
@@ -64,6 +63,10 @@ def model_from_params(
     flat.update({("blocks", "first", *p): v for p, v in blocks[0].items()})
     rest = blocks[1:]
     if rest and model_cfg.scan_layers:
+        for i, block in enumerate(rest, 2):  # stacking needs the same parameters in every block
+            differ = sorted(map(dotted, set(block) ^ set(rest[0])))
+            if differ:
+                raise ValueError(f"block {i} and block 1 differ in their parameters: {differ[:5]}")
         flat.update({("blocks", "rest", *p): np.stack([b[p] for b in rest]) for p in rest[0]})
     else:
         flat.update({("blocks", "rest", i, *p): v for i, b in enumerate(rest) for p, v in b.items()})
@@ -72,7 +75,7 @@ def model_from_params(
     for path, value in flat.items():
         if tuple(value.shape) != tuple(want[path].shape):
             raise ValueError(
-                f"{_dotted(path)}: shape {tuple(value.shape)} does not match the model config's "
+                f"{dotted(path)}: shape {tuple(value.shape)} does not match the model config's "
                 f"{tuple(want[path].shape)}"
             )
         flat[path] = jnp.asarray(value, dtype=want[path].dtype)
@@ -81,12 +84,12 @@ def model_from_params(
 
 
 def _check_same_paths(got: set[ParamPath], want: set[ParamPath]) -> None:
-    missing, extra = sorted(map(_dotted, want - got)), sorted(map(_dotted, got - want))
+    missing, extra = sorted(map(dotted, want - got)), sorted(map(dotted, got - want))
     if missing or extra:
         raise ValueError(f"parameters do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
 
 
-def _dotted(path: ParamPath) -> str:
+def dotted(path: ParamPath) -> str:
     return ".".join(map(str, path))
 
 
@@ -107,42 +110,10 @@ def projection(block: nnx.Module, name: str) -> DenseLinear | FactorizedLinear:
     return getattr(getattr(block, module_of(name)), name)
 
 
-def check_linear(model_cfg: Any) -> None:
-    """Raises unless every projection is one linear map (a kernel), i.e. the model has a dense equivalent."""
-    if get_task(model_cfg).model_class is not Llama:
-        raise ValueError(f"model.family={model_cfg.get('family')!r}: only LLaMA models convert")
-    if model_cfg.only_lr_act:
-        raise ValueError("model.only_lr_act=True drops the SwiGLU's SiLU: no LLaMA equivalent")
-    for name in PROJECTIONS:
-        # Block 0 is always built without crossing: the spec of a later block is what the config asks for.
-        spec, where = projection_spec(model_cfg, name, first=False), f"model.proj.{name}"
-        if spec["kind"] not in ("dense", "svd", "tt"):
-            raise ValueError(
-                f"{where}: kind {spec['kind']!r} is not a linear map (CoLA's latent activation "
-                "is nonlinear), so it has no dense weight to export"
-            )
-        if spec.get("use_bias"):
-            raise ValueError(f"{where}.use_bias=True: LLaMA projections have no bias")
-        if spec.get("crossing", "none") != "none" and model_cfg.num_layers > 1:
-            raise ValueError(
-                f"{where}.crossing={spec['crossing']!r}: LaX crossing feeds the previous "
-                "block's latent in, which a dense LLaMA cannot express"
-            )
-        if spec.get("intra"):
-            raise ValueError(
-                f"{where}.intra=True: intra-layer LaX makes the map differ from its materialized kernel"
-            )
-        if spec.get("latent_act"):
-            raise ValueError(
-                f"{where}.latent_act=True: an activation on the latent is nonlinear, so the "
-                "projection has no dense weight to export"
-            )
-
-
 def dense_params(model: Llama) -> tuple[Weights, list[Weights]]:
     """(top, per-block) float arrays by our names; projections as (d_in, d_out) kernels (svd/tt materialized).
 
-    Call `check_linear` first: CoLA or crossed layers have no meaningful kernel.
+    Call `representable.check_linear` first: CoLA or crossed layers have no meaningful kernel.
     """
     top = {"embed": np.asarray(model.embed[...]), "final_norm": np.asarray(model.final_norm.scale[...])}
     if not model.cfg.tie_embeddings:
@@ -155,4 +126,18 @@ def dense_params(model: Llama) -> tuple[Weights, list[Weights]]:
         }
         weights.update({name: np.asarray(projection(block, name).materialize()) for name in PROJECTIONS})
         blocks.append(weights)
+    return top, blocks
+
+
+def param_paths(model: Llama) -> tuple[dict[ParamPath, np.ndarray], list[dict[ParamPath, np.ndarray]]]:
+    """(top, per-block) parameters by path, the inverse of `model_from_params` (a scanned stack is sliced)."""
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    top = {path: np.asarray(value) for path, value in flat.items() if path[0] != "blocks"}
+    blocks = [
+        {
+            path: np.asarray(value)
+            for path, value in traverse_util.flatten_dict(nnx.to_pure_dict(state)).items()
+        }
+        for state in (nnx.state(block, nnx.Param) for block in blocks_of(model))
+    ]
     return top, blocks
