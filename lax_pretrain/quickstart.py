@@ -31,8 +31,8 @@ flags.DEFINE_integer("steps", 500, "Training steps.", flag_values=FLAGS)
 
 def quickstart_config(steps: int):
     config = llama_config("nano", kind="cola", lax="kron")
+    # Shakespeare's default data.eval_batches (8 global batches) keeps the evaluations at ~2% of the wall time.
     config.data.seq_len = 128
-    config.data.eval_batches = 8
     config.train.update(
         steps=steps,
         batch_size=16,

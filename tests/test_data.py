@@ -1,10 +1,12 @@
 """The data package: TFDS builders, tokenizers, grain pipelines (determinism, resume, slices), errors."""
 
+import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -311,7 +313,8 @@ def test_works_select_a_domain_cut_by_bytes(data_dir):
         ]
         return np.concatenate([np.asarray(tok.encode(t) + [tok.eos_id], np.int32) for t in texts])
 
-    c = cfg("shakespeare", data_dir, seq_len=64, works="hamlet, sonnets")  # one validation and one train work
+    # One validation and one train work, the whole eval part of each.
+    c = cfg("shakespeare", data_dir, seq_len=64, works="hamlet, sonnets", eval_batches=0)
     evals = list(data.make_eval_batches(c, global_batch_size=8))
     got = np.concatenate(
         [
@@ -359,7 +362,7 @@ def test_text_epochs_repeat_with_a_new_shuffle(data_dir):
 
 
 def test_text_eval_covers_validation_and_pads_with_weight_zero(data_dir):
-    c = cfg("shakespeare", data_dir, seq_len=256)
+    c = cfg("shakespeare", data_dir, seq_len=256, eval_batches=0)  # 0: the whole split
     stream = text._work_stream(c, ByteTokenizer(), "eval")
     batches = list(data.make_eval_batches(c, global_batch_size=64))
     windows = -(-len(stream) // 257)
@@ -504,6 +507,34 @@ def test_image_eval_covers_test_split_with_weight_zero_padding(data_dir):
     assert (batches[-1]["weights"][10_000 % 512 :] == 0).all()
     np.testing.assert_array_equal(batches[0]["targets"], np.eye(10, dtype=np.float32)[batches[0]["labels"]])
     assert data.dataset_info(cfg("fashion_mnist", data_dir))["image_shape"] == (28, 28, 1)
+
+
+def test_eval_batches_stream_the_same_batches_every_time(data_dir):
+    """The eval split is a re-iterable stream: two passes over one `make_eval_batches` give identical batches,
+    and a pass holds a few batches in host memory at a time, never the split (tracemalloc sees numpy's
+    allocations). The test itself keeps one digest per batch."""
+    batches = data.make_eval_batches(cfg("fashion_mnist", data_dir), global_batch_size=64)
+
+    def one_pass() -> tuple[list[str], int]:
+        digests, split_bytes = [], 0
+        for batch in batches:
+            h = hashlib.sha256()
+            for key in sorted(batch):
+                h.update(key.encode() + np.ascontiguousarray(batch[key]).tobytes())
+            digests.append(h.hexdigest())
+            split_bytes += sum(v.nbytes for v in batch.values())
+        return digests, split_bytes
+
+    first, split_bytes = one_pass()
+    tracemalloc.start()
+    try:
+        second, _ = one_pass()
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(first) == -(-10_000 // 64) and second == first
+    # The split is 10,000 x (28 x 28 + 10 + 2) x 4 bytes = 32 MB, a batch 0.2 MB; measured peak 1.6 MB.
+    assert peak_bytes < split_bytes / 8, (peak_bytes, split_bytes)
 
 
 def test_imagenet_reads_prepared_jpegs(data_dir):

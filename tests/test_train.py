@@ -1,5 +1,6 @@
-"""The training pipeline end to end: exact resume after SIGKILL, SIGTERM, NaN stop, damaged checkpoints,
-W&B, metrics.jsonl, learning, ViT, gradient accumulation, and the config errors that come before compiling.
+"""The training pipeline end to end: exact resume after SIGKILL (one history in metrics.jsonl and in the W&B
+offline run, read back), SIGTERM, NaN stop, damaged checkpoints, W&B, metrics.jsonl, learning, ViT, gradient
+accumulation, and the config errors that come before compiling.
 
 Everything runs a tiny CoLA + LaX LLaMA (d_model 64, 2 layers, rank 16, 32-token windows, batch 8) on the
 8 fake CPU devices of conftest.py. One uninterrupted 100-step run (`reference`) is the yardstick that the
@@ -15,9 +16,11 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -33,7 +36,7 @@ from lax_pretrain.data import tfds_io
 from lax_pretrain.data.config import FASHION_MNIST_DIR
 from lax_pretrain.train import train
 from lax_pretrain.train.checkpoint import load_trained_model
-from lax_pretrain.train.metrics import read_metrics
+from lax_pretrain.train.metrics import DISCARDED_FILE, SUPERSEDED_WANDB_DIR, read_metrics
 
 pytestmark = pytest.mark.slow  # end-to-end training runs: `pytest -m 'not slow'` skips them
 
@@ -189,6 +192,52 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+LEVELDB_BLOCK = 32 * 1024
+LEVELDB_FULL, LEVELDB_FIRST, LEVELDB_MIDDLE, LEVELDB_LAST = 1, 2, 3, 4
+
+
+def wandb_history(run_dir: Path) -> list[tuple[int, dict]]:
+    """(step, {key: value}) of each history row in an offline W&B run's .wandb file, in file order.
+
+    wandb 0.31 ships no Python reader of its transaction log (the Go core writes and reads it), so this decodes
+    the framing, LevelDB's log format: after a 7-byte file header, 32 KiB blocks of chunks, each a 7-byte
+    header (CRC-32 of type byte + payload, length, type) and a payload; a record is one FULL chunk or
+    FIRST, MIDDLE..., LAST. Each record is then parsed with wandb's own protobuf schema."""
+    from wandb.proto import wandb_internal_pb2
+
+    (log_file,) = run_dir.glob("run-*.wandb")
+    data = log_file.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    rows, payload, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if LEVELDB_BLOCK - pos % LEVELDB_BLOCK < 7:  # a block's tail too short for a header is padding
+            pos += LEVELDB_BLOCK - pos % LEVELDB_BLOCK
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        assert kind in (LEVELDB_FULL, LEVELDB_FIRST, LEVELDB_MIDDLE, LEVELDB_LAST), (pos, kind)
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, pos
+        pos += 7 + length
+        payload = chunk if kind in (LEVELDB_FULL, LEVELDB_FIRST) else payload + chunk
+        if kind in (LEVELDB_FULL, LEVELDB_LAST):
+            record = wandb_internal_pb2.Record.FromString(payload)
+            if record.WhichOneof("record_type") == "history":
+                row = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+                rows.append((record.history.step.num, row))
+    return rows
+
+
+def isolate_wandb(monkeypatch, tmp_path: Path) -> None:
+    """W&B's own directories in tmp_path (for this process and the runs it starts), and no WANDB_MODE override."""
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
 # ----------------------------------------------------------------------------------------------- fixtures
 
 
@@ -290,12 +339,22 @@ def test_validation_loss_falls(reference):
 # --------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_after_sigkill_is_exact(reference, data_dir, tmp_path):
+def test_resume_after_sigkill_is_exact(reference, data_dir, tmp_path, monkeypatch):
+    """kill -9 between checkpoints (once a step after the newest checkpoint is logged), then resume: the same
+    parameters as never stopping, and one history. metrics.jsonl holds each step once with the uninterrupted
+    run's losses (the first records of the steps trained again are in metrics.discarded.jsonl), and so does the
+    W&B offline run in <workdir>/wandb, read back from its .wandb file (the killed run's is superseded)."""
+    isolate_wandb(monkeypatch, tmp_path)
     ref_dir, _, ref_params = reference
     workdir, log_path = tmp_path / "run", tmp_path / "run.log"
-    proc = start(workdir, tiny_overrides(data_dir), log_path)
+    proc = start(workdir, tiny_overrides(data_dir, wandb__mode="offline"), log_path)
+
+    def logged_past_a_checkpoint() -> bool:
+        saved = finalized_steps(workdir)
+        return bool(saved) and training_started(workdir) and train_records(workdir)[-1]["step"] > saved[-1]
+
     try:
-        wait_for(lambda: finalized_steps(workdir), proc, log_path, "the first checkpoint")
+        wait_for(logged_past_a_checkpoint, proc, log_path, "a logged step after a checkpoint")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -306,13 +365,32 @@ def test_resume_after_sigkill_is_exact(reference, data_dir, tmp_path):
     assert killed_at < STEPS, "the run finished before it was killed: nothing was tested"
     # The command line built the very config the in-process reference ran.
     config_json = lambda d: json.loads((d / "config.json").read_text())  # noqa: E731
-    assert config_json(workdir) == config_json(ref_dir)
+    assert config_json(workdir) == {**config_json(ref_dir), "wandb": config_json(workdir)["wandb"]}
 
-    summary = train(llama(data_dir), workdir)
+    summary = train(llama(data_dir, wandb__mode="offline"), workdir)
+    resumed_from = summary["start_step"]
     assert summary["status"] == "done" and summary["step"] == STEPS
-    assert 0 < summary["start_step"] < STEPS and summary["start_step"] % 20 == 0
+    assert 0 < resumed_from < killed_at and resumed_from % 20 == 0
     assert_params_identical(host(summary["final_params"]), ref_params)
-    assert last_loss_at(workdir, STEPS) == last_loss_at(ref_dir, STEPS)
+
+    def losses(d: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in train_records(d)]
+
+    assert losses(workdir) == losses(ref_dir)  # each step once, bit for bit the uninterrupted run's
+    evals = [(r["step"], r["eval_loss"]) for r in read_metrics(workdir) if "eval_loss" in r]
+    assert evals == [(r["step"], r["eval_loss"]) for r in read_metrics(ref_dir) if "eval_loss" in r]
+    discarded = [json.loads(line) for line in (workdir / DISCARDED_FILE).read_text().splitlines()]
+    assert discarded and all(d["resumed_from_step"] == resumed_from for d in discarded)
+    assert {d["record"]["step"] for d in discarded if "record" in d} == {
+        r["step"] for r in train_records(ref_dir) if resumed_from < r["step"] <= killed_at
+    }
+
+    (run_dir,) = (workdir / "wandb").glob("offline-run-*")
+    assert len(list((workdir / SUPERSEDED_WANDB_DIR).glob("offline-run-*"))) == 1  # the killed run's
+    rows = wandb_history(run_dir)
+    assert [step for step, _ in rows] == sorted({r["step"] for r in read_metrics(workdir)})
+    assert [(step, row["loss"]) for step, row in rows if "loss" in row] == losses(workdir)
+    assert [(step, row["eval_loss"]) for step, row in rows if "eval_loss" in row] == evals
 
 
 @pytest.fixture(scope="module")
@@ -474,28 +552,33 @@ def test_wandb_disabled_writes_nothing(reference):
     assert not (workdir / "wandb").exists()
 
 
-def test_wandb_offline_writes_a_run_directory(data_dir, tmp_path, monkeypatch):
-    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
+TWO_STEPS = dict(train__steps=2, train__log_every=1, train__eval_every=2, train__checkpoint_every=2)
+
+
+def test_wandb_offline_run_holds_one_row_per_step(data_dir, tmp_path, monkeypatch):
+    """An offline run's .wandb file, read back: one row per step, a step's train and eval records merged. (Resumed
+    runs: test_resume_after_sigkill_is_exact.)"""
+    isolate_wandb(monkeypatch, tmp_path)
     workdir = tmp_path / "run"
-    config = llama(
-        data_dir,
-        train__steps=2,
-        train__log_every=1,
-        train__eval_every=2,
-        train__checkpoint_every=2,
-        wandb__mode="offline",
-    )
-    assert train(config, workdir)["status"] == "done"
-    runs = list((workdir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, list((workdir / "wandb").iterdir())
-    logs = list(runs[0].glob("run-*.wandb"))
-    assert len(logs) == 1, list(runs[0].iterdir())
-    content = logs[0].read_bytes()
-    for key in (b"eval_loss", b"eval_ppl", b"grad_norm", b"tokens_per_s", b"loss"):
-        assert key in content, key
+    assert train(llama(data_dir, **TWO_STEPS, wandb__mode="offline"), workdir)["status"] == "done"
+    (run_dir,) = (workdir / "wandb").glob("offline-run-*")
+    rows = wandb_history(run_dir)
+    assert [step for step, _ in rows] == [0, 1, 2]
+    for key in ("eval_loss", "eval_ppl", "params", "flops_per_token"):
+        assert key in rows[0][1], key
+    for key in ("loss", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"):
+        assert key in rows[2][1], key
+    records = read_metrics(workdir)
+    assert [(step, row["loss"]) for step, row in rows if "loss" in row] == [
+        (r["step"], r["loss"]) for r in records if "loss" in r
+    ]
+
+
+def test_eval_at_start_off_skips_the_initial_evaluation(data_dir, tmp_path):
+    train(llama(data_dir, **TWO_STEPS, train__eval_at_start=False), tmp_path / "run")
+    first, *rest = read_metrics(tmp_path / "run")
+    assert first["step"] == 0 and "params" in first and "eval_loss" not in first
+    assert [r["step"] for r in rest if "eval_loss" in r] == [2]
 
 
 # ------------------------------------------------------------------------------------------------ ViT
@@ -609,6 +692,7 @@ CONFIG_ERRORS = {
     "unknown_wandb_mode": ({"wandb.mode": "offlne"}, ValueError, r"wandb\.mode='offlne'"),
     "vocab_too_small": ({"model.vocab_size": 100}, ValueError, r"model\.vocab_size=100"),
     "zero_steps": ({"train.steps": 0}, ValueError, r"train\.steps=0"),
+    "negative_eval_batches": ({"data.eval_batches": -1}, ValueError, r"data\.eval_batches=-1"),
     "missing_prepared_c4": (
         {"data.name": "c4", "data.data_dir": EMPTY_DIR},
         FileNotFoundError,

@@ -4,7 +4,7 @@
                              process_index=jax.process_index(), process_count=jax.process_count())
     batch = next(it)                    # dict of numpy arrays, this process's rows of the global batch
     state = it.get_state()              # JSON-serializable; it.set_state(state) resumes exactly
-    for batch in make_eval_batches(config.data, global_batch_size=512): ...
+    for batch in make_eval_batches(config.data, global_batch_size=512): ...   # afresh on every loop
 
 `data.name` picks the dataset: 'shakespeare' and 'fashion_mnist' are built offline on first use into
 `data.data_dir`; 'c4' and 'imagenet2012' must be prepared there (array_record). See config.py for every key.
@@ -50,10 +50,12 @@ def make_train_iterator(
 def make_eval_batches(
     data_cfg, *, global_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> grain.IterDataset:
-    """This process's slices of the fixed evaluation batches, in order; iterate it as often as needed.
+    """This process's slices of the fixed evaluation batches, in order: a re-iterable stream.
 
     The first `data.eval_batches` global batches of the eval split (0: all of it); the last one is topped up
-    with rows of weight 0, so every process gets the same number of full batches.
+    with rows of weight 0, so every process gets the same number of full batches. Each `iter()` reads the same
+    batches afresh with a few of them in flight (pipeline.READ_OPTIONS), so an evaluation of the whole
+    ImageNet validation split holds a few batches in host memory, not the split.
     """
     cfg = config.resolve(data_cfg)
     local_batch = config.local_batch_size(global_batch_size, process_count)

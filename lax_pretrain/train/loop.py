@@ -2,15 +2,16 @@
 trainable variables) both run through `train()`.
 
 Per run, in the workdir: config.json, metrics.jsonl, checkpoints/<step>/, wandb/ (unless disabled).
-Resume is automatic; SIGTERM saves and returns; a NaN/Inf loss stops with FloatingPointError and leaves the
-last good checkpoint as the newest.
+Resume is automatic, with one history per run (train/metrics.py). A preemption (SIGTERM; on a pod, any
+process's notice) stops every process after the same step with one checkpoint, and train() returns. A NaN/Inf
+loss stops with FloatingPointError and leaves the last good checkpoint as the newest. Evaluation streams the
+eval split afresh each time (`data.eval_batches` global batches), so host memory holds a few batches of it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from lax_pretrain import data as data_lib
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.parallel import make_mesh
+from lax_pretrain.parallel.distributed import Preemption
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
 from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
@@ -31,24 +33,6 @@ from lax_pretrain.train.program import ModelFactory, build_program
 from lax_pretrain.train.validate import prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
-
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop checkpoints at the next step boundary and returns."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def _to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
@@ -73,6 +57,15 @@ def train(
     mesh = make_mesh(config.mesh)
     data_info = validate_config(config, mesh)  # every config error before anything compiles
     prepare_workdir(workdir, config)
+    # From here on a preemption is noticed: one during start-up stops the run before its first step.
+    with Preemption() as preempt:
+        return _train(config, workdir, mesh, data_info, preempt, model_factory, trainable, init_values)
+
+
+def _train(
+    config, workdir: Path, mesh, data_info: dict, preempt: Preemption, model_factory, trainable, init_values
+) -> dict[str, Any]:
+    """train() once the config is checked, with `preempt` watching."""
     t_cfg = config.train
     stats = model_stats(config.model, data_info.get("seq_len", 0))
     program = build_program(
@@ -104,30 +97,30 @@ def train(
         data_state = train_it.get_state()  # before the first batch: what a checkpoint at `start` holds
         batch = next(train_it)
         batch_sh, step_fn = program.batch_shardings, program.train_step
-        eval_batches = list(
-            data_lib.make_eval_batches(
-                config.data,
-                global_batch_size=t_cfg.batch_size,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
+        # Re-iterable: each evaluation reads the same batches afresh, a few in flight (never the whole split).
+        eval_batches = data_lib.make_eval_batches(
+            config.data,
+            global_batch_size=t_cfg.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
         )
 
         def evaluate(p) -> dict[str, float]:
+            began = time.perf_counter()
             sums = [
                 jax.device_get(program.eval_step(p, frozen, _to_global(b, batch_sh))) for b in eval_batches
             ]
-            return task.summarize(sums)
+            return {**task.summarize(sums), "eval_time_s": time.perf_counter() - began}
 
         peak, device_kind = device_peak_flops()
         n_dev = mesh.size
         tokens_per_example = stats.seq_len
-        writer = MetricWriter(workdir, config, run_name=config.name or workdir.name)
+        writer = MetricWriter(workdir, config, run_name=config.name or workdir.name, resume_step=start)
         if start == 0:
             writer.write(
                 {
                     "step": 0,
-                    **evaluate(params),
+                    **(evaluate(params) if t_cfg.eval_at_start else {}),
                     "params": stats.total_params,
                     "non_embedding_params": stats.non_embedding_params,
                     "lax_params": stats.lax_params,
@@ -156,57 +149,59 @@ def train(
             return host
 
         bar = tqdm(total=t_cfg.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
-        with _Preemption() as preempt:
-            step = start
-            try:
-                while step < t_cfg.steps:
-                    if preempt.requested:
-                        break
-                    params, opt_state, metrics = step_fn(
-                        params, opt_state, frozen, _to_global(batch, batch_sh), step
-                    )
-                    step += 1
-                    window_steps += 1
-                    if pending is not None:  # check the previous step while this one runs
-                        check_finite(*pending)
-                    pending = (step, metrics)
-                    bar.update(1)
-                    if step % t_cfg.log_every == 0 or step == t_cfg.steps:
-                        host = check_finite(*pending)
-                        elapsed = time.perf_counter() - window_start
-                        examples_per_s = window_steps * t_cfg.batch_size / elapsed
-                        tokens_per_s = examples_per_s * tokens_per_example
-                        tflops = stats.train_flops_per_token * tokens_per_s / 1e12
-                        record = {
-                            "step": step,
-                            "loss": float(host["loss"]),
-                            "lr": float(host["lr"]),
-                            "grad_norm": float(host["grad_norm"]),
-                            "tflops_per_s": tflops,
-                            "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
-                            "time": time.time(),
-                        }
-                        record[task.throughput_key] = task.throughput(examples_per_s, tokens_per_example)
-                        writer.write(record)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                        window_start, window_steps = time.perf_counter(), 0
-                    if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-                        writer.write({"step": step, **evaluate(params)})
-                    # The iterator state as of the batches trained on: what every checkpoint must hold.
-                    data_state = train_it.get_state()
-                    if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
-                        check_finite(*pending)  # never save parameters that came from a NaN step
-                        ckpt.save(step, params, opt_state, data_state)
-                        last_saved = step
-                    if step < t_cfg.steps:
-                        batch = next(train_it)
-            finally:
-                bar.close()
-            if pending is not None:
-                check_finite(*pending)
-            if step != last_saved:  # preempted between checkpoints
-                ckpt.save(step, params, opt_state, data_state, force=True)
-            summary["status"] = "preempted" if preempt.requested and step < t_cfg.steps else "done"
+        step = start
+        stop = preempt.should_stop(step)  # every process asks at every step, from the same first one
+        try:
+            while step < t_cfg.steps and not stop:
+                params, opt_state, metrics = step_fn(
+                    params, opt_state, frozen, _to_global(batch, batch_sh), step
+                )
+                step += 1
+                window_steps += 1
+                if pending is not None:  # check the previous step while this one runs
+                    check_finite(*pending)
+                pending = (step, metrics)
+                bar.update(1)
+                records = []
+                if step % t_cfg.log_every == 0 or step == t_cfg.steps:
+                    host = check_finite(*pending)
+                    elapsed = time.perf_counter() - window_start
+                    examples_per_s = window_steps * t_cfg.batch_size / elapsed
+                    tokens_per_s = examples_per_s * tokens_per_example
+                    tflops = stats.train_flops_per_token * tokens_per_s / 1e12
+                    record = {
+                        "step": step,
+                        "loss": float(host["loss"]),
+                        "lr": float(host["lr"]),
+                        "grad_norm": float(host["grad_norm"]),
+                        "tflops_per_s": tflops,
+                        "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
+                        "time": time.time(),
+                    }
+                    record[task.throughput_key] = task.throughput(examples_per_s, tokens_per_example)
+                    records.append(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
+                    records.append({"step": step, **evaluate(params)})
+                writer.write(*records)  # before this step's checkpoint: a resume from it keeps them
+                if records:  # the throughput window restarts after logging and after an evaluation
+                    window_start, window_steps = time.perf_counter(), 0
+                # The iterator state as of the batches trained on: what every checkpoint must hold.
+                data_state = train_it.get_state()
+                if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
+                    check_finite(*pending)  # never save parameters that came from a NaN step
+                    ckpt.save(step, params, opt_state, data_state)
+                    last_saved = step
+                stop = preempt.should_stop(step)
+                if step < t_cfg.steps and not stop:
+                    batch = next(train_it)
+        finally:
+            bar.close()
+        if pending is not None:
+            check_finite(*pending)
+        if step != last_saved:  # preempted between checkpoints
+            ckpt.save(step, params, opt_state, data_state, force=True)
+        summary["status"] = "preempted" if preempt.requested and step < t_cfg.steps else "done"
         ckpt.close()
         writer.close()
         summary["step"] = step
