@@ -33,6 +33,7 @@ LEVELS = [
     ("lax_pretrain.experiments", 7),
     ("lax_pretrain.convert", 7),  # an import is a training workdir: it writes checkpoints (train level 6)
     ("lax_pretrain.params", 8),
+    ("lax_pretrain.plan", 8),
     ("lax_pretrain.sample", 8),
     ("lax_pretrain.quickstart", 8),
     ("lax_pretrain.finetune", 8),

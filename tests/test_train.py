@@ -455,25 +455,25 @@ NAN_STEP = 15  # the first step whose loss (and parameters) are NaN
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
-    """A step that diverges (loss and parameters NaN from step NAN_STEP on; the jitted step is wrapped because
-    the loss function never sees the step index) stops the run with FloatingPointError; the checkpoint due at
-    that very step is not written, the newest one left is from before the NaN, and a fresh run resumes
-    there."""
-    jit_train_step = program_lib.jit_train_step
+    """A step that diverges (loss and parameters NaN from step NAN_STEP on; the step function is wrapped,
+    inside the jit, because the loss function never sees the step index) stops the run with FloatingPointError;
+    the checkpoint due at that very step is not written, the newest one left is from before the NaN, and a
+    fresh run resumes there."""
+    make_train_step = program_lib.make_train_step
 
     def diverging(*args, **kwargs):
-        step_fn = jit_train_step(*args, **kwargs)
+        step_fn = make_train_step(*args, **kwargs)
 
         def step(trainable, opt_state, frozen, batch, step_index):
             trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch, step_index)
-            if step_index + 1 >= NAN_STEP:
-                trainable = jax.tree.map(lambda x: x * jnp.nan, trainable)
-                metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
+            nan_from_here = jnp.where(step_index + 1 >= NAN_STEP, jnp.nan, 1.0)
+            trainable = jax.tree.map(lambda x: x * nan_from_here.astype(x.dtype), trainable)
+            metrics = {**metrics, "loss": metrics["loss"] * nan_from_here}
             return trainable, opt_state, metrics
 
         return step
 
-    monkeypatch.setattr(program_lib, "jit_train_step", diverging)
+    monkeypatch.setattr(program_lib, "make_train_step", diverging)
     # log every 4, checkpoint every 5: no log at step 15, so it is the pre-save check that catches the NaN.
     workdir = tmp_path / "run"
     message = rf"loss became nan at step {NAN_STEP}\b.*last good checkpoint \(step 10\)"
@@ -485,7 +485,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     step, params = newest_checkpoint(workdir)
     assert step == 10 and all(np.isfinite(v).all() for v in params.values())
 
-    monkeypatch.setattr(program_lib, "jit_train_step", jit_train_step)
+    monkeypatch.setattr(program_lib, "make_train_step", make_train_step)
     summary = train(llama(data_dir), workdir)
     assert summary["start_step"] == 10 and summary["status"] == "done" and summary["step"] == STEPS
     assert all(np.isfinite(v).all() for v in host(summary["final_params"]).values())
@@ -718,3 +718,28 @@ def test_workdir_that_is_a_file(data_dir, tmp_path):
     workdir.write_text("")
     with pytest.raises(ValueError, match=r"--workdir=.*not_a_dir exists and is not a directory"):
         train(llama(data_dir), workdir, model_factory=_no_model)
+
+
+class _SmallAccelerator:
+    """A device with 1 MiB of memory: what `check_fits` reads from an accelerator's memory_stats()."""
+
+    device_kind = "small accelerator"
+
+    def memory_stats(self):
+        return {"bytes_limit": 1 << 20, "bytes_in_use": 0}
+
+
+def test_a_step_that_does_not_fit_stops_before_the_workdir_is_written(data_dir, tmp_path, monkeypatch):
+    """The pre-flight: train() compiles the step for abstract state and compares it with the device's memory
+    limit before anything is allocated or written; the error names the largest terms and the keys that help."""
+    import lax_pretrain.train.loop as loop_lib
+    from lax_pretrain.train.preflight import DoesNotFit, check_fits
+
+    monkeypatch.setattr(
+        loop_lib, "check_fits", lambda compiled, device: check_fits(compiled, _SmallAccelerator())
+    )
+    workdir = tmp_path / "run"
+    with pytest.raises(DoesNotFit, match=r"small accelerator.*model\.remat.*train\.batch_size") as e:
+        train(llama(data_dir), workdir)
+    assert "temporaries" in str(e.value) or "parameters" in str(e.value)
+    assert not workdir.exists()

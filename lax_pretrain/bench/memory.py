@@ -10,12 +10,10 @@ backend; `compiled.memory_analysis()` gives
 argument buffers) are both reported. Variants: dense, CoLA (low rank), CoLA + CoLA-M remat (`remat=cola_m`:
 only the latents and the residual stream are saved), CoLA + full remat, and optionally more (`--memory_variants`).
 
-CPU caveat, handled: XLA:CPU runs `cse_barrier_expander`, which strips the optimization barriers that
-`jax.checkpoint` puts around the recomputation, after which CSE merges the recomputation back into the forward
-pass: remat is a no-op on CPU (toy check: 8 rematted layers compile to the same 71 dots as without remat).
-GPU and TPU compilers keep the barriers. So on CPU this suite compiles with that pass disabled
-(`compiler_options={'xla_disable_hlo_passes': 'cse_barrier_expander'}`, recorded in the JSON), which gives the
-buffer assignment the remat policy asks for; `keep_remat_on_cpu=False` measures XLA:CPU as it is.
+CPU caveat, handled: XLA:CPU strips remat (`train/preflight.py` says how). So on CPU this suite compiles with
+`train.preflight.compiler_options()` (`{'xla_disable_hlo_passes': 'cse_barrier_expander'}`, recorded in the
+JSON), which gives the buffer assignment the remat policy asks for; `keep_remat_on_cpu=False` measures XLA:CPU
+as it is.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import jax
 from lax_pretrain.bench.models import TINY, model_config, step_program
 from lax_pretrain.bench.timing import loadavg
 from lax_pretrain.models.stats import model_stats
+from lax_pretrain.train.preflight import compiler_options
 
 # (kind, crossing, remat)
 MEMORY_VARIANTS = (
@@ -53,13 +52,6 @@ def parse_variants(text: str) -> tuple[tuple[str, str, str], ...]:
             raise ValueError(f"memory variant {item!r}: expected KIND:CROSSING:REMAT")
         out.append(tuple(parts))
     return tuple(out)
-
-
-CPU_KEEP_REMAT = {"xla_disable_hlo_passes": "cse_barrier_expander"}
-
-
-def compiler_options(keep_remat_on_cpu: bool = True) -> dict[str, str]:
-    return dict(CPU_KEEP_REMAT) if keep_remat_on_cpu and jax.default_backend() == "cpu" else {}
 
 
 def compiled_memory(

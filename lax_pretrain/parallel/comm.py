@@ -1,4 +1,5 @@
-"""Collective traffic and memory of a compiled program, read from its optimized HLO (`compiled.as_text()`).
+"""Collective traffic and memory of a compiled program, read from its optimized HLO (`compiled.as_text()`), and
+the walk over that HLO (`walk`: every executed instruction, loop bodies once per iteration) other readers share.
 
     report = comm_report(jax.jit(step).lower(*args).compile())
     report["all_reduce_bytes"], report["collectives"]["all-gather"]["count"], report["memory"]["total_bytes"]
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -41,7 +45,7 @@ DTYPE_BYTES = {
 
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$")
 _CALLS = re.compile(
     r"\b(body|condition|to_apply|calls|branch_computations|true_computation|"
     r"false_computation)=(\{[^}]*\}|%?[\w.\-]+)"
@@ -54,7 +58,8 @@ def shape_bytes(text: str) -> int:
     return sum(_array_bytes(dtype, dims) for dtype, dims in _ARRAY.findall(text))
 
 
-def _split_computations(hlo: str) -> tuple[dict[str, list[str]], str | None]:
+def computations(hlo: str) -> tuple[dict[str, list[str]], str | None]:
+    """({computation name: its instruction lines}, the entry computation's name) of an HLO module's text."""
     comps: dict[str, list[str]] = {}
     entry, current = None, None
     for line in hlo.splitlines():
@@ -73,6 +78,19 @@ def _split_computations(hlo: str) -> tuple[dict[str, list[str]], str | None]:
     return comps, entry
 
 
+class Instruction(NamedTuple):
+    name: str
+    result: str  # the result type: an array, or a tuple of them
+    op: str
+    args: str  # operands and attributes: everything after `op(`
+    line: str
+
+
+def instruction(line: str) -> Instruction | None:
+    m = _INSTRUCTION.match(line)
+    return Instruction(*m.groups(), line) if m else None
+
+
 def _collective(op: str) -> str | None:
     for kind in KINDS:
         if op == kind or op == kind + "-start":
@@ -80,36 +98,51 @@ def _collective(op: str) -> str | None:
     return None
 
 
-def count_collectives(hlo: str) -> dict[str, dict[str, int]]:
-    """{kind: {'count', 'bytes'}} over one execution of the entry computation."""
-    comps, entry = _split_computations(hlo)
-    totals = {k: {"count": 0, "bytes": 0} for k in KINDS}
+def walk(hlo: str) -> Iterator[tuple[Instruction, int, bool]]:
+    """(instruction, executions per step, fused) for every instruction one run of the entry computation reaches:
+    a while body's once per iteration where XLA knows the trip count, a called, fused or branch computation's
+    once per call, a collective's reduction computation not at all. `fused`: inside a fusion or an applied
+    computation (a reduction's), whose values never become buffers of their own."""
+    comps, entry = computations(hlo)
     if entry is None:
-        return totals
+        return
 
-    def visit(name: str, times: int, stack: tuple[str, ...]) -> None:
+    def visit(name: str, times: int, fused: bool, stack: tuple[str, ...]):
         if name not in comps or name in stack:
             return
         for line in comps[name]:
-            m = _INSTRUCTION.match(line)
-            if not m:
+            ins = instruction(line)
+            if ins is None:
                 continue
-            result, op, args = m.groups()
-            kind = _collective(op)
-            if kind is not None:
-                totals[kind]["count"] += times
-                totals[kind]["bytes"] += times * _moved_bytes(kind, op, result, line)
+            yield ins, times, fused
             trips = 1
-            if op == "while":
+            if ins.op == "while":
                 t = _TRIP.search(line)
                 trips = int(t.group(1)) if t else 1
             for attr, target in _CALLS.findall(line):
-                if attr == "to_apply" and kind is not None:
+                if attr == "to_apply" and _collective(ins.op) is not None:
                     continue  # the reduction computation of a collective
+                inner = fused or ins.op == "fusion" or (attr == "to_apply" and ins.op != "call")
                 for callee in re.findall(r"%?([\w.\-]+)", target):
-                    visit(callee, times * (trips if attr == "body" else 1), stack + (name,))
+                    yield from visit(callee, times * (trips if attr == "body" else 1), inner, stack + (name,))
 
-    visit(entry, 1, ())
+    yield from visit(entry, 1, False, ())
+
+
+def collectives(hlo: str) -> Iterator[tuple[str, int, int, str]]:
+    """(kind, bytes moved per execution, executions per step, instruction line) of each collective a step runs."""
+    for ins, times, _ in walk(hlo):
+        kind = _collective(ins.op)
+        if kind is not None:
+            yield kind, _moved_bytes(kind, ins.op, ins.result, ins.line), times, ins.line
+
+
+def count_collectives(hlo: str) -> dict[str, dict[str, int]]:
+    """{kind: {'count', 'bytes'}} over one execution of the entry computation."""
+    totals = {k: {"count": 0, "bytes": 0} for k in KINDS}
+    for kind, nbytes, times, _ in collectives(hlo):
+        totals[kind]["count"] += times
+        totals[kind]["bytes"] += times * nbytes
     return totals
 
 
@@ -130,18 +163,45 @@ def _moved_bytes(kind: str, op: str, result: str, line: str) -> int:
 
 
 def group_size(line: str) -> int:
-    """Devices per replica group of a collective, from any of the replica_groups spellings."""
-    m = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+    """Devices per replica group of a collective (1 where it names none)."""
+    groups = replica_groups(line)
+    return len(groups[0]) if groups else 1
+
+
+def _ints(text: str | None) -> list[int]:
+    return [int(v) for v in (text or "").split(",") if v]
+
+
+def _iota(dims: list[int], perm: list[int]) -> np.ndarray:
+    """XLA's iota tile assignment `[dims]T(perm)`: 0..n-1 laid out as `dims`, then transposed."""
+    ids = np.arange(math.prod(dims)).reshape(dims)
+    return ids.transpose(perm) if perm else ids
+
+
+def replica_groups(line: str) -> list[list[int]] | None:
+    """The device (partition) ids of each replica group of a collective, from any of the replica_groups
+    spellings: explicit {{0,1},{2,3}}, iota [G,S]<=[dims]T(perm), mesh['a'=2,'b'=4], device_ids=(...) {'b'};
+    None if the line names none."""
+    m = re.search(r"replica_groups=\{((?:\{[0-9,]*\},?)*)\}", line)
     if m:
-        return len(m.group(1).split(","))
-    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
+        return [_ints(g) for g in re.findall(r"\{([0-9,]*)\}", m.group(1))]
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?", line)
     if m:
-        return int(m.group(2))
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+        ids = _iota(_ints(m.group(3)), _ints(m.group(4))).reshape(int(m.group(1)), int(m.group(2)))
+        return ids.tolist()
+    m = re.search(
+        r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(\[([0-9,]+)\](?:T\(([0-9,]+)\))?\))?\s*\{([^}]*)\}",
+        line,
+    )
     if m:
-        sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
-        return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", m.group(2)))
-    return 1
+        axes = [(a, int(n)) for a, n in re.findall(r"'([^']+)'=(\d+)", m.group(1))]
+        sizes = [n for _, n in axes]
+        ids = _iota(_ints(m.group(2)), _ints(m.group(3))) if m.group(2) else np.arange(math.prod(sizes))
+        ids = ids.reshape(sizes)
+        grouped = [i for i, (a, _) in enumerate(axes) if a in re.findall(r"'([^']+)'", m.group(4))]
+        ids = np.moveaxis(ids, grouped, list(range(len(axes) - len(grouped), len(axes))))
+        return ids.reshape(-1, math.prod(sizes[i] for i in grouped)).tolist()
+    return None
 
 
 def _array_bytes(dtype: str, dims: str) -> int:

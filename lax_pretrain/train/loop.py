@@ -29,7 +29,8 @@ from lax_pretrain.parallel.distributed import Preemption
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
 from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
-from lax_pretrain.train.program import ModelFactory, build_program
+from lax_pretrain.train.preflight import check_fits
+from lax_pretrain.train.program import ModelFactory, Program, build_program
 from lax_pretrain.train.validate import prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
@@ -56,21 +57,25 @@ def train(
     workdir = Path(workdir)
     mesh = make_mesh(config.mesh)
     data_info = validate_config(config, mesh)  # every config error before anything compiles
+    program_args = dict(model_factory=model_factory, trainable=trainable, init_values=init_values)
+    # The step is compiled for abstract state (nothing allocated) and checked against the device's memory
+    # before the workdir is touched; training then runs this very executable (compiled once).
+    compiled_step = build_program(config, mesh, abstract=True, **program_args).lower_train_step().compile()
+    check_fits(compiled_step, mesh.devices.flat[0])  # DoesNotFit names the terms and keys; no-op on CPU
     prepare_workdir(workdir, config)
     # From here on a preemption is noticed: one during start-up stops the run before its first step.
     with Preemption() as preempt:
-        return _train(config, workdir, mesh, data_info, preempt, model_factory, trainable, init_values)
+        program = build_program(config, mesh, **program_args)
+        return _train(config, workdir, data_info, preempt, program, compiled_step)
 
 
 def _train(
-    config, workdir: Path, mesh, data_info: dict, preempt: Preemption, model_factory, trainable, init_values
+    config, workdir: Path, data_info: dict, preempt: Preemption, program: Program, step_fn
 ) -> dict[str, Any]:
-    """train() once the config is checked, with `preempt` watching."""
+    """train() once the config is checked and the step fits, with `preempt` watching."""
     t_cfg = config.train
+    mesh = program.mesh
     stats = model_stats(config.model, data_info.get("seq_len", 0))
-    program = build_program(
-        config, mesh, model_factory=model_factory, trainable=trainable, init_values=init_values
-    )
     task, params, frozen, opt_state = program.task, program.params, program.frozen, program.opt_state
     # Everything traced below (steps, eval) sees the mesh, the rules table and the TP implementation.
     with program.context():
@@ -96,7 +101,7 @@ def _train(
 
         data_state = train_it.get_state()  # before the first batch: what a checkpoint at `start` holds
         batch = next(train_it)
-        batch_sh, step_fn = program.batch_shardings, program.train_step
+        batch_sh = program.batch_shardings
         # Re-iterable: each evaluation reads the same batches afresh, a few in flight (never the whole split).
         eval_batches = data_lib.make_eval_batches(
             config.data,

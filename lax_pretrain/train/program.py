@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lax_pretrain.models import Task, build, get_task
 from lax_pretrain.parallel import (
@@ -129,15 +129,15 @@ def build_program(
             params, frozen = (
                 _with_shardings(s, sh) for s, sh in zip(jax.eval_shape(init_state), (param_sh, frozen_sh))
             )
-            opt_sh = jax.jit(tx.init).lower(params).compile().output_shardings
+            opt_sh = optimizer_shardings(tx, params, mesh)
             opt_state = _with_shardings(jax.eval_shape(tx.init, params), opt_sh)
         else:
             params, frozen = init_state()
             if init_values:
                 params = place_values(params, param_sh, init_values)
                 frozen = place_values(frozen, frozen_sh, init_values)
-            opt_state = jax.jit(tx.init)(params)
-            opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+            opt_sh = optimizer_shardings(tx, params, mesh)
+            opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
         batch_spec = global_batch_spec(task, config, mesh, rules)
         batch_sh = {k: v.sharding for k, v in batch_spec.items()}
         step = make_train_step(
@@ -168,6 +168,21 @@ def build_program(
         schedule,
         train_step,
         eval_step,
+    )
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, params: Any, mesh: Mesh) -> Any:
+    """The optimizer state's shardings: each parameter-shaped leaf (AdamW's moments) as its parameter, the rest
+    (step counts) replicated. Left to the compiler, `zeros_like(param)` depends on no parameter value and comes
+    out replicated: under FSDP every device would hold both moments whole (lax-plan found it: 26.4 MB instead
+    of 3.3 MB per device for the nano model over fsdp=8)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(
+        tx,
+        lambda _, param: param.sharding,
+        jax.eval_shape(tx.init, params),
+        params,
+        transform_non_params=lambda _: replicated,
     )
 
 
