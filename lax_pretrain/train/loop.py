@@ -1,7 +1,9 @@
 """The one training loop: pretraining (every parameter trainable) and adapter fine-tuning (a filter picks the
 trainable variables) both run through `train()`.
 
-Per run, in the workdir: config.json, metrics.jsonl, checkpoints/<step>/, wandb/ (unless disabled).
+Per run, in the workdir: config.json, metrics.jsonl, checkpoints/<step>/, wandb/ (unless disabled). Nothing
+is written there before the config is checked and the compiled step is known to fit the device's memory
+(train/preflight.py; accelerators only: CPU reports no limit).
 Resume is automatic, with one history per run (train/metrics.py). A preemption (SIGTERM; on a pod, any
 process's notice) stops every process after the same step with one checkpoint, and train() returns. A NaN/Inf
 loss stops with FloatingPointError and leaves the last good checkpoint as the newest. Evaluation streams the
