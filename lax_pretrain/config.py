@@ -243,6 +243,7 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0,
         log_every=10,
         eval_every=200,
+        eval_at_start=True,  # evaluate the initial model (step 0) on a fresh start
         checkpoint_every=200,
         keep_checkpoints=3,
         grad_accum=1,
@@ -289,6 +290,7 @@ def _linear(
         use_bias=use_bias,
         init=init,
         bias_init=bias_init,
+        kron_impl="auto",  # factored | gemm | auto (layers.crossing.kron_impl_for)
     )
 
 
@@ -367,6 +369,7 @@ def llama_config(
         remat=remat,
         dtype=dtype,
         param_dtype=param_dtype,
+        attention="auto",  # auto | xla | cudnn (models/attention.py)
         linear=_linear(kind, lax=lax, norm=norm, init=init, act=act, latent_act=latent_act, use_bias=False),
         proj=_projection_overrides(
             kind,
@@ -428,6 +431,7 @@ def vit_config(
         remat=remat,
         dtype=dtype,
         param_dtype=param_dtype,
+        attention="auto",  # auto | xla | cudnn (models/attention.py)
         # init=lax is the authors' code: timm embeddings (PyTorch-default patch conv, cls N(0, 1e-6)) and the
         # factorized layers' N(0, 1) bias; the dense baseline is stock timm (zero biases).
         embed_init="timm" if init == "lax" else "trunc_normal",

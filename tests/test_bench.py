@@ -10,16 +10,25 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
+from lax_pretrain.bench import device as bench_device
 from lax_pretrain.bench import layers as bench_layers
 from lax_pretrain.bench import memory as bench_memory
 from lax_pretrain.bench import models as bench_models
+from lax_pretrain.bench import reference as bench_reference
 from lax_pretrain.bench import report, timing
 from lax_pretrain.layers import make_linear
+from lax_pretrain.models import build, get_task
 from lax_pretrain.models.stats import model_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,12 +149,12 @@ def test_memory_rows(tiny):
 @pytest.mark.slow  # the tiny benchmark suite, run once for the module
 def test_json_and_markdown(tiny):
     out, data, md = tiny
-    assert set(data["suites"]) == {"layers", "models", "memory"}  # accumulated suite by suite
+    assert set(data["suites"]) == {"layers", "models", "memory", "reference"}  # accumulated suite by suite
     for suite in data["suites"].values():
         m = suite["machine"]
         assert m["device_kind"] and m["cpu_count"] >= 1 and len(m["loadavg"]) == 3
         assert suite["command"].startswith("python scripts/bench.py") and suite["wall_s"] > 0
-    for header in ("## Layers", "## Models", "## Memory", "## Targets"):
+    for header in ("## Layers", "## Models", "## Memory", "## Reference", "## Targets"):
         assert header in md
     for r in data["suites"]["layers"]["rows"]:
         assert f"| {r['name']} | " in md and f"{r['flops_per_token']:,}" in md
@@ -154,7 +163,7 @@ def test_json_and_markdown(tiny):
     for r in data["suites"]["memory"]["rows"]:
         assert f"| {r['preset']} (shrunk) | {r['name']} |" in md
     targets = data["targets"]
-    assert len(targets) == 5
+    assert len(targets) == 9
     for t in targets:
         assert t["status"].startswith(TARGET_STATUSES), t
         assert f"| {t['target']} | {t['status']} |" in md
@@ -213,16 +222,25 @@ def _memory(reduction):
 
 
 def test_targets_met_missed_and_not_measurable():
-    met = report.evaluate_targets({"models": _models(0.6, 0.62), "memory": _memory(2.0)})
-    assert [t["status"] for t in met[:3]] == ["met", "met", "met"]  # +3.3%; 1.2 and 1.22; 2.0x
+    met = report.evaluate_targets({"models": _models(0.6, 0.615), "memory": _memory(2.0)})
+    assert [t["status"] for t in met[:3]] == ["met", "met", "met"]  # +2.5%; 1.2 and 1.21; 2.0x
     assert met[3]["status"].startswith("not measurable here") and met[4]["status"].startswith(
         "not measurable"
     )
     missed = report.evaluate_targets({"models": _models(0.6, 0.66), "memory": _memory(1.2)})
-    assert missed[0]["status"] == "missed (by 5.0 points)"  # +10% LaX overhead
+    assert missed[0]["status"] == "missed (by 7.0 points)"  # +10% LaX overhead, 3% allowed at 60m
     assert missed[1]["status"].startswith("missed (worst 1.29x")  # 0.66 / 0.51
     assert missed[2]["status"].startswith("missed (worst 1.20x")
     assert all(t["status"].startswith("not measurable here") for t in report.evaluate_targets({}))
+
+
+def test_lax_overhead_limit_per_preset():
+    """targets.json: 5% in general, 3% at 60m (issue 17); +4% is met at nano and missed at 60m."""
+    nano = _models(0.6, 0.624)
+    for r in nano["rows"]:
+        r["preset"], r["case"] = "nano", "llama-nano"
+    assert report.evaluate_targets({"models": nano})[0]["status"] == "met"
+    assert report.evaluate_targets({"models": _models(0.6, 0.624)})[0]["status"] == "missed (by 1.0 points)"
 
 
 def test_mfu_targets_on_an_accelerator():
@@ -267,3 +285,211 @@ def test_cli_parsers():
     with pytest.raises(ValueError):
         bench_models.parse_cases("gpt:nano:8")
     assert bench_memory.parse_variants("cola:kron:cola_m") == (("cola", "kron", "cola_m"),)
+
+
+def test_paired_ratio():
+    a = timing.summarize([2.0, 4.0, 3.0])
+    b = timing.summarize([1.0, 2.0, 3.0])
+    assert timing.paired_ratio(a, b) == 2.0  # per round 2, 2, 1: median 2 (the ratio of medians is 1.5)
+    with pytest.raises(ValueError):
+        timing.paired_ratio(a, timing.summarize([1.0]))
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+@pytest.mark.parametrize("kind", ["dense", "cola"])
+def test_references_compute_our_loss_and_gradients(kind):
+    """The plain-JAX and PyTorch references are the same model and loss as ours: given our parameters, the
+    same loss and the same gradient of every parameter (float32: rtol 1e-5, atol 1e-5 x max|grad|)."""
+    config = bench_models.model_config(
+        "llama", "nano", kind, "none", extra={"scan": False}, shrink=bench_models.TINY
+    )
+    model = build(config.model, rngs=nnx.Rngs(0))
+    batch = {k: jnp.asarray(v) for k, v in get_task(config.model).batch(config.model, 2, 16, 0).items()}
+    graphdef, state = nnx.split(model)
+    ours_loss, ours_grads = jax.value_and_grad(
+        lambda st: get_task(config.model).loss(nnx.merge(graphdef, st), batch)[0]
+    )(state)
+    params = bench_reference.plain_params(model)
+    settings = bench_reference._settings(config.model)
+    plain_loss, plain_grads = jax.value_and_grad(bench_reference.plain_loss)(params, batch, settings)
+    torch_step = bench_reference.TorchStep(jax.tree.map(np.asarray, params), config, batch)
+    torch_loss, torch_grads = float(torch_step.loss().detach()), torch_step.grads()
+    np.testing.assert_allclose([plain_loss, torch_loss], float(ours_loss), rtol=1e-5)
+    ours_tree = bench_reference.plain_params(nnx.merge(graphdef, ours_grads))
+    for ref in (plain_grads, torch_grads):
+        for a, b in zip(jax.tree.leaves(ours_tree), jax.tree.leaves(ref), strict=True):
+            a, b = np.asarray(a), np.asarray(b)
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+def test_references_refuse_what_they_do_not_model():
+    config = bench_models.model_config(
+        "llama", "nano", "cola", "kron", extra={"scan": False}, shrink=bench_models.TINY
+    )
+    with pytest.raises(ValueError, match="crossing"):
+        bench_reference.plain_params(nnx.eval_shape(lambda: build(config.model, rngs=nnx.Rngs(0))))
+    with pytest.raises(ValueError, match="xla_options: 'fast' is not one of"):
+        bench_reference.parse_xla_options("ynn_dot,fast")
+
+
+@pytest.mark.slow  # the tiny benchmark suite, run once for the module
+def test_reference_rows(tiny):
+    _, data, md = tiny
+    suite = data["suites"]["reference"]
+    rows = suite["rows"]
+    assert [(r["kind"], r["impl"]) for r in rows] == [
+        (k, i) for k in ("dense", "cola") for i in ("ours", "plain_jax", "pytorch")
+    ]
+    by = {(r["kind"], r["impl"]): r for r in rows}
+    for kind in ("dense", "cola"):
+        ours = by[(kind, "ours")]
+        for other in ("plain_jax", "pytorch"):
+            expected = timing.paired_ratio(
+                timing.summarize(ours["step_time"]["samples"]),
+                timing.summarize(by[(kind, other)]["step_time"]["samples"]),
+            )
+            assert math.isclose(ours[f"over_{other}"], expected)
+    assert f"| dense | ours | {by[('dense', 'ours')]['step_time_s'] * 1e3:.1f} |" in md
+    target = next(t for t in data["targets"] if t["target"].startswith("dense train step"))
+    assert target["status"].startswith(("met", "missed")) and "over PyTorch" in target["detail"]
+
+
+# ---------------------------------------------------------------------------------------------- device
+
+
+class _Memory:
+    def __init__(self, state, per_sequence, batch):
+        self.arguments = state + 10 * batch
+        self.batch = 10 * batch
+        self.peak = state + per_sequence * batch
+
+
+def test_largest_batch_extrapolates_then_halves():
+    calls = []
+
+    def estimate(per_sequence):
+        def at(b):
+            calls.append(b)
+            return _Memory(1000, per_sequence, b), b
+
+        return at
+
+    # 0.9 * 10_000 = 9000 for the batch: 9000 // 100 = 90 -> 64, which fits.
+    batch, memory, payload, tried = bench_device.largest_batch(estimate(100), 8, 10_000, 0.9)
+    assert (batch, payload, tried) == (64, 64, [8, 64]) and memory.peak <= 9000
+
+    # The planner's own answer decides: a peak that grows faster than linearly is halved until it fits.
+    class Superlinear(_Memory):
+        def __init__(self, state, per_sequence, batch):
+            super().__init__(state, per_sequence, batch)
+            self.peak = state + per_sequence * batch * (1 + batch / 16)
+
+    batch, _, _, tried = bench_device.largest_batch(lambda b: (Superlinear(1000, 100, b), b), 8, 10_000, 0.9)
+    assert tried[0] == 8 and batch == tried[-1] and Superlinear(1000, 100, batch).peak <= 9000
+    # No memory limit (CPU): the start batch, one compile.
+    calls.clear()
+    assert bench_device.largest_batch(estimate(100), 8, None, 0.9)[0] == 8 and calls == [8]
+    with pytest.raises(ValueError, match="not even batch 1"):
+        bench_device.largest_batch(estimate(100), 8, 500, 0.9)
+
+
+def _device_suite(dense_mfu, dense_rate, cola_rate, lax_rate):
+    step = lambda name, kind, crossing, rate, mfu=None: {  # noqa: E731
+        "row": "step",
+        "preset": "1b",
+        "name": name,
+        "kind": kind,
+        "crossing": crossing,
+        "status": "ok",
+        "tokens_per_s": rate,
+        "mfu": mfu,
+        "batch_size": 64,
+    }
+    steps = [
+        step("dense", "dense", "none", dense_rate, dense_mfu),
+        step("cola", "cola", "none", cola_rate),
+        step("cola+kron", "cola", "kron", lax_rate),
+    ]
+    return {"settings": {"accelerator": True}, "rows": steps + bench_device.summaries(steps)}
+
+
+def test_device_targets():
+    met = report.evaluate_targets({"device": _device_suite(0.5, 100.0, 180.0, 176.0)})[-3:]
+    assert [t["status"] for t in met] == ["met", "met", "met"]  # 50% MFU; 1.76x; +2.3%
+    missed = report.evaluate_targets({"device": _device_suite(0.4, 100.0, 160.0, 150.0)})[-3:]
+    assert missed[0]["status"] == "missed (by 5.0 points)"
+    assert missed[1]["status"] == "missed (by 0.10x)"
+    assert missed[2]["status"] == "missed (by 3.7 points)"  # 160 / 150 - 1 = 6.7%
+    cpu = report.evaluate_targets({"device": {"settings": {"accelerator": False}, "rows": []}})[-3:]
+    assert all(t["status"].startswith("not measurable here") for t in cpu)
+
+
+EXPECTED_DEVICE_FIELDS = (
+    "batch_size",
+    "seq_len",
+    "step_time_s",
+    "tokens_per_s",
+    "tflops_per_s",
+    "mfu",
+    "planner_peak_bytes",
+    "measured_peak_bytes",
+    "attention",
+    "compile_s",
+)
+
+
+@pytest.mark.slow  # nine tiny bf16 train steps compiled on CPU
+def test_device_check_dry_run(tmp_path):
+    """`scripts/device_check.sh --dry_run` (no install): well-formed JSON with every expected row."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_check.sh"), "--dry_run", f"--out={tmp_path}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / report.JSON_NAME).read_text())
+    suite = data["suites"]["device"]
+    assert suite["tiny"] and suite["settings"]["dtype"] == "bfloat16" and not suite["settings"]["accelerator"]
+    rows = suite["rows"]
+    assert [r["row"] for r in rows] == ["devices", "attention"] + ["step"] * 9 + ["summary"] * 3
+    assert rows[0]["devices"] == [str(d) for d in jax.devices()]
+    assert rows[1]["auto_picks"] == "xla" and "NVIDIA GPU" in rows[1]["cudnn"]
+    steps = rows[2:11]
+    assert [(r["preset"], r["name"]) for r in steps] == [
+        (p, n) for p in bench_device.PRESETS for n in ("dense", "cola", "cola+kron")
+    ]
+    for r in steps:
+        assert r["status"] == "ok", r
+        assert all(k in r for k in EXPECTED_DEVICE_FIELDS), r
+        assert r["dtype"] == "bfloat16" and r["batch_size"] == 2 and r["seq_len"] == 32
+        assert math.isclose(r["tokens_per_s"], 2 * 32 / r["step_time_s"])
+        assert r["planner_peak_bytes"] > 0 and r["mfu"] is None  # CPU: no peak FLOP/s
+    for r in rows[11:]:
+        assert r["lax_overhead"] is not None and r["cola_lax_speedup_vs_dense"] > 0
+    md = (tmp_path / report.MD_NAME).read_text()
+    assert "## Device" in md and "| 1b (shrunk) | dense | ok |" in md
+    assert [t["status"] for t in data["targets"][-3:]] == [
+        "not measurable here (no device suite run on an accelerator: scripts/device_check.sh)"
+    ] * 3
+
+
+@pytest.mark.slow  # one spawned process compiling one tiny step
+def test_device_preset_in_its_own_process():
+    """What the real check does per preset (a fresh process for a clean peak-memory counter), at tiny size."""
+    result = bench_device.run_device(
+        presets=("60m",),
+        tiny=True,
+        isolate=True,
+        variants=(("cola", "kron"),),
+        repeats=1,
+        warmup=1,
+        min_sample_s=0.0,
+        log=lambda *_: None,
+    )
+    steps = [r for r in result["rows"] if r["row"] == "step"]
+    assert [(r["preset"], r["name"], r["status"]) for r in steps] == [("60m", "cola+kron", "ok")]

@@ -330,17 +330,91 @@ def test_forward_matches_numpy(kind, crossing, norm):
     assert_close(z, z_ref)
 
 
+@pytest.mark.parametrize("impl", ["factored", "gemm"])
 @pytest.mark.parametrize("width", [8, 12, 16, 7, 1])
-def test_kron_gate_is_explicit_kronecker_product(width):
+def test_kron_gate_is_explicit_kronecker_product(width, impl):
     f0, f1 = balanced_factors(width)
     assert f0 <= f1 and f0 * f1 == width
-    gate = KronGate(width, rngs=nnx.Rngs(3))
+    gate = KronGate(width, impl=impl, rngs=nnx.Rngs(3))
+    assert gate.impl == impl
     assert gate.g0[...].shape == (f1, f1) and gate.g1[...].shape == (f0, f0)
     z = rand((5, width), 8)
     assert_close(gate(jnp.asarray(z)), f64(z) @ np.kron(f64(gate.g1[...]), f64(gate.g0[...])))
     # Also with extra leading dims.
     z3 = rand((2, 3, width), 9)
     assert_close(gate(jnp.asarray(z3)), f64(z3) @ np.kron(f64(gate.g1[...]), f64(gate.g0[...])))
+
+
+# Square (8 x 8), non-square (6 x 8, 2 x 4) and prime (1 x 7) latent widths.
+@pytest.mark.parametrize("width", [64, 48, 8, 7])
+def test_kron_implementations_agree_in_outputs_and_gradients(width):
+    """'factored' (two contractions) and 'gemm' (one r x r matmul): the same parameters, drawn the same way, and
+    the same function and gradients (with respect to the latent and both factors) in float32."""
+    gates = {impl: KronGate(width, impl=impl, rngs=nnx.Rngs(5)) for impl in ("factored", "gemm")}
+    trees = {impl: nnx.state(g, nnx.Param) for impl, g in gates.items()}
+    assert jax.tree.structure(trees["factored"]) == jax.tree.structure(trees["gemm"])
+    for a, b in zip(jax.tree.leaves(trees["factored"]), jax.tree.leaves(trees["gemm"])):
+        np.testing.assert_array_equal(a, b)
+    z, dy = jnp.asarray(rand((6, 3, width), 11)), jnp.asarray(rand((6, 3, width), 12))
+    results = {}
+    for impl, gate in gates.items():
+        graphdef, state = nnx.split(gate)
+        y, pullback = jax.vjp(lambda st, z, gd=graphdef: nnx.merge(gd, st)(z), state, z)
+        results[impl] = (y, *pullback(dy))
+    y_f, dstate_f, dz_f = results["factored"]
+    y_g, dstate_g, dz_g = results["gemm"]
+    assert_close(y_g, y_f)
+    assert_close(dz_g, dz_f)
+    assert_close(dstate_g["g0"][...], dstate_f["g0"][...])
+    assert_close(dstate_g["g1"][...], dstate_f["g1"][...])
+    # and both against float64: d/dz (z K) . dy = dy K^T
+    K = np.kron(f64(gates["gemm"].g1[...]), f64(gates["gemm"].g0[...]))
+    assert_close(dz_f, f64(dy) @ K.T)
+
+
+def test_kron_impl_auto_rule_and_key():
+    """auto: the one GEMM up to the backend's width, the contractions above it; forcing one changes no
+    parameter; a bad value is a SpecError naming the key."""
+    from lax_pretrain.layers.crossing import KRON_GEMM_MAX_WIDTH, kron_impl_for
+
+    for backend, limit in KRON_GEMM_MAX_WIDTH.items():
+        assert kron_impl_for(limit, backend) == "gemm" and kron_impl_for(2 * limit, backend) == "factored"
+    auto = make_linear(D_IN, D_OUT, {"kind": "cola", "rank": R, "crossing": "kron"}, rngs=nnx.Rngs(0))
+    assert auto.gate.impl == kron_impl_for(R)
+    for impl in ("factored", "gemm"):
+        forced = make_linear(
+            D_IN, D_OUT, {"kind": "cola", "rank": R, "crossing": "kron", "kron_impl": impl}, rngs=nnx.Rngs(0)
+        )
+        assert forced.gate.impl == impl and forced.param_count == auto.param_count
+        assert jax.tree.structure(nnx.state(forced, nnx.Param)) == jax.tree.structure(
+            nnx.state(auto, nnx.Param)
+        )
+    with pytest.raises(SpecError, match="^" + re.escape(f"{NAME}.kron_impl")):
+        make_linear(
+            D_IN,
+            D_OUT,
+            {"kind": "svd", "rank": R, "crossing": "kron", "kron_impl": "fft"},
+            rngs=nnx.Rngs(0),
+            name=NAME,
+        )
+
+
+def test_kron_gemm_crossing_compiles_without_transposes():
+    """Crossing + latent norm + activation as one 2-D expression: the compiled forward and backward of a
+    cola + kron[gemm] layer holds no transpose or copy (at real sizes the factored gate needs them around its
+    second contraction, one reason the GEMM wins at small widths)."""
+    layer = make_linear(
+        64, 64, {"kind": "cola", "rank": 16, "crossing": "kron", "kron_impl": "gemm"}, rngs=nnx.Rngs(0)
+    )
+    graphdef, state = nnx.split(layer)
+
+    def fwd_bwd(state, x, z):
+        out, pullback = jax.vjp(lambda s, x, z: nnx.merge(graphdef, s)(x, z), state, x, z)
+        return pullback(out)
+
+    x, z = jnp.asarray(rand((32, 64), 1)), jnp.asarray(rand((32, 16), 2))
+    hlo = jax.jit(fwd_bwd).lower(state, x, z).compile().as_text()
+    assert not re.findall(r"= \S+ (transpose|copy)\(", hlo)
 
 
 @pytest.mark.parametrize("width,factors", [(256, (16, 16)), (336, (16, 21)), (192, (12, 16)), (13, (1, 13))])
@@ -650,6 +724,12 @@ BAD_SPECS = [
     ("unknown-init", {"kind": "svd", "rank": 8, "init": "xavier"}, D_OUT, "init"),
     ("unknown-bias-init", {"kind": "svd", "rank": 8, "bias_init": "ones"}, D_OUT, "bias_init"),
     ("unknown-tt-order", {**TT, "tt_order": "reverse"}, D_OUT, "tt_order"),
+    (
+        "unknown-kron-impl",
+        {"kind": "cola", "rank": 8, "crossing": "kron", "kron_impl": "fft"},
+        D_OUT,
+        "kron_impl",
+    ),
     ("svd-rank-missing", {"kind": "svd"}, D_OUT, "rank"),
     ("cola-rank-missing", {"kind": "cola"}, D_OUT, "rank"),
     ("svd-rank-none", {"kind": "svd", "rank": None}, D_OUT, "rank"),

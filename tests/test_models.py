@@ -758,10 +758,15 @@ def np_attention(x, wq, wk, wv, wo, heads, kv_heads, theta=1e4):
     return out @ wo
 
 
+@pytest.mark.parametrize("attention", ["auto", "xla"])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa2", "mqa"])
-def test_grouped_query_attention(kv_heads):
-    model = small_model("llama", kv_heads=kv_heads, layers=1)
+def test_grouped_query_attention(kv_heads, attention):
+    """Every model.attention choice that runs here (CPU: auto is XLA's) against the float64 reference."""
+    cfg = small_llama(kv_heads=kv_heads, layers=1)
+    cfg.attention = attention
+    model = materialize(cfg, random_params(cfg, 0))
     attn = model.blocks.first.attn
+    assert attn.attention == "xla"
     e = D // HEADS
     assert attn.k.kernel.shape == attn.v.kernel.shape == (D, kv_heads * e)
     sin, cos = rope_tables(SEQ, e, 1e4)
@@ -772,6 +777,41 @@ def test_grouped_query_attention(kv_heads):
     w = {n: np.asarray(getattr(attn, n).kernel[...], np.float64) for n in ("q", "k", "v", "o")}
     ref = np_attention(np.asarray(x, np.float64), w["q"], w["k"], w["v"], w["o"], HEADS, kv_heads)
     np.testing.assert_allclose(y, ref, rtol=TOL, atol=TOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("family", ["llama", "vit"])
+def test_attention_choices_agree(family):
+    """model.attention=auto and =xla build the same program on CPU: equal logits and gradients."""
+    make = small_llama if family == "llama" else small_vit
+    out = {}
+    for choice in ("auto", "xla"):
+        cfg = make(COLA_KRON)
+        cfg.attention = choice
+        model = materialize(cfg, random_params(cfg, 0))
+        inputs = tokens(1) if family == "llama" else images(cfg, 1)
+        targets = tokens(2) if family == "llama" else jnp.asarray(np.arange(BATCH) % cfg.num_classes)
+        out[choice] = logits_and_grads(model, inputs, targets)
+    np.testing.assert_array_equal(out["auto"][0], out["xla"][0])
+    for path, g in out["auto"][1].items():
+        np.testing.assert_array_equal(g, out["xla"][1][path], err_msg=str(path))
+
+
+@pytest.mark.parametrize("family", ["llama", "vit"])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("cudnn", "model.attention='cudnn' cannot run here"),
+        ("flash", "model.attention='flash' is not one of"),
+    ],
+)
+def test_unavailable_attention_is_a_config_error(family, value, message):
+    """cuDNN on a backend without it (every CPU), or an unknown choice: one line naming model.attention, at
+    build time (before anything compiles)."""
+    cfg = (small_llama if family == "llama" else small_vit)()
+    cfg.attention = value
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        nnx.eval_shape(lambda: build(cfg, rngs=nnx.Rngs(0)))
+    assert "\n" not in str(e.value)
 
 
 def test_kv_heads_must_divide_heads():

@@ -10,6 +10,10 @@ Suites (each module's docstring has the details):
   models   the real jitted train step of LLaMA / ViT in every kind +- LaX (`bench.models.run_models`):
            step time, tokens/s or images/s, TFLOP/s, MFU (accelerators), ratios to dense and to no-LaX.
   memory   `compiled.memory_analysis()` of the train step, compile only (`bench.memory.run_memory`).
+  reference  our train step side by side with a plain-JAX x @ W and an eager PyTorch implementation of the same
+           model and step, optionally under XLA:CPU compile options (`bench.reference.run_reference`).
+  device   the paper presets on one accelerator in bf16 at the largest batch that fits, planner vs measured peak
+           memory (`bench.device.run_device`; scripts/device_check.sh; not part of `all`).
 Timing methodology (`bench.timing`): AOT compile, warm-up, block_until_ready, repeats interleaved round-robin
 across the candidates of one table, medians with min/max/IQR; machine, CPU count and load average recorded.
 `bench.report` writes OUT/bench.json and OUT/bench.md with a targets section.
@@ -17,32 +21,17 @@ across the candidates of one table, medians with min/max/IQR; machine, CPU count
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import jax
-
-from lax_pretrain.bench import layers, memory, models, report, timing
-from lax_pretrain.bench.timing import machine_info
+from lax_pretrain.bench import device, layers, memory, models, reference, report, timing
+from lax_pretrain.bench.timing import fast_compile, machine_info
 
 SUITES = report.SUITES
-
-
-@contextlib.contextmanager
-def fast_compile(enabled: bool = True):
-    """`jax_disable_most_optimizations` for smoke runs: compiles about twice as fast, runs slower."""
-    if not enabled:
-        yield
-        return
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)
+ALL_SUITES = report.ALL_SUITES
 
 
 def tiny_settings() -> dict[str, dict[str, Any]]:
@@ -51,6 +40,8 @@ def tiny_settings() -> dict[str, dict[str, Any]]:
         "layers": dict(widths=(64,), tokens=64, repeats=2, warmup=1, min_sample_s=0.0),
         "models": dict(cases=models.default_cases(tiny=True), repeats=2, warmup=1, min_sample_s=0.0),
         "memory": dict(presets=("60m",), batch_size=2, seq_len=32, tiny=True),
+        "reference": dict(cases=reference.default_cases(tiny=True), repeats=2, warmup=1, min_sample_s=0.0),
+        "device": dict(tiny=True, repeats=2, warmup=1, min_sample_s=0.0),
     }
 
 
@@ -71,17 +62,29 @@ def run(
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)}")
-    runners = {"layers": layers.run_layers, "models": models.run_models, "memory": memory.run_memory}
+    runners = {
+        "layers": layers.run_layers,
+        "models": models.run_models,
+        "memory": memory.run_memory,
+        "reference": reference.run_reference,
+        "device": device.run_device,
+    }
     base = tiny_settings() if tiny else {}
     paths = None
     for name in suites:
         kwargs = {**base.get(name, {}), **(settings or {}).get(name, {})}
         start = time.perf_counter()
         info = machine_info()
+
+        def finished(result, name=name, start=start, info=info):
+            result.update(machine=info, command=command, tiny=tiny, wall_s=time.perf_counter() - start)
+            return report.write(out_dir, {name: result})
+
+        if "progress" in inspect.signature(runners[name]).parameters:
+            kwargs["progress"] = finished  # a long suite writes what it has after each part
         with fast_compile(tiny):
             result = runners[name](dtype=dtype, log=log, **kwargs)
-        result.update(machine=info, command=command, tiny=tiny, wall_s=time.perf_counter() - start)
-        paths = report.write(out_dir, {name: result})
+        paths = finished(result)
         log(f"[{name}] done in {result['wall_s']:.0f}s -> {paths[0]}, {paths[1]}")
     if paths is None:
         raise ValueError("no suite to run")
@@ -89,12 +92,15 @@ def run(
 
 
 __all__ = [
+    "ALL_SUITES",
     "SUITES",
+    "device",
     "fast_compile",
     "layers",
     "machine_info",
     "memory",
     "models",
+    "reference",
     "report",
     "run",
     "timing",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
+from lax_pretrain.bench.timing import loadavg, on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.layers import make_linear, tt_shape
 from lax_pretrain.models.projections import dtype_of
 
@@ -46,6 +46,10 @@ class LayerVariant:
     def base(self) -> str:
         """The same layer without LaX (the row a crossing's overhead is measured against)."""
         return self.name.split("+")[0]
+
+    @property
+    def kron_impl(self) -> str | None:
+        return self.spec.get("kron_impl")
 
 
 def default_widths() -> tuple[int, ...]:
@@ -80,7 +84,10 @@ def layer_variants(
     crossings: tuple[str, ...] = CROSSINGS,
     kinds: tuple[str, ...] = KINDS,
     tt_orders: tuple[str, ...] = TT_ORDERS,
+    kron_impls: tuple[str, ...] = ("auto",),
 ) -> list[LayerVariant]:
+    """Every kind x TT order x crossing; a kron crossing once per `kron_impls` entry ('cola+kron[gemm]'), unless
+    that is just ('auto',)."""
     out = []
     for kind in kinds:
         if kind == "dense":
@@ -90,11 +97,14 @@ def layer_variants(
             stem = f"tt/{order}" if kind == "tt" else kind
             for crossing in crossings:
                 name = stem if crossing == "none" else f"{stem}+{crossing}"
-                out.append(
-                    LayerVariant(
-                        name, kind, crossing, order, layer_spec(kind, d, crossing=crossing, tt_order=order)
+                spec = layer_spec(kind, d, crossing=crossing, tt_order=order)
+                if crossing != "kron" or tuple(kron_impls) == ("auto",):
+                    out.append(LayerVariant(name, kind, crossing, order, spec))
+                    continue
+                for impl in kron_impls:
+                    out.append(
+                        LayerVariant(f"{name}[{impl}]", kind, crossing, order, {**spec, "kron_impl": impl})
                     )
-                )
     return out
 
 
@@ -145,6 +155,7 @@ def run_layers(
     crossings: tuple[str, ...] = CROSSINGS,
     kinds: tuple[str, ...] = KINDS,
     tt_orders: tuple[str, ...] = TT_ORDERS,
+    kron_impls: tuple[str, ...] = ("auto",),
     seed: int = 0,
     log=print,
 ) -> dict[str, Any]:
@@ -153,7 +164,9 @@ def run_layers(
     rows: list[dict[str, Any]] = []
     load_before = loadavg()
     for d in widths:
-        variants = layer_variants(d, crossings=crossings, kinds=kinds, tt_orders=tt_orders)
+        variants = layer_variants(
+            d, crossings=crossings, kinds=kinds, tt_orders=tt_orders, kron_impls=kron_impls
+        )
         fns, meta = {}, {}
         for v in variants:
             layer = build_layer(d, v, dtype=dtype, seed=seed)
@@ -177,6 +190,7 @@ def run_layers(
                 "kind": v.kind,
                 "crossing": v.crossing,
                 "tt_order": v.tt_order,
+                "kron_impl": layer.gate.impl if v.crossing == "kron" else None,
                 "latent_dim": layer.spec.latent_dim,
                 "params": int(layer.param_count),
                 "flops_per_token": flops,
@@ -198,6 +212,7 @@ def run_layers(
             base = by_name.get(r["name"].split("+")[0])
             if r["crossing"] != "none" and base is not None:
                 r["lax_overhead"] = r["time_per_token_s"] / base["time_per_token_s"] - 1.0
+                r["lax_overhead_paired"] = paired_ratio(stats[r["name"]], stats[base["name"]]) - 1.0
         done = ", ".join(f"{n} {r['time_per_token_s'] * 1e9:.1f}ns" for n, r in by_name.items())
         log(f"[layers] d={d} done: {done}")
     return {
@@ -212,6 +227,7 @@ def run_layers(
             crossings=list(crossings),
             kinds=list(kinds),
             tt_orders=list(tt_orders),
+            kron_impls=list(kron_impls),
             rank_rule="r = d/4 (svd, cola); tt_shape(d, d, d/4) (tt)",
             unit="forward+backward (jax.vjp) of one d->d projection, grads of params, input and "
             "incoming latent",

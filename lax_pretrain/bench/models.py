@@ -7,7 +7,8 @@ For each case (family, preset, batch) every variant is compiled ahead of time, t
 step time (median, min/max, IQR), tokens/s (LLaMA) or images/s (ViT), TFLOP/s from the analytic training
 FLOPs (`lax_pretrain.models.stats.model_stats`, 3x forward), MFU where the device's peak is known
 (`train.mfu.device_peak_flops`; none on CPU), and the ratios against the dense model and against the same
-low-rank model without LaX.
+low-rank model without LaX (`lax_overhead`: the paired median, `timing.paired_ratio`). `kron_impls` times
+every +kron variant once per kron gate implementation ('cola+kron[gemm]').
 
 The step is called with step index 0, where the warm-up schedule gives learning rate 0: the update is computed
 in full but the parameters do not drift, so random data cannot blow the loss up while timing.
@@ -23,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lax_pretrain.bench.timing import loadavg, on_accelerator, time_interleaved
+from lax_pretrain.bench.timing import loadavg, on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.config import RECIPES
 from lax_pretrain.experiments.sweep import TINY_MODEL, TINY_RANK, variant_name
 from lax_pretrain.models import TASKS, get_task
@@ -140,7 +141,7 @@ def step_program(config, batch_size: int, seq_len: int, *, seed: int = 0, abstra
     return build_program(config, make_mesh(config.mesh), abstract=abstract)
 
 
-class _Stepper:
+class Stepper:
     """One train step per call, carrying the donated state."""
 
     def __init__(self, compiled, trainable, opt_state, frozen, batch):
@@ -160,10 +161,25 @@ class _Stepper:
         return self.trainable, metrics
 
 
+def expand_kron_impls(variants, kron_impls: tuple[str, ...]) -> list[tuple[str, str, str | None]]:
+    """(kind, crossing, kron_impl): every +kron variant once per implementation (None: the config's default)."""
+    out = []
+    for kind, crossing in variants:
+        impls = kron_impls if crossing == "kron" and tuple(kron_impls) != ("auto",) else (None,)
+        out += [(kind, crossing, None if impl == "auto" else impl) for impl in impls]
+    return out
+
+
+def row_name(kind: str, crossing: str, kron_impl: str | None) -> str:
+    name = variant_name(kind, crossing)
+    return name if kron_impl is None else f"{name}[{kron_impl}]"
+
+
 def run_case(
     case: Case,
     *,
     variants=MODEL_VARIANTS,
+    kron_impls: tuple[str, ...] = ("auto",),
     repeats: int = 3,
     warmup: int = 1,
     min_sample_s: float = 0.0,
@@ -174,9 +190,11 @@ def run_case(
     peak, device_kind = device_peak_flops()
     n_dev = 1  # one device runs the step (no mesh): per-device numbers
     steppers, meta = {}, {}
-    for kind, crossing in variants:
-        name = variant_name(kind, crossing)
+    for kind, crossing, kron_impl in expand_kron_impls(variants, kron_impls):
+        name = row_name(kind, crossing, kron_impl)
         config = model_config(case.family, case.preset, kind, crossing, dtype=dtype, shrink=case.shrink)
+        if kron_impl is not None:
+            config.model.linear.kron_impl = kron_impl
         stats = model_stats(config.model, case.seq_len)
         program = step_program(config, case.batch_size, case.seq_len, seed=seed)
         batch = jax.device_put(
@@ -185,8 +203,8 @@ def run_case(
         t0 = time.perf_counter()
         compiled = program.lower_train_step().compile()
         compile_s = time.perf_counter() - t0
-        steppers[name] = _Stepper(compiled, program.params, program.opt_state, program.frozen, batch)
-        meta[name] = dict(kind=kind, crossing=crossing, stats=stats, compile_s=compile_s)
+        steppers[name] = Stepper(compiled, program.params, program.opt_state, program.frozen, batch)
+        meta[name] = dict(kind=kind, crossing=crossing, kron_impl=kron_impl, stats=stats, compile_s=compile_s)
         log(f"[models] {case.label} {name}: compiled in {compile_s:.1f}s")
     timings = time_interleaved(steppers, repeats=repeats, warmup=warmup, min_sample_s=min_sample_s)
     rows = []
@@ -205,6 +223,7 @@ def run_case(
                 "name": name,
                 "kind": m["kind"],
                 "crossing": m["crossing"],
+                "kron_impl": m["kron_impl"],
                 "dtype": dtype,
                 "batch_size": case.batch_size,
                 "tokens_per_example": tokens_per_example,
@@ -234,8 +253,10 @@ def run_case(
             r["measured_over_predicted"] = r["time_ratio_vs_dense"] / r["flop_ratio_vs_dense"]
         base = by_name.get(r["kind"]) if r["crossing"] != "none" else None
         if base is not None:
-            r["lax_overhead"] = r["step_time_s"] / base["step_time_s"] - 1.0
-            # Spread-aware: the overhead from the fastest samples (less sensitive to load spikes).
+            # Paired: the median over rounds of (step time / the same round's base step time), which cancels
+            # load that lasts a round; also as a ratio of medians and from the fastest samples.
+            r["lax_overhead"] = paired_ratio(timings[r["name"]], timings[base["name"]]) - 1.0
+            r["lax_overhead_median"] = r["step_time_s"] / base["step_time_s"] - 1.0
             r["lax_overhead_min"] = r["step_time"]["min"] / base["step_time"]["min"] - 1.0
     log(f"[models] {case.label}: " + ", ".join(f"{r['name']} {r['step_time_s'] * 1e3:.0f}ms" for r in rows))
     return rows
@@ -245,6 +266,7 @@ def run_models(
     *,
     cases: list[Case] | None = None,
     variants=MODEL_VARIANTS,
+    kron_impls: tuple[str, ...] = ("auto",),
     repeats: int = 3,
     warmup: int = 1,
     min_sample_s: float = 0.0,
@@ -261,6 +283,7 @@ def run_models(
         rows += run_case(
             case,
             variants=variants,
+            kron_impls=kron_impls,
             repeats=repeats,
             warmup=warmup,
             min_sample_s=min_sample_s,
@@ -284,7 +307,7 @@ def run_models(
         "suite": "models",
         "settings": dict(
             cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
-            variants=[variant_name(k, c) for k, c in variants],
+            variants=[row_name(*v) for v in expand_kron_impls(variants, kron_impls)],
             repeats=repeats,
             warmup=warmup,
             min_sample_s=min_sample_s,

@@ -7,11 +7,13 @@ carries its own state) and returns something to block on. `time_interleaved`:
   2. calibrates how many calls make one sample last at least `min_sample_s` (timer resolution, dispatch),
   3. takes `repeats` samples of every candidate round-robin, rotating the order each round, so a load spike on
      a shared machine lands on all candidates alike and ratios measured side by side stay meaningful,
-  4. reports per call: median, min, max, quartiles and every sample.
+  4. reports per call: median, min, max, quartiles and every sample (in round order, so two candidates'
+     samples pair up: `paired_ratio`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -106,6 +108,16 @@ def time_interleaved(
     return {name: summarize(samples[name], calls[name]) for name in names}
 
 
+def paired_ratio(a: TimingStats, b: TimingStats) -> float:
+    """The median over rounds of a's sample / b's sample in the same round of `time_interleaved`: samples taken
+    moments apart share the machine's load, so the ratio is steadier than a ratio of medians."""
+    if len(a.samples) != len(b.samples):
+        raise ValueError(
+            f"paired_ratio needs samples of the same rounds, got {len(a.samples)} and {len(b.samples)}"
+        )
+    return statistics.median(x / y for x, y in zip(a.samples, b.samples))
+
+
 def machine_info() -> dict[str, Any]:
     """What ran the benchmark: backend, device kind and count, CPUs, load, library versions."""
     import flax
@@ -153,3 +165,17 @@ def _cpu_model() -> str:
 
 def on_accelerator() -> bool:
     return jax.default_backend() in ("gpu", "tpu", "cuda", "rocm")
+
+
+@contextlib.contextmanager
+def fast_compile(enabled: bool = True):
+    """`jax_disable_most_optimizations` for smoke runs: compiles about twice as fast, runs slower."""
+    if not enabled:
+        yield
+        return
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)

@@ -20,11 +20,49 @@ from lax_pretrain.nnx_compat import param
 LATENT_NORM_EPS = 1e-6
 
 
-class KronGate(nnx.Module):
-    """z -> z @ kron(g1, g0): per token, X = z viewed as (f0, f1) row-major, output vec_row(g1^T X g0)."""
+def kron_factored(z_NxR: jax.Array, g1: jax.Array, g0: jax.Array) -> jax.Array:
+    """z @ kron(g1, g0) as two small contractions, 2 r (f0 + f1) FLOPs per token: per token X = z as
+    (f0, f1), out = g1^T X g0."""
+    f0, f1 = g1.shape[0], g0.shape[0]
+    x = z_NxR.reshape(*z_NxR.shape[:-1], f0, f1)
+    y = jnp.einsum("...ab,bd->...ad", x, g0)
+    y = jnp.einsum("...ad,ac->...cd", y, g1)
+    return y.reshape(z_NxR.shape)
 
-    def __init__(self, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+
+def kron_gemm(z_NxR: jax.Array, g1: jax.Array, g0: jax.Array) -> jax.Array:
+    """z @ kron(g1, g0) as one (r x r) matmul, 2 r^2 FLOPs per token; the product is formed once per call."""
+    return z_NxR @ jnp.kron(g1, g0)
+
+
+KRON_IMPL_FNS = {"factored": kron_factored, "gemm": kron_gemm}
+
+# `kron_impl='auto'`: the one GEMM up to this latent width, the two contractions above it, per backend. The GEMM
+# costs 2 r^2 FLOPs per token against 2 r (f0 + f1), but it is one well-shaped matmul that the add and the
+# latent norm follow without a copy, while the contractions are tiny-K matmuls with a transpose of the latent
+# between them (XLA:CPU: copies each way, forward and backward). Once the r^2 FLOPs cost more than those passes
+# over the latent, the contractions win. CPU, measured (docs/benchmarks/kron/bench.md: the layers suite, one
+# d -> d svd/cola/tt layer at r = d/4, 4096 tokens, forward + backward): the GEMM is clearly faster at r = 64,
+# even at 128, mixed at 256 and slower at 512. GPU/TPU, a roofline guess until scripts/device_check.sh measures
+# it (its kron rows): the GEMM while 2 r^2 / (peak FLOP/s) < ~4 passes of r bf16 values / (HBM bytes/s), i.e.
+# r < 4 F / BW ~ 1000 on an H100 (989e12 FLOP/s, 3.35e12 B/s), halved for the GEMM's real efficiency.
+KRON_GEMM_MAX_WIDTH = {"cpu": 128, "gpu": 512, "tpu": 512}
+
+
+def kron_impl_for(width: int, backend: str | None = None) -> str:
+    """The implementation `kron_impl='auto'` picks for a latent of `width` on `backend` (default: JAX's)."""
+    limit = KRON_GEMM_MAX_WIDTH.get(backend or jax.default_backend(), KRON_GEMM_MAX_WIDTH["gpu"])
+    return "gemm" if width <= limit else "factored"
+
+
+class KronGate(nnx.Module):
+    """z -> z @ kron(g1, g0): per token, X = z viewed as (f0, f1) row-major, output vec_row(g1^T X g0).
+
+    impl: 'factored' | 'gemm' | 'auto' (`kron_impl_for`); parameters and function do not depend on it."""
+
+    def __init__(self, width: int, *, impl: str = "auto", rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.f0, self.f1 = balanced_factors(width)
+        self.impl = kron_impl_for(width) if impl == "auto" else impl
         self.g0 = param(
             init.kaiming_uniform(rngs.params(), (self.f1, self.f1), self.f1, param_dtype), ("rank", "rank")
         )
@@ -33,12 +71,8 @@ class KronGate(nnx.Module):
         )
 
     def __call__(self, z_NxR: jax.Array) -> jax.Array:
-        x = z_NxR.reshape(*z_NxR.shape[:-1], self.f0, self.f1)
         g1, g0 = self.g1[...].astype(z_NxR.dtype), self.g0[...].astype(z_NxR.dtype)
-        # Two small matmuls instead of the r x r Kronecker product: 2 r (f0 + f1) FLOPs per token.
-        y = jnp.einsum("...ab,bd->...ad", x, g0)
-        y = jnp.einsum("...ad,ac->...cd", y, g1)
-        return y.reshape(z_NxR.shape)
+        return KRON_IMPL_FNS[self.impl](z_NxR, g1, g0)
 
     @property
     def param_count(self) -> int:
@@ -46,6 +80,7 @@ class KronGate(nnx.Module):
 
     @property
     def flops_per_token(self) -> int:
+        """The gate's analytic FLOPs (the factored count: what the gate is, whichever way it runs)."""
         return 2 * self.f0 * self.f1 * (self.f0 + self.f1)
 
 
@@ -76,7 +111,7 @@ def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> K
     """The gate of a crossing layer; None for the identity crossing (u + z, no parameters)."""
     width = spec.latent_dim
     if spec.crossing == "kron":
-        return KronGate(width, rngs=rngs, param_dtype=param_dtype)
+        return KronGate(width, impl=spec.kron_impl, rngs=rngs, param_dtype=param_dtype)
     if spec.crossing == "dense":
         return DenseGate(
             spec.latent_in_dim if spec.latent_in_dim is not None else width,

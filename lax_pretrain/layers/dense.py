@@ -34,7 +34,10 @@ class DenseLinear(LinearBase):
 
     def __call__(self, x: jax.Array, latent_in: jax.Array | None = None) -> tuple[jax.Array, None]:
         x = self.cast_input(x)
-        return self.add_bias(x @ self.kernel[...].astype(x.dtype)), None
+        # As a 2-D (tokens, d_in) matmul, like the factorized kinds: XLA:CPU computes the kernel's gradient of
+        # a (B, L, d_in) product ~8% slower (docs/benchmarks/README.md, issue 17).
+        y = x.reshape(-1, self.d_in) @ self.kernel[...].astype(x.dtype)
+        return self.add_bias(y.reshape(*x.shape[:-1], self.d_out)), None
 
     def materialize(self) -> jax.Array:
         return self.kernel[...]

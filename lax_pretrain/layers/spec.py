@@ -20,6 +20,7 @@ ACTIVATIONS = ("silu", "gelu", "relu")
 INITS = ("lax", "cola", "tt_variance")
 BIAS_INITS = ("zeros", "normal")
 TT_ORDERS = ("auto", "factor_first", "sequential")
+KRON_IMPLS = ("auto", "factored", "gemm")
 
 
 class SpecError(ValueError):
@@ -52,6 +53,9 @@ class LinearSpec:
     tt_order: TT contraction order; 'auto' = factor-first unless intra-layer LaX needs per-token intermediates.
     latent_in_dim: width of the incoming latent (default: this layer's latent width); only a dense gate maps
         between different widths.
+    kron_impl: how the kron gate computes z @ kron(g1, g0): 'factored' (two small contractions), 'gemm' (one
+        r x r matmul, the Kronecker product formed once per call) or 'auto' (per shape and backend,
+        `layers.crossing.kron_impl_for`). The same parameters and function either way.
     """
 
     kind: str = "dense"
@@ -71,6 +75,7 @@ class LinearSpec:
     bias_init: str = "zeros"
     tt_order: str = "auto"
     latent_in_dim: int | None = None
+    kron_impl: str = "auto"
 
     @property
     def crossed(self) -> bool:
@@ -175,6 +180,7 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
     _choice(where, "init", s.init, INITS)
     _choice(where, "bias_init", s.bias_init, BIAS_INITS)
     _choice(where, "tt_order", s.tt_order, TT_ORDERS)
+    _choice(where, "kron_impl", s.kron_impl, KRON_IMPLS)
     if d_in < 1 or d_out < 1:
         raise SpecError(f"{where}: a linear map needs positive widths, got {d_in} -> {d_out}")
 

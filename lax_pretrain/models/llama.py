@@ -16,6 +16,7 @@ import ml_collections
 from flax import nnx
 
 from lax_pretrain.layers import Norm
+from lax_pretrain.models.attention import attend, attention_impl
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param, set_train_mode
@@ -58,6 +59,7 @@ class Attention(nnx.Module):
                 f"model.num_kv_heads={kv} must divide model.num_heads={h} (grouped-query attention)"
             )
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, e
+        self.attention = attention_impl(cfg, e)  # 'xla' or 'cudnn', per model.attention
         proj = functools.partial(make_projection, cfg, first=first, rngs=rngs)  # (name, d_in, d_out, axes)
         self.q = proj("q", d, h * e, ("embed", "heads"))
         self.k = proj("k", d, kv * e, ("embed", "heads"))
@@ -69,7 +71,7 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         b, length, _ = x_BxLxD.shape
         (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE), out_latents = self._qkv(x_BxLxD, latents, sin, cos)
-        out_BxLxHxE = jax.nn.dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, is_causal=True)
+        out_BxLxHxE = attend(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, impl=self.attention, causal=True)
         y, out_latents["o"] = self.o(out_BxLxHxE.reshape(b, length, -1), latents["o"])
         return y, out_latents
 
@@ -97,23 +99,21 @@ class Attention(nnx.Module):
         """T new tokens written at cache slots index..index+T-1 (`cache`: k, v of shape B x S x K x E), attending
         to the slots `mask_BxTxS` allows. Same projections as `__call__`; query head h reads kv head h // (H/K)."""
         b, t, _ = x_BxTxD.shape
-        h, kv, e = self.num_heads, self.num_kv_heads, self.head_dim
+        h, e = self.num_heads, self.head_dim
         (q_BxTxHxE, k_BxTxKxE, v_BxTxKxE), out_latents = self._qkv(x_BxTxD, latents, sin_BxTxE, cos_BxTxE)
         zero = jnp.zeros((), jnp.int32)
         start = (zero, index.astype(jnp.int32), zero, zero)
         k_BxSxKxE = jax.lax.dynamic_update_slice(cache["k"], k_BxTxKxE.astype(cache["k"].dtype), start)
         v_BxSxKxE = jax.lax.dynamic_update_slice(cache["v"], v_BxTxKxE.astype(cache["v"].dtype), start)
-        q_BxTxKxGxE = q_BxTxHxE.reshape(b, t, kv, h // kv, e)
-        scores_BxKxGxTxS = jnp.einsum(
-            "btkge,bske->bkgts",
-            q_BxTxKxGxE,
+        # XLA's attention whatever model.attention says: an explicit mask over the cache slots.
+        out_BxTxHxE = attend(
+            q_BxTxHxE,
             k_BxSxKxE.astype(q_BxTxHxE.dtype),
-            preferred_element_type=jnp.float32,
-        ) * (1.0 / float(e) ** 0.5)
-        scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, -1e30)
-        weights_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxTxKxE.dtype)
-        out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", weights_BxKxGxTxS, v_BxSxKxE.astype(v_BxTxKxE.dtype))
-        y, out_latents["o"] = self.o(out_BxTxKxGxE.reshape(b, t, h * e), latents["o"])
+            v_BxSxKxE.astype(q_BxTxHxE.dtype),
+            impl="xla",
+            mask_Bx1xTxS=mask_BxTxS[:, None],
+        )
+        y, out_latents["o"] = self.o(out_BxTxHxE.reshape(b, t, h * e), latents["o"])
         return y, out_latents, {"k": k_BxSxKxE, "v": v_BxSxKxE}
 
 

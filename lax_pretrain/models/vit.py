@@ -19,6 +19,7 @@ from flax import nnx
 
 from lax_pretrain.layers import Norm, init
 from lax_pretrain.layers.broadcast import trailing
+from lax_pretrain.models.attention import attend, attention_impl
 from lax_pretrain.models.projections import dtype_of, make_projection
 from lax_pretrain.models.stack import BlockStack, tag_residual
 from lax_pretrain.nnx_compat import param, set_train_mode
@@ -68,6 +69,7 @@ def embedding_init(
 class VitBlock(nnx.Module):
     def __init__(self, cfg: Any, *, first: bool, rngs: nnx.Rngs):
         d, f, self.num_heads = cfg.d_model, cfg.mlp_dim, cfg.num_heads
+        self.attention = attention_impl(cfg, d // cfg.num_heads)  # 'xla' or 'cudnn', per model.attention
         pd = dtype_of(cfg.param_dtype, "model.param_dtype")
         proj = functools.partial(make_projection, cfg, first=first, rngs=rngs)  # (name, d_in, d_out, axes)
         self.attn_norm = layer_norm(d, "embed", pd)
@@ -91,7 +93,7 @@ class VitBlock(nnx.Module):
         q_BxPxHxE, k_BxPxHxE, v_BxPxHxE = (
             t.reshape(b, p, self.num_heads, d // self.num_heads) for t in (q, k, v)
         )
-        a_BxPxHxE = jax.nn.dot_product_attention(q_BxPxHxE, k_BxPxHxE, v_BxPxHxE)
+        a_BxPxHxE = attend(q_BxPxHxE, k_BxPxHxE, v_BxPxHxE, impl=self.attention)
         a, lo = self.o(a_BxPxHxE.reshape(b, p, d), latents["o"])
         x_BxPxD = tag_residual(constrain(x_BxPxD + a, RESIDUAL))
         m, l1 = self.fc1(self.mlp_norm(x_BxPxD), latents["fc1"])

@@ -1,0 +1,61 @@
+"""The one attention call of both families: `jax.nn.dot_product_attention`, implementation per `model.attention`.
+
+  auto   cuDNN flash attention where it runs (an NVIDIA GPU, bfloat16/float16 compute, head dim a multiple of 8
+         and at most 128), XLA's attention everywhere else
+  xla    XLA's attention: any backend and dtype
+  cudnn  cuDNN flash attention; where it cannot run that is a config error naming `model.attention`
+
+The choice is made when the model is built (so a bad value fails before anything compiles) and stored as a
+plain string on the module. Both implementations compute softmax(q k^T / sqrt(E)) v with float32 logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+ATTENTIONS = ("auto", "xla", "cudnn")
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def cudnn_unavailable(dtype: str, head_dim: int) -> str | None:
+    """Why cuDNN flash attention cannot run this model here (None: it can)."""
+    device = jax.devices()[0]
+    if device.platform != "gpu" or "nvidia" not in device.device_kind.lower():
+        return f"it needs an NVIDIA GPU and the device is {device.device_kind!r} ({device.platform})"
+    if dtype not in CUDNN_DTYPES:
+        return f"it computes in {' or '.join(CUDNN_DTYPES)} and model.dtype={dtype!r}"
+    if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+        return f"it needs a head dim that is a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, got {head_dim}"
+    return None
+
+
+def attention_impl(model_cfg: Any, head_dim: int) -> str:
+    """'xla' or 'cudnn' for `model.attention` (default auto); ValueError naming the key otherwise."""
+    choice = str(model_cfg.get("attention", "auto"))
+    if choice not in ATTENTIONS:
+        raise ValueError(f"model.attention={choice!r} is not one of {', '.join(ATTENTIONS)}")
+    if choice == "xla":
+        return "xla"
+    why_not = cudnn_unavailable(model_cfg.dtype, head_dim)
+    if choice == "cudnn" and why_not:
+        raise ValueError(f"model.attention='cudnn' cannot run here: {why_not}; use auto or xla")
+    return "xla" if why_not else "cudnn"
+
+
+def attend(
+    q_BxTxHxE: jax.Array,
+    k_BxSxKxE: jax.Array,
+    v_BxSxKxE: jax.Array,
+    *,
+    impl: str,
+    causal: bool = False,
+    mask_Bx1xTxS: jax.Array | None = None,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(E)) v -> (B, T, H, E); grouped-query when K < H (query head h reads kv head
+    h // (H/K)). `mask` (True = attend) broadcasts over the heads."""
+    return jax.nn.dot_product_attention(
+        q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_Bx1xTxS, is_causal=causal, implementation=impl
+    )
