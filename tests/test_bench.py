@@ -456,7 +456,8 @@ def test_device_check_dry_run(tmp_path):
     suite = data["suites"]["device"]
     assert suite["tiny"] and suite["settings"]["dtype"] == "bfloat16" and not suite["settings"]["accelerator"]
     rows = suite["rows"]
-    assert [r["row"] for r in rows] == ["devices", "attention"] + ["step"] * 9 + ["summary"] * 3
+    expected = ["devices", "attention"] + ["step"] * 9 + ["summary"] * 3 + ["kron"] * 2
+    assert [r["row"] for r in rows] == expected
     assert rows[0]["devices"] == [str(d) for d in jax.devices()]
     assert rows[1]["auto_picks"] == "xla" and "NVIDIA GPU" in rows[1]["cudnn"]
     steps = rows[2:11]
@@ -469,13 +470,25 @@ def test_device_check_dry_run(tmp_path):
         assert r["dtype"] == "bfloat16" and r["batch_size"] == 2 and r["seq_len"] == 32
         assert math.isclose(r["tokens_per_s"], 2 * 32 / r["step_time_s"])
         assert r["planner_peak_bytes"] > 0 and r["mfu"] is None  # CPU: no peak FLOP/s
-    for r in rows[11:]:
+    for r in rows[11:14]:
         assert r["lax_overhead"] is not None and r["cola_lax_speedup_vs_dense"] > 0
+    assert [(r["kron_impl"], r["latent"]) for r in rows[14:]] == [("factored", 16), ("gemm", 16)]
     md = (tmp_path / report.MD_NAME).read_text()
-    assert "## Device" in md and "| 1b (shrunk) | dense | ok |" in md
+    assert "## Device" in md and "| 1b (shrunk) | dense | ok |" in md and "| 16 | " in md
     assert [t["status"] for t in data["targets"][-3:]] == [
         "not measurable here (no device suite run on an accelerator: scripts/device_check.sh)"
     ] * 3
+
+
+def test_device_suite_stops_at_its_budget():
+    """No variant starts past the deadline: the check keeps within its wall-clock limit (rows say why)."""
+    result = bench_device.run_device(presets=("60m", "1b"), tiny=True, budget_s=0.0, log=lambda *_: None)
+    steps = [r for r in result["rows"] if r["row"] == "step"]
+    assert [r["preset"] for r in steps] == ["60m"] * 3 + ["1b"] * 3
+    assert all(r["status"].startswith("skipped: time budget") for r in steps)
+    assert not [r for r in result["rows"] if r["row"] == "kron"]
+    summary = [r for r in result["rows"] if r["row"] == "summary"]
+    assert [r["lax_overhead"] for r in summary] == [None, None]
 
 
 @pytest.mark.slow  # one spawned process compiling one tiny step

@@ -543,6 +543,7 @@ def render_reference(suite: dict) -> list[str]:
                     "step (ms)",
                     "[min, max] (ms)",
                     "tokens/s",
+                    "over ours",
                     "over plain_jax",
                     "over pytorch",
                 ],

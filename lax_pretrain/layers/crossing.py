@@ -41,11 +41,12 @@ KRON_IMPL_FNS = {"factored": kron_factored, "gemm": kron_gemm}
 # costs 2 r^2 FLOPs per token against 2 r (f0 + f1), but it is one well-shaped matmul that the add and the
 # latent norm follow without a copy, while the contractions are tiny-K matmuls with a transpose of the latent
 # between them (XLA:CPU: copies each way, forward and backward). Once the r^2 FLOPs cost more than those passes
-# over the latent, the contractions win. CPU, measured (docs/benchmarks/kron/bench.md: the layers suite, one
-# d -> d svd/cola/tt layer at r = d/4, 4096 tokens, forward + backward): the GEMM is clearly faster at r = 64,
-# even at 128, mixed at 256 and slower at 512. GPU/TPU, a roofline guess until scripts/device_check.sh measures
-# it (its kron rows): the GEMM while 2 r^2 / (peak FLOP/s) < ~4 passes of r bf16 values / (HBM bytes/s), i.e.
-# r < 4 F / BW ~ 1000 on an H100 (989e12 FLOP/s, 3.35e12 B/s), halved for the GEMM's real efficiency.
+# over the latent, the contractions win. CPU, measured: layer by layer (docs/benchmarks/kron/bench.md: one d -> d
+# svd/cola/tt layer at r = d/4, 4096 tokens, forward + backward) the GEMM is faster at r = 64, mixed at 128 and
+# slower from 256 on; in the 60m train step (r = 128, docs/benchmarks/cpu_speed) it is faster for all three kinds.
+# GPU/TPU: a roofline guess until scripts/device_check.sh measures it (its kron rows): the GEMM while
+# 2 r^2 / (peak FLOP/s) < ~4 passes of r bf16 values / (HBM bytes/s), i.e. r < 4 F / BW ~ 1000 on an H100
+# (989e12 FLOP/s, 3.35e12 B/s), halved for the GEMM's real efficiency.
 KRON_GEMM_MAX_WIDTH = {"cpu": 128, "gpu": 512, "tpu": 512}
 
 

@@ -33,7 +33,7 @@ from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.preflight import check_fits
 from lax_pretrain.train.program import ModelFactory, Program, build_program
-from lax_pretrain.train.validate import prepare_workdir, validate_config
+from lax_pretrain.train.validate import check_workdir, prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def train(
     workdir = Path(workdir)
     mesh = make_mesh(config.mesh)
     data_info = validate_config(config, mesh)  # every config error before anything compiles
+    check_workdir(workdir)
     program_args = dict(model_factory=model_factory, trainable=trainable, init_values=init_values)
     # The step is compiled for abstract state (nothing allocated) and checked against the device's memory
     # before the workdir is touched; training then runs this very executable (compiled once).

@@ -84,9 +84,14 @@ def validate_config(config: Any, mesh: Mesh, *, data: bool = True) -> dict[str, 
     return info
 
 
-def prepare_workdir(workdir: Path, config: Any) -> None:
+def check_workdir(workdir: Path) -> None:
+    """The workdir errors that need no write, so they come before anything compiles."""
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir={workdir} exists and is not a directory")
+
+
+def prepare_workdir(workdir: Path, config: Any) -> None:
+    check_workdir(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write_test"
