@@ -64,7 +64,8 @@ def train(
     # The step is compiled for abstract state (nothing allocated) and checked against the device's memory
     # before the workdir is touched; training then runs this very executable (compiled once).
     compiled_step = build_program(config, mesh, abstract=True, **program_args).lower_train_step().compile()
-    check_fits(compiled_step, mesh.devices.flat[0])  # DoesNotFit names the terms and keys; no-op on CPU
+    local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())  # stats are local
+    check_fits(compiled_step, local)  # DoesNotFit names the terms and keys; no-op on CPU
     prepare_workdir(workdir, config)
     # From here on a preemption is noticed: one during start-up stops the run before its first step.
     with Preemption() as preempt:
