@@ -225,17 +225,8 @@ def run_preset(preset: str, s: DeviceSettings, log=print) -> list[dict[str, Any]
             with fast_compile(s.tiny):  # again here: a spawned process starts with jax's defaults
                 rows.append(_variant(preset, kind, crossing, s, log))
         except Exception as e:  # one variant that cannot run (memory, a kernel) leaves the others
-            rows.append(
-                {
-                    "row": "step",
-                    "preset": preset,
-                    "shrunk": s.tiny,
-                    "name": variant_name(kind, crossing),
-                    "kind": kind,
-                    "crossing": crossing,
-                    "status": f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
-                }
-            )
+            why = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            rows.append(_skipped(preset, (kind, crossing), s, why))
             log(f"[device] {preset} {variant_name(kind, crossing)}: {rows[-1]['status']}")
         gc.collect()  # the variant's state and executable go before the next is built
     return sorted(rows, key=_variant_order)
