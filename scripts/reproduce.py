@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The LaX paper's comparison scaled to this machine (lax_pretrain/experiments/reproduce.py has the details).
 
-    python scripts/reproduce.py --suite=cpu_llama [--out=DIR] [--tiny] [--seeds_noise=2]
+    python scripts/reproduce.py --suite=cpu_llama [--out=DIR] [--tiny] [--seeds=2]
     python scripts/reproduce.py --suite=cpu_vit --out=runs/reproduce/cpu_vit
     python scripts/reproduce.py --suite=cpu_llama --steps=30 --out=/tmp/reduced   # a reduced budget
 

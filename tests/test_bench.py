@@ -23,6 +23,7 @@ from flax import nnx
 
 from lax_pretrain.bench import device as bench_device
 from lax_pretrain.bench import layers as bench_layers
+from lax_pretrain.bench import loop as bench_loop
 from lax_pretrain.bench import memory as bench_memory
 from lax_pretrain.bench import models as bench_models
 from lax_pretrain.bench import reference as bench_reference
@@ -354,6 +355,34 @@ def test_reference_rows(tiny):
     assert f"| dense | ours | {by[('dense', 'ours')]['step_time_s'] * 1e3:.1f} |" in md
     target = next(t for t in data["targets"] if t["target"].startswith("dense train step"))
     assert target["status"].startswith(("met", "missed")) and "over PyTorch" in target["detail"]
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+@pytest.mark.slow  # the tiny benchmark suite, run once for the module
+def test_loop_rows(tiny):
+    """The loop suite times train() (its own throughput records) against the bare step, per variant."""
+    _, data, md = tiny
+    suite = data["suites"]["loop"]
+    assert [(r["kind"], r["crossing"]) for r in suite["rows"]] == [("dense", "none"), ("cola", "kron")]
+    for r in suite["rows"]:
+        (only,) = r["rounds"]
+        assert r["ratio"] == only["ratio"] == only["loop"]["s"] / only["step"]["s"]
+        assert r["step_s"] > 0 and r["loop_s"] > 0 and len(only["loop"]["windows_s"]) >= 1
+        assert f"| {r['case']} | {report.variant_name(r)} | {r['step_s'] * 1e3:.1f} |" in md
+    target = next(t for t in data["targets"] if t["target"].startswith("train() loop"))
+    assert target["status"].startswith(("met", "missed"))
+
+
+def test_loop_target_and_settings():
+    row = {"case": "llama-nano (batch 32x128)", "kind": "cola", "crossing": "kron", "ratio_min": 1.0}
+    met = report.evaluate_targets({"loop": {"rows": [{**row, "ratio": 1.08, "ratio_max": 1.1}]}})
+    missed = report.evaluate_targets({"loop": {"rows": [{**row, "ratio": 1.27, "ratio_max": 1.3}]}})
+    status = lambda ts: next(t["status"] for t in ts if t["target"].startswith("train() loop"))  # noqa: E731
+    assert (status(met), status(missed)) == ("met", "missed (worst 1.270x)")
+    with pytest.raises(ValueError, match="multiples of log_every"):
+        bench_loop.run_loop(steps=25, warmup_steps=10, log_every=10)
 
 
 # ---------------------------------------------------------------------------------------------- device

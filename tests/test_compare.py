@@ -14,7 +14,7 @@ import matplotlib.image
 import orbax.checkpoint as ocp
 import pytest
 
-from lax_pretrain.experiments import compare, report, results, runner
+from lax_pretrain.experiments import compare, report, reproduce, results, runner
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,8 +217,19 @@ def test_variant_summary(tmp_path):
     text = compare.write_report(runs, tmp_path / "out").read_text()
     assert (
         "## Per variant (mean over seeds)" in text
-        and "| cola+kron | 1 | 1,005 | 1.99x | 9.00 | - | -2.00 | +6.00 |" in text
+        and "| cola+kron | 1 | 9.00 | 1,005 | 1.99x | 9.00 | - | -2.00 | +6.00 | +3.0 |" in text
+        and "| dense | 2 | 10.00, 12.00 | 2,000 |" in text
     )
+    # The papers' claims against this summary (noise 2.0 perplexity): cola+kron is 2.0 better than dense,
+    # within the noise: a match, so the LaX claim holds; plain cola is 4.0 worse: CoLA's claim does not.
+    claims = "\n".join(reproduce.claims(summary))
+    assert (
+        "| LaX: low-rank + LaX matches or beats full rank at 2-3x fewer parameters | cola+kron | -2.00 (-1.0 noise) |"
+        in claims
+    )
+    assert "| 1.99x | 1.99x less | within the noise | yes |" in claims
+    assert "| CoLA: matches full rank at about 2x less compute | cola | +4.00 (+2.0 noise) |" in claims
+    assert claims.rstrip().endswith("cola: +6.00 (+3.0 noise), better")
     assert json.loads((tmp_path / "out" / "report.json").read_text())["summary"]["noise"] == pytest.approx(
         2.0
     )

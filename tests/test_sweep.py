@@ -108,9 +108,9 @@ def test_vit_paper_and_cpu_grids():
         intra = {p: bool(model.proj[p].get("intra")) for p in model.proj}
         want = "kind=tt,lax=kron" in run.config
         assert intra == {p: want and p in ("q", "k", "v", "o") for p in model.proj}, run.name
-    # The one CPU grid (the reproduction's): per suite 7 variants at one rank, dense and cola+kron at seed 1.
+    # The one CPU grid (the reproduction's): per suite 7 variants at one rank, every one at seeds 0 and 1.
     _, cpu = sweep.load_sweep(SWEEPS / "cpu.py")
-    assert len(cpu) == 2 * (7 + 2) == 18
+    assert len(cpu) == 2 * 7 * 2 == 28
     cpu_names = [r.name for r in cpu]
     assert cpu_names[:7] == [
         "llama-nano_kind=dense",
@@ -121,21 +121,20 @@ def test_vit_paper_and_cpu_grids():
         "llama-nano_kind=tt_lax=none_rank=80",
         "llama-nano_kind=tt_lax=kron_rank=80",
     ]
-    assert cpu_names[7:9] == [
-        "llama-nano_kind=dense_train.seed=1",
-        "llama-nano_kind=cola_lax=kron_rank=80_train.seed=1",
-    ]
+    assert cpu_names[7:14] == [f"{n}_train.seed=1" for n in cpu_names[:7]]  # seed-major
     assert "vit-tiny_kind=tt_lax=none_rank=40" in cpu_names
     assert [r.variant for r in cpu[:7]] == ["dense", "svd", "svd+kron", "cola", "cola+kron", "tt", "tt+kron"]
     # The budget and the suite's settings apply to every run of the suite and stay out of the names.
     llama, vit_cpu = cpu[0], next(r for r in cpu if r.stem == "vit")
-    assert llama.shared["train.steps"] == 300 and llama.shared["data.seq_len"] == 128
-    assert vit_cpu.shared["train.steps"] == 450 and vit_cpu.shared["model.dropout"] == 0.0
+    assert llama.shared["train.steps"] == 600 and llama.shared["data.seq_len"] == 128
+    assert llama.shared["data.eval_batches"] == 0  # the whole validation split
+    assert vit_cpu.shared["train.steps"] == 2350 and vit_cpu.shared["model.dropout"] == 0.0
+    assert vit_cpu.shared["model.patch_size"] == 7 and vit_cpu.shared["optim.lr"] == 1e-3  # one lr for all
     assert not any("steps" in n or "dropout" in n for n in cpu_names)
-    assert sweep.target_steps(llama) == 300 and sweep.target_steps(llama, {"train.steps": "40"}) == 40
-    _, reduced = sweep.load_sweep(SWEEPS / "cpu.py", suite="cpu_vit", seeds_noise=3, steps=30)
-    assert len(reduced) == 7 + 2 * 2 and all(r.stem == "vit" for r in reduced)
-    assert reduced[0].shared["train.eval_every"] == 15 and reduced[0].shared["optim.warmup_steps"] == 3
+    assert sweep.target_steps(llama) == 600 and sweep.target_steps(llama, {"train.steps": "40"}) == 40
+    _, reduced = sweep.load_sweep(SWEEPS / "cpu.py", suite="cpu_vit", seeds=3, steps=30)
+    assert len(reduced) == 7 * 3 and all(r.stem == "vit" for r in reduced)
+    assert reduced[0].shared["train.eval_every"] == 6 and reduced[0].shared["optim.warmup_steps"] == 3
     with pytest.raises(ValueError, match="unknown suite"):
         sweep.load_sweep(SWEEPS / "cpu.py", suite="cpu_gpt")
     with pytest.raises(ValueError, match="does not take"):
@@ -143,7 +142,7 @@ def test_vit_paper_and_cpu_grids():
 
 
 def test_tiny_runs_shrink_every_family():
-    _, tiny = sweep.load_sweep(SWEEPS / "cpu.py", seeds_noise=1, tiny=True)
+    _, tiny = sweep.load_sweep(SWEEPS / "cpu.py", seeds=1, tiny=True)
     assert len(tiny) == 14 and {r.shared["train.steps"] for r in tiny} == {2}
     for run in tiny:
         assert run.options.get("rank", "8") == "8", run.name
@@ -151,7 +150,7 @@ def test_tiny_runs_shrink_every_family():
         widths = {
             k.removeprefix("model."): v
             for k, v in run.shared.items()
-            if k.startswith("model.") and k != "model.dropout"
+            if k.startswith("model.") and k not in ("model.dropout", "model.patch_size")  # suite settings
         }
         assert widths == {k: v for k, v in sweep.TINY_MODEL.items() if k in model}, run.name
     assert "model.ffn_dim" in tiny[0].shared and "model.mlp_dim" in tiny[-1].shared
@@ -261,11 +260,11 @@ def test_read_metrics_skips_lines_cut_short_by_a_kill(tmp_path):
 
 
 def test_wandb_spec():
-    name, runs = sweep.load_sweep(SWEEPS / "cpu.py", suite="cpu_llama", seeds_noise=1)
+    name, runs = sweep.load_sweep(SWEEPS / "cpu.py", suite="cpu_llama", seeds=1)
     spec = wandb_sweep.spec(runs, name, "runs/sweep_cpu")
     assert spec["method"] == "grid" and spec["program"] == "lax_pretrain.train"
     assert spec["parameters"]["config"]["values"] == [r.config for r in runs]
-    assert spec["parameters"]["config.train.steps"] == {"value": 300}
+    assert spec["parameters"]["config.train.steps"] == {"value": 600}
     assert spec["parameters"]["config.wandb.group"] == {"value": "cpu"}
     assert "${args}" in spec["command"] and any("$WANDB_RUN_ID" in c for c in spec["command"])
     with pytest.raises(ValueError, match="not set in every run"):  # per-suite settings: one suite at a time

@@ -12,6 +12,7 @@ Suites (each module's docstring has the details):
   memory   `compiled.memory_analysis()` of the train step, compile only (`bench.memory.run_memory`).
   reference  our train step side by side with a plain-JAX x @ W and an eager PyTorch implementation of the same
            model and step, optionally under XLA:CPU compile options (`bench.reference.run_reference`).
+  loop     `train()` itself against its bare compiled step, steady state (`bench.loop.run_loop`).
   device   the paper presets on one accelerator in bf16 at the largest batch that fits, planner vs measured peak
            memory (`bench.device.run_device`; scripts/device_check.sh; not part of `all`).
 Timing methodology (`bench.timing`): AOT compile, warm-up, block_until_ready, repeats interleaved round-robin
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lax_pretrain.bench import device, layers, memory, models, reference, report, timing
+from lax_pretrain.bench import device, layers, loop, memory, models, reference, report, timing
 from lax_pretrain.bench.timing import fast_compile, machine_info
 
 SUITES = report.SUITES
@@ -41,6 +42,7 @@ def tiny_settings() -> dict[str, dict[str, Any]]:
         "models": dict(cases=models.default_cases(tiny=True), repeats=2, warmup=1, min_sample_s=0.0),
         "memory": dict(presets=("60m",), batch_size=2, seq_len=32, tiny=True),
         "reference": dict(cases=reference.default_cases(tiny=True), repeats=2, warmup=1, min_sample_s=0.0),
+        "loop": dict(tiny=True),
         "device": dict(tiny=True, repeats=2, warmup=1, min_sample_s=0.0),
     }
 
@@ -67,6 +69,7 @@ def run(
         "models": models.run_models,
         "memory": memory.run_memory,
         "reference": reference.run_reference,
+        "loop": loop.run_loop,
         "device": device.run_device,
     }
     base = tiny_settings() if tiny else {}
@@ -97,6 +100,7 @@ __all__ = [
     "device",
     "fast_compile",
     "layers",
+    "loop",
     "machine_info",
     "memory",
     "models",

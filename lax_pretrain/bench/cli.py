@@ -4,6 +4,7 @@
     lax-bench --suite=layers --tiny --out=/tmp/bench
     lax-bench --suite=models --dtype=bfloat16 --cases=llama:1b:8x2048 --out=docs/benchmarks/h100
     lax-bench --suite=reference --xla_options=ynn_all --out=docs/benchmarks/cpu_speed
+    lax-bench --suite=loop --cases=llama:nano:32x128 --out=docs/benchmarks/cpu_speed
     lax-bench --suite=device --out=docs/benchmarks/device     (scripts/device_check.sh: install, then this)
     python scripts/bench.py ...   (the same, from a checkout that is not installed)
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cases",
         default=None,
-        help="models: FAMILY:PRESET:BATCH[xSEQ],... e.g. llama:nano:8x256,llama:60m:2x256,vit:tiny:32",
+        help="models, loop: FAMILY:PRESET:BATCH[xSEQ],... e.g. llama:nano:8x256,llama:60m:2x256,vit:tiny:32",
     )
     p.add_argument(
         "--kron_impls",
@@ -111,6 +112,7 @@ def _settings(a: argparse.Namespace) -> dict[str, dict]:
         "models": dict(timing),
         "memory": {},
         "reference": dict(timing),
+        "loop": {"repeats": a.repeats} if a.repeats else {},
         "device": dict(timing),
     }
     if a.widths:
@@ -121,7 +123,7 @@ def _settings(a: argparse.Namespace) -> dict[str, dict]:
         if getattr(a, flag):
             settings["layers"][key] = _names(getattr(a, flag))
     if a.cases:
-        settings["models"]["cases"] = models.parse_cases(a.cases)
+        settings["models"]["cases"] = settings["loop"]["cases"] = models.parse_cases(a.cases)
     if a.kron_impls:
         settings["models"]["kron_impls"] = settings["layers"]["kron_impls"] = _names(a.kron_impls)
     if a.xla_options:

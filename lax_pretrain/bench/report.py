@@ -19,8 +19,14 @@ from lax_pretrain.models.tasks import get_task
 
 JSON_NAME = "bench.json"
 MD_NAME = "bench.md"
-SUITES = ("layers", "models", "memory", "reference", "device")
-ALL_SUITES = ("layers", "models", "memory", "reference")  # `--suite=all`; device is scripts/device_check.sh
+SUITES = ("layers", "models", "memory", "reference", "loop", "device")
+ALL_SUITES = (
+    "layers",
+    "models",
+    "memory",
+    "reference",
+    "loop",
+)  # `--suite=all`; device is scripts/device_check.sh
 TARGETS_FILE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "targets.json"
 
 
@@ -80,6 +86,7 @@ def evaluate_targets(suites: dict[str, dict], targets: dict[str, Any] | None = N
         _cola_m(memory, t["cola_m_temp"]),
         *_mfu(models, t["dense_mfu"], t["cola_lax_mfu_fraction"]),
         _dense_over_plain(suites.get("reference"), t["dense_over_plain"]),
+        _loop_over_step(suites.get("loop"), t["loop_over_step"]),
         *_device(suites.get("device"), t["device"]),
     ]
 
@@ -132,6 +139,27 @@ def _dense_over_plain(reference: dict | None, target: dict) -> dict:
     if worst["over_plain_jax"] <= limit:
         return _target(name, "met", detail, values)
     return _target(name, f"missed (worst {worst['over_plain_jax']:.3f}x)", detail, values)
+
+
+def _loop_over_step(loop: dict | None, target: dict) -> dict:
+    limit = target["max"]
+    name = f"train() loop <= {limit}x its bare compiled step (steady state, same batch)"
+    rows = (loop or {}).get("rows", [])
+    if not rows:
+        return _target(name, "not measurable here", "no loop suite")
+    values = {f"{r['case']} {variant_name(r)}": round(r["ratio"], 3) for r in rows}
+    worst = max(rows, key=lambda r: r["ratio"])
+    detail = ", ".join(
+        f"{variant_name(r)} {r['case']}: {r['ratio']:.3f}x [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
+        for r in rows
+    )
+    if worst["ratio"] <= limit:
+        return _target(name, "met", detail, values)
+    return _target(name, f"missed (worst {worst['ratio']:.3f}x)", detail, values)
+
+
+def variant_name(row: dict) -> str:
+    return row["kind"] if row["crossing"] == "none" else f"{row['kind']}+{row['crossing']}"
 
 
 def _device(device: dict | None, t: dict) -> list[dict]:
@@ -566,6 +594,48 @@ def render_reference(suite: dict) -> list[str]:
     return lines
 
 
+def render_loop(suite: dict) -> list[str]:
+    s = suite["settings"]
+    lines = [
+        "## Loop: train() against its bare compiled step",
+        "",
+        _suite_line(suite),
+        "",
+        f"Per round (the order alternates), the step alone: the loop's program called {s['steps']} times on one "
+        f"device-resident batch; the loop: `train()` in a fresh workdir, its steady-state s/step from its own "
+        f"throughput records after {s['warmup_steps']} warm-up steps (logging every {s['log_every']}). "
+        f"Median of {s['repeats']} rounds, [min, max] of the per-round ratio. CPU seconds (user, system) "
+        "per step: the step over its timed calls, the loop over its whole run (compilation included).",
+        "",
+        markdown_table(
+            [
+                "case",
+                "variant",
+                "step (ms)",
+                "loop (ms)",
+                "loop / step",
+                "[min, max]",
+                "user / sys per step (s)",
+            ],
+            [
+                [
+                    r["case"],
+                    variant_name(r),
+                    num(r["step_s"] * 1e3, ".1f"),
+                    num(r["loop_s"] * 1e3, ".1f"),
+                    num(r["ratio"], ".3f"),
+                    f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]",
+                    f"step {r['step_user_s']:.2f} / {r['step_sys_s']:.2f}; "
+                    f"loop {r['loop_user_s']:.2f} / {r['loop_sys_s']:.2f}",
+                ]
+                for r in suite["rows"]
+            ],
+        ),
+        "",
+    ]
+    return lines
+
+
 def render_device(suite: dict) -> list[str]:
     s = suite["settings"]
     gib = lambda b: "-" if b is None else f"{b / 2**30:,.2f}"  # noqa: E731
@@ -705,6 +775,7 @@ def render_markdown(data: dict) -> str:
         ("models", render_models),
         ("memory", render_memory),
         ("reference", render_reference),
+        ("loop", render_loop),
         ("device", render_device),
     )
     for name, render in renders:

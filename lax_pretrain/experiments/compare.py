@@ -116,7 +116,9 @@ def variant_summary(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             "metric_label": first.task.headline_label if first.task else first.metric,
             "higher_is_better": bool(first.task and first.task.higher_is_better),
             "non_embedding_params": first.non_embedding_params,
+            "flops_per_token": first.flops_per_token,
             "seeds": len(values),
+            "values": values,  # one per seed, in run order
             "mean": statistics.fmean(values),
             "spread": max(values) - min(values) if len(values) > 1 else None,
         }
@@ -147,17 +149,25 @@ def noise(summary: dict[str, dict[str, Any]]) -> float | None:
     return max(spreads) if spreads else None
 
 
+def in_noise_units(value: float | None, noise_level: float | None) -> str:
+    """'+2.3' (value / noise); '-' where either is missing or the noise is zero."""
+    return f"{value / noise_level:+.1f}" if value is not None and noise_level else "-"
+
+
 def summary_table(summary: dict[str, dict[str, Any]]) -> str:
+    noise_level = noise(summary)
     rows = [
         [
             label,
             str(s["seeds"]),
+            ", ".join(report.metric(v, s["metric"]) for v in s["values"]),
             report.num(s["non_embedding_params"], ","),
             report.num(s.get("params_vs_dense"), ".2f") + ("x" if s.get("params_vs_dense") else ""),
             report.metric(s["mean"], s["metric"]),
             report.metric(s["spread"], s["metric"]),
             report.metric(s.get("delta_vs_dense"), s["metric"], signed=True),
             report.metric(s.get("lax_gain"), s["metric"], signed=True),
+            in_noise_units(s.get("lax_gain"), noise_level),
         ]
         for label, s in summary.items()
     ]
@@ -165,14 +175,16 @@ def summary_table(summary: dict[str, dict[str, Any]]) -> str:
     header = [
         "variant",
         "seeds",
+        "per seed",
         "non-emb params",
         "fewer than dense",
         f"mean final {labels}",
         "spread (max-min)",
         "vs dense",
         "LaX gain",
+        "LaX gain / noise",
     ]
-    return report.markdown_table(header, rows, align="l" + "r" * 7)
+    return report.markdown_table(header, rows, align="l" + "r" * 9)
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -188,8 +200,10 @@ def write_report(
     stem: str = "report",
     x: str = "params",
     y: str = "best_metric",
+    sections: Sequence[str] = (),
 ) -> Path:
-    """`<stem>.md` (notes, table, per-variant table where runs repeat a seed group, plots, failures),
+    """`<stem>.md` (notes, table, per-variant table where runs repeat a seed group, `sections` (markdown lines
+    given by the caller), plots, failures),
     `<stem>.json` (`meta`, every run, the per-variant summary), loss_curves.png and val_vs_params.png (`y`
     against `x`, see `report.plot_metric_vs_params`) in `out_dir`; returns the markdown's path."""
     out = Path(out_dir)
@@ -224,9 +238,11 @@ def write_report(
             "",
             f"Noise level (largest seed spread): {report.metric(noise(summary), runs[0].metric)}. LaX gain: "
             "the improvement over the same runs without a crossing (positive is better); differences "
-            "smaller than the noise level are not resolved by this budget.",
+            "smaller than the noise level are not resolved by this budget. LaX gain / noise: the gain in "
+            "units of the noise level.",
             "",
         ]
+    lines += [*sections, *([""] if sections else [])]
     lines += [
         f"![train and validation loss]({LOSS_CURVES})",
         "",

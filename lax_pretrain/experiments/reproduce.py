@@ -49,12 +49,81 @@ def budget_text(run: sweep.Run, extra: dict[str, Any]) -> str:
     return f"{steps} steps x {batch} examples x {tokens} tokens = {steps * batch * tokens:,} tokens"
 
 
+LOW_RANK_KINDS = ("svd", "cola", "tt")
+
+
+def _verdict(better_by: float, noise_level: float | None) -> str:
+    """How `better_by` (positive = better) reads against the noise: within it is a match, not a win."""
+    if not noise_level:
+        return "better" if better_by > 0 else "worse" if better_by < 0 else "equal"
+    if abs(better_by) <= noise_level:
+        return "within the noise"
+    return "better" if better_by > 0 else "worse"
+
+
+def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The papers' claims read against this suite's per-variant summary (`compare.variant_summary`), as
+    markdown lines. A claim of a match holds where the variant is better or within the noise level (the
+    largest seed spread) of dense; a gain holds where it exceeds the noise level."""
+    dense = summary.get("dense")
+    if dense is None:
+        return []
+    noise_level = compare.noise(summary)
+    sign = 1.0 if dense["higher_is_better"] else -1.0
+    fmt = lambda v: report.metric(v, dense["metric"], signed=True)  # noqa: E731
+    units = lambda v: f" ({compare.in_noise_units(v, noise_level)} noise)" if noise_level else ""  # noqa: E731
+    lines = [
+        "## The papers' claims at this scale",
+        "",
+        f"Noise level: {report.metric(noise_level, dense['metric'])} (largest seed spread)"
+        if noise_level
+        else "Noise level: unknown (one seed per variant): no difference is resolved.",
+        "",
+        "| claim | variant | vs dense | fewer params | FLOPs/token vs dense | reading | holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(claim: str, name: str, match: bool) -> None:
+        s = summary.get(name)
+        if s is None or s.get("delta_vs_dense") is None:
+            return
+        better_by = sign * s["delta_vs_dense"]
+        reading = _verdict(better_by, noise_level)
+        holds = reading in ("better", "within the noise") if match else reading == "better"
+        flops = (
+            f"{dense['flops_per_token'] / s['flops_per_token']:.2f}x less"
+            if s.get("flops_per_token") and dense.get("flops_per_token")
+            else "-"
+        )
+        lines.append(
+            f"| {claim} | {name} | {fmt(s['delta_vs_dense'])}{units(s['delta_vs_dense'])} | "
+            f"{report.num(s.get('params_vs_dense'), '.2f')}x | {flops} | {reading} | "
+            f"{'yes' if holds else 'no'} |"
+        )
+
+    for kind in LOW_RANK_KINDS:
+        row("LaX: low-rank + LaX matches or beats full rank at 2-3x fewer parameters", f"{kind}+kron", True)
+    row("CoLA: matches full rank at about 2x less compute", "cola", True)
+    gains = [
+        f"{kind}: {fmt(summary[f'{kind}+kron']['lax_gain'])}{units(summary[f'{kind}+kron']['lax_gain'])}, "
+        + _verdict(summary[f"{kind}+kron"]["lax_gain"], noise_level)
+        for kind in LOW_RANK_KINDS
+        if summary.get(f"{kind}+kron", {}).get("lax_gain") is not None
+    ]
+    if gains:
+        lines += [
+            "",
+            "LaX gain over the same factorization without it (positive = better): " + "; ".join(gains),
+        ]
+    return lines
+
+
 def run_suite(
     suite: str,
     out_dir: str | Path,
     *,
     tiny: bool = False,
-    seeds_noise: int = 2,
+    seeds: int = 2,
     steps: int | None = None,
     data_dir: str = "",
     variants: Sequence[str] | None = None,
@@ -64,7 +133,7 @@ def run_suite(
     """Trains the unfinished runs of `suite` into OUT/runs/ and writes the report; returns the runner's
     {run name: status} and the runs' results."""
     module = sweep.load_module(SWEEP_FILE)
-    name, runs = sweep.load_sweep(SWEEP_FILE, suite=suite, seeds_noise=seeds_noise, steps=steps, tiny=tiny)
+    name, runs = sweep.load_sweep(SWEEP_FILE, suite=suite, seeds=seeds, steps=steps, tiny=tiny)
     if variants:
         known = list(dict.fromkeys(r.variant for r in runs))
         unknown = [v for v in variants if v not in known]
@@ -79,14 +148,12 @@ def run_suite(
     rows = [results.load_run(job.workdir) for job in jobs]
     wall_s = time.perf_counter() - start
     load = {"before": machine["loadavg"], "after": loadavg()}
-    seeds = f"0..{max(seeds_noise, 1) - 1}"
     task = get_task(sweep.load_recipe(runs[0].config).model)
     notes = [
         module.SUITES[suite].notes
         + (" --tiny smoke version: shrunk model, 2 steps." if tiny else "")
         + (f" Reduced: --steps={steps}." if steps else ""),
-        f"Budget per run: {budget_text(runs[0], extra)}; seeds: 0 for every variant, {seeds} for "
-        f"{' and '.join(module.NOISE_VARIANTS)}.",
+        f"Budget per run: {budget_text(runs[0], extra)}; seeds 0..{max(seeds, 1) - 1} for every variant.",
         f"Metric: {task.headline_label} after the last step "
         f"({'higher' if task.higher_is_better else 'lower'} is better).",
         report.machine_line(machine, load, command) + f" Wall time of this command: {wall_s / 60:.1f} min.",
@@ -94,7 +161,7 @@ def run_suite(
     meta = {
         "suite": suite,
         "tiny": tiny,
-        "seeds_noise": seeds_noise,
+        "seeds": seeds,
         "steps": steps,
         "command": command,
         "machine": machine,
@@ -111,6 +178,7 @@ def run_suite(
         stem="results",
         x="non_embedding_params",
         y="final_metric",
+        sections=claims(compare.variant_summary(rows)),
     )
     log(f"[reproduce] {suite}: {len(rows)} runs in {wall_s:.0f}s -> {path}")
     return statuses, rows
@@ -121,7 +189,7 @@ def _parser():
     p.add_argument("--suite", required=True, help=f"a suite of {SWEEP_FILE}: cpu_llama or cpu_vit")
     p.add_argument("--out", default=None, help="output directory (default runs/reproduce/<suite>[_tiny])")
     p.add_argument("--tiny", action="store_true", help="seconds-long smoke version (shrunk model, 2 steps)")
-    p.add_argument("--seeds_noise", type=int, default=2, help="seeds of the noise variants (others: seed 0)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds of every variant (0..N-1)")
     p.add_argument("--steps", type=int, default=None, help="override the suite's step budget (reduced runs)")
     p.add_argument(
         "--data_dir", default="", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)"
@@ -139,7 +207,7 @@ def _run(a) -> int:
         a.suite,
         out,
         tiny=a.tiny,
-        seeds_noise=a.seeds_noise,
+        seeds=a.seeds,
         steps=a.steps,
         data_dir=a.data_dir,
         variants=variants,
