@@ -150,12 +150,12 @@ def test_memory_rows(tiny):
 @pytest.mark.slow  # the tiny benchmark suite, run once for the module
 def test_json_and_markdown(tiny):
     out, data, md = tiny
-    assert set(data["suites"]) == {"layers", "models", "memory", "reference"}  # accumulated suite by suite
+    assert set(data["suites"]) == {"layers", "models", "memory", "reference", "loop"}  # accumulated
     for suite in data["suites"].values():
         m = suite["machine"]
         assert m["device_kind"] and m["cpu_count"] >= 1 and len(m["loadavg"]) == 3
         assert suite["command"].startswith("python scripts/bench.py") and suite["wall_s"] > 0
-    for header in ("## Layers", "## Models", "## Memory", "## Reference", "## Targets"):
+    for header in ("## Layers", "## Models", "## Memory", "## Reference", "## Loop", "## Targets"):
         assert header in md
     for r in data["suites"]["layers"]["rows"]:
         assert f"| {r['name']} | " in md and f"{r['flops_per_token']:,}" in md
@@ -164,7 +164,7 @@ def test_json_and_markdown(tiny):
     for r in data["suites"]["memory"]["rows"]:
         assert f"| {r['preset']} (shrunk) | {r['name']} |" in md
     targets = data["targets"]
-    assert len(targets) == 9
+    assert len(targets) == 10
     for t in targets:
         assert t["status"].startswith(TARGET_STATUSES), t
         assert f"| {t['target']} | {t['status']} |" in md

@@ -77,9 +77,9 @@ SUITES = {
         steps=2350,
         batch_size=128,
         evals=5,
-        # The small-data recipe (docs/benchmarks/reproduce.md): 7x7 patches and 4 blocks buy five epochs in the
-        # budget; one learning rate for every variant; flips but no crops or dropout (five epochs of 60,000
-        # images do not overfit a 0.8M-parameter model).
+        # The small-data recipe (docs/benchmarks/reproduce/README.md): 7x7 patches and 4 blocks buy five
+        # epochs in the budget; one learning rate for every variant; flips but no crops or dropout (five
+        # epochs of 60,000 images do not overfit a 0.8M-parameter model).
         shared={
             "model.patch_size": 7,
             "model.num_layers": 4,

@@ -32,7 +32,7 @@ from lax_pretrain.train.loop import train
 from lax_pretrain.train.metrics import read_metrics
 from lax_pretrain.train.program import build_program
 
-DEFAULT_CASES = "llama:nano:32x128"  # the measurement: nano at batch 32 x 128 bytes
+DEFAULT_CASES = "llama:nano:32x128,vit:tiny:128"  # the measurement (nano, 32 x 128 bytes); images
 
 
 def _cpu_seconds() -> tuple[float, float]:
