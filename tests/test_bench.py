@@ -366,6 +366,7 @@ def test_loop_rows(tiny):
     _, data, md = tiny
     suite = data["suites"]["loop"]
     assert [(r["kind"], r["crossing"]) for r in suite["rows"]] == [("dense", "none"), ("cola", "kron")]
+    assert len(suite["load"]["before"]) == len(suite["load"]["after"]) == 3
     for r in suite["rows"]:
         (only,) = r["rounds"]
         assert r["ratio"] == only["ratio"] == only["loop"]["s"] / only["step"]["s"]

@@ -131,6 +131,7 @@ def run_loop(
             1,
         )
     cases = cases or parse_cases(DEFAULT_CASES)
+    load_before = loadavg()
     if warmup_steps % log_every or steps % log_every:
         raise ValueError(f"steps={steps} and warmup_steps={warmup_steps} must be multiples of log_every")
     rows = []
@@ -182,4 +183,5 @@ def run_loop(
                 }
             )
     settings = {"steps": steps, "warmup_steps": warmup_steps, "log_every": log_every, "repeats": repeats}
-    return {"rows": rows, "settings": {**settings, "dtype": dtype}}
+    load = {"before": load_before, "after": loadavg()}
+    return {"rows": rows, "settings": {**settings, "dtype": dtype}, "load": load}
