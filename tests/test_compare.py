@@ -235,6 +235,19 @@ def test_variant_summary(tmp_path):
     )
 
 
+def test_metric_formats_differences_of_percentages_in_points():
+    """An accuracy prints as a percentage; a difference of two (a delta, a spread, the noise) in points, so
+    that "-1.46 pts" is not read as a relative change; perplexities have no unit either way."""
+    assert report.metric(0.8816, "eval_top1") == "88.16%"
+    assert report.metric(-0.0146, "eval_top1", signed=True) == "-1.46 pts"
+    assert report.metric(0.0052, "eval_top1", difference=True) == "0.52 pts"
+    assert (
+        report.metric(7.9912, "eval_ppl") == "7.99"
+        and report.metric(0.25, "eval_ppl", signed=True) == "+0.25"
+    )
+    assert report.metric(None, "eval_top1", signed=True) == "-"
+
+
 def test_pareto_front():
     points = [(4000, 10.0), (2000, 12.0), (2010, 10.5), (2010, 15.0), (500, 30.0), (5000, 10.0)]
     assert report.pareto_front(points) == [4, 1, 2, 0]

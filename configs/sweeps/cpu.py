@@ -93,8 +93,8 @@ SUITES = {
             "tiny ViT at CPU scale (d 128, 4 layers, 4 heads, MLP 512, 7x7 patches: 16 + 1 tokens) on "
             "Fashion-MNIST with flips (no crops, no dropout); lr 1e-3 for every variant, 10% warm-up, cosine "
             "to 0, AdamW wd 0.3 on matrices (the LaX recipe's), clip 1.0. Budget: 5 epochs (2,350 steps x "
-            "128 = 300,800 images per run), about 6 minutes per run on an idle 2-core CPU; 14 runs with "
-            "--seeds=2. Top-1 on the whole 10,000-image test split."
+            "128 = 300,800 images per run), 7-9 minutes per run on an idle 2-core CPU (about 110 minutes for the "
+            "14 runs of --seeds=2). Top-1 on the whole 10,000-image test split."
         ),
     ),
 }

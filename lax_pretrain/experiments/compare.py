@@ -164,7 +164,7 @@ def summary_table(summary: dict[str, dict[str, Any]]) -> str:
             report.num(s["non_embedding_params"], ","),
             report.num(s.get("params_vs_dense"), ".2f") + ("x" if s.get("params_vs_dense") else ""),
             report.metric(s["mean"], s["metric"]),
-            report.metric(s["spread"], s["metric"]),
+            report.metric(s["spread"], s["metric"], difference=True),
             report.metric(s.get("delta_vs_dense"), s["metric"], signed=True),
             report.metric(s.get("lax_gain"), s["metric"], signed=True),
             in_noise_units(s.get("lax_gain"), noise_level),
@@ -236,7 +236,7 @@ def write_report(
             "",
             summary_table(summary),
             "",
-            f"Noise level (largest seed spread): {report.metric(noise(summary), runs[0].metric)}. LaX gain: "
+            f"Noise level (largest seed spread): {report.metric(noise(summary), runs[0].metric, difference=True)}. LaX gain: "
             "the improvement over the same runs without a crossing (positive is better); differences "
             "smaller than the noise level are not resolved by this budget. LaX gain / noise: the gain in "
             "units of the noise level.",

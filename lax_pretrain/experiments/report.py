@@ -20,7 +20,8 @@ from matplotlib.ticker import FuncFormatter
 from lax_pretrain.models.tasks import TASKS, Task
 
 # How a headline metric is shown: (scale, format, unit); top-1 is stored as a fraction, shown in percent.
-METRIC_FORMATS = {"eval_ppl": (1.0, ".2f", ""), "eval_top1": (100.0, ".2f", "%")}
+# key: (scale, format, unit of a value, unit of a difference); a difference of two percentages is in points.
+METRIC_FORMATS = {"eval_ppl": (1.0, ".2f", "", ""), "eval_top1": (100.0, ".2f", "%", " pts")}
 CROSSING_COLOURS = {"none": "tab:blue", "kron": "tab:orange", "identity": "tab:green", "dense": "tab:red"}
 KIND_MARKERS = {"dense": "s", "svd": "^", "cola": "o", "tt": "D"}
 PARAM_LABELS = {"params": "parameters (total)", "non_embedding_params": "non-embedding parameters"}
@@ -66,10 +67,15 @@ def duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def metric(value: float | None, key: str | None, *, signed: bool = False) -> str:
-    """A headline metric value (or, `signed`, a difference of two) as METRIC_FORMATS shows it."""
-    scale, spec, unit = METRIC_FORMATS.get(key, (1.0, ".4f", ""))
-    return "-" if value is None else num(scale * value, ("+" if signed else "") + spec) + unit
+def metric(value: float | None, key: str | None, *, signed: bool = False, difference: bool = False) -> str:
+    """A headline metric value, or (`difference`; `signed` implies it) a difference of two, as METRIC_FORMATS
+    shows it."""
+    scale, spec, unit, difference_unit = METRIC_FORMATS.get(key, (1.0, ".4f", "", ""))
+    if value is None:
+        return "-"
+    return num(scale * value, ("+" if signed else "") + spec) + (
+        difference_unit if signed or difference else unit
+    )
 
 
 def machine_line(machine: dict[str, Any], load: dict[str, Any], command: str) -> str:

@@ -75,7 +75,7 @@ def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "## The papers' claims at this scale",
         "",
-        f"Noise level: {report.metric(noise_level, dense['metric'])} (largest seed spread)"
+        f"Noise level: {report.metric(noise_level, dense['metric'], difference=True)} (largest seed spread)"
         if noise_level
         else "Noise level: unknown (one seed per variant): no difference is resolved.",
         "",
@@ -147,6 +147,7 @@ def run_suite(
     statuses = runner.run_jobs(jobs, title=f"reproduce {suite} in {out}", log=log)
     rows = [results.load_run(job.workdir) for job in jobs]
     wall_s = time.perf_counter() - start
+    train_s = sum(r.wall_time_s or 0.0 for r in rows)
     load = {"before": machine["loadavg"], "after": loadavg()}
     task = get_task(sweep.load_recipe(runs[0].config).model)
     notes = [
@@ -156,7 +157,9 @@ def run_suite(
         f"Budget per run: {budget_text(runs[0], extra)}; seeds 0..{max(seeds, 1) - 1} for every variant.",
         f"Metric: {task.headline_label} after the last step "
         f"({'higher' if task.higher_is_better else 'lower'} is better).",
-        report.machine_line(machine, load, command) + f" Wall time of this command: {wall_s / 60:.1f} min.",
+        report.machine_line(machine, load, command)
+        + f" Wall time of this command: {wall_s / 60:.1f} min; training time of the {len(rows)} runs, summed "
+        f"(earlier invocations of a resumed suite included): {train_s / 60:.1f} min.",
     ]
     meta = {
         "suite": suite,
@@ -167,6 +170,7 @@ def run_suite(
         "machine": machine,
         "load": load,
         "wall_s": wall_s,
+        "train_s": train_s,
     }
     title = f"Reproduction: {suite}" + (" (--tiny smoke run)" if tiny else "")
     path = compare.write_report(
