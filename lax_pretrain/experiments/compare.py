@@ -236,10 +236,10 @@ def write_report(
             "",
             summary_table(summary),
             "",
-            f"Noise level (largest seed spread): {report.metric(noise(summary), runs[0].metric, difference=True)}. LaX gain: "
-            "the improvement over the same runs without a crossing (positive is better); differences "
-            "smaller than the noise level are not resolved by this budget. LaX gain / noise: the gain in "
-            "units of the noise level.",
+            "Noise level (largest seed spread): "
+            f"{report.metric(noise(summary), runs[0].metric, difference=True)}. LaX gain: the improvement "
+            "over the same runs without a crossing (positive is better); differences smaller than the noise "
+            "level are not resolved by this budget. LaX gain / noise: the gain in units of the noise level.",
             "",
         ]
     lines += [*sections, *([""] if sections else [])]

@@ -19,8 +19,8 @@ from matplotlib.ticker import FuncFormatter
 
 from lax_pretrain.models.tasks import TASKS, Task
 
-# How a headline metric is shown: (scale, format, unit); top-1 is stored as a fraction, shown in percent.
-# key: (scale, format, unit of a value, unit of a difference); a difference of two percentages is in points.
+# How a headline metric is shown: (scale, format, unit of a value, unit of a difference of two); top-1 is
+# stored as a fraction, shown in percent, and a difference of two percentages in points.
 METRIC_FORMATS = {"eval_ppl": (1.0, ".2f", "", ""), "eval_top1": (100.0, ".2f", "%", " pts")}
 CROSSING_COLOURS = {"none": "tab:blue", "kron": "tab:orange", "identity": "tab:green", "dense": "tab:red"}
 KIND_MARKERS = {"dense": "s", "svd": "^", "cola": "o", "tt": "D"}
