@@ -9,8 +9,9 @@ every variant at two seeds (the noise level is the largest seed spread). One sui
 
 Low-rank variants use one rank for every projection (svd/cola rank, TT latent bond) chosen so that they hold
 about half the dense model's non-embedding parameters. Per suite 7 variants x 2 seeds = 14 runs (cpu_llama
-about 4, cpu_vit about 6 minutes each on an idle 2-core CPU). The budget (`budget`) and the suite's settings
-are shared, not in the run names: give another workdir to another budget.
+about 4 minutes each, 54 in all; cpu_vit 7-9 minutes each, about 110 in all, on an idle 2-core CPU). The
+budget (`budget`) and the suite's settings are shared, not in the run names: give another workdir to another
+budget.
 
     python scripts/reproduce.py --suite=cpu_llama --out=docs/benchmarks/reproduce/cpu_llama   # runs + report
     python scripts/sweep.py --sweep=configs/sweeps/cpu.py --workdir=runs/sweep_cpu [--only=^llama-] \
@@ -27,10 +28,13 @@ Shorter (the README figure: 4 nano runs of 150 steps at batch 8, ~10 minutes):
 (seed-major: every variant at seed 0 first), a step budget other than the suite's, or the seconds-long smoke
 version (the TINY_MODEL of lax_pretrain.experiments.sweep, 2 steps).
 
-Expected (cpu_vit, measured 2026-12-01, 12 of 14 runs): dense 88.2% / 87.9% top-1 (a linear classifier: about
-84%), every low-rank variant 1.0-1.7 points below it, LaX gain tt +0.7, cola +0.2, svd -0.1 points, seed noise
-0.22 points. cpu_llama at this budget: not run yet. Results and their reading against the papers' claims in
-docs/benchmarks/reproduce/<suite>/results.md and the README.
+Expected (measured 2026-12-01, all 14 runs of each suite; mean of two seeds, noise = largest seed spread):
+  cpu_vit    dense 88.05% top-1 (a linear classifier: about 84%); every low-rank variant 1.2-2.0 points below
+             it, LaX gain tt +0.77, cola +0.23, svd -0.10 points; noise 0.52 points.
+  cpu_llama  dense 6.31 val perplexity; cola + LaX 5.65, cola 6.00, svd + LaX 6.57, tt + LaX 6.70, tt 7.59,
+             svd 8.41; LaX gain svd +1.84, tt +0.88, cola +0.35; noise 0.75.
+Results and their reading against the papers' claims in docs/benchmarks/reproduce/<suite>/results.md and the
+README.
 """
 
 import dataclasses
@@ -93,8 +97,8 @@ SUITES = {
             "tiny ViT at CPU scale (d 128, 4 layers, 4 heads, MLP 512, 7x7 patches: 16 + 1 tokens) on "
             "Fashion-MNIST with flips (no crops, no dropout); lr 1e-3 for every variant, 10% warm-up, cosine "
             "to 0, AdamW wd 0.3 on matrices (the LaX recipe's), clip 1.0. Budget: 5 epochs (2,350 steps x "
-            "128 = 300,800 images per run), 7-9 minutes per run on an idle 2-core CPU (about 110 minutes for the "
-            "14 runs of --seeds=2). Top-1 on the whole 10,000-image test split."
+            "128 = 300,800 images per run), 7-9 minutes per run on an idle 2-core CPU (about 110 minutes "
+            "for the 14 runs of --seeds=2). Top-1 on the whole 10,000-image test split."
         ),
     ),
 }
