@@ -233,6 +233,11 @@ def test_variant_summary(tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["summary"]["noise"] == pytest.approx(
         2.0
     )
+    # The plot labels each seed group once, by its variant's name, at the mean of its seeds.
+    (ax,) = report.metric_vs_params_figure(runs, x="non_embedding_params", y="final_metric").axes
+    labels = {t.get_text(): t.xy for t in ax.texts}
+    assert sorted(labels) == ["cola", "cola+kron", "dense (2 seeds)"]
+    assert labels["dense (2 seeds)"][1] == pytest.approx(11.0)
 
 
 def test_metric_formats_differences_of_percentages_in_points():

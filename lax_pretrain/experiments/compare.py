@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -31,7 +30,6 @@ from lax_pretrain.experiments.results import RunResult, load_runs, load_wandb_ru
 LOSS_CURVES = "loss_curves.png"
 VAL_VS_PARAMS = "val_vs_params.png"
 REPORT = "report.md"
-_SEED = re.compile(r"_train\.seed=[^_]*")
 
 
 def _headers(runs: Sequence[RunResult], what: str) -> tuple[str, str]:
@@ -93,7 +91,7 @@ def seed_groups(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     """Runs keyed by their name without its `train.seed` override, in order."""
     groups: dict[str, list[RunResult]] = {}
     for r in runs:
-        groups.setdefault(_SEED.sub("", r.name), []).append(r)
+        groups.setdefault(r.seed_group, []).append(r)
     return groups
 
 

@@ -178,30 +178,51 @@ def plot_loss_curves(runs: Sequence[Any], path: str | Path) -> Path:
 def plot_metric_vs_params(
     runs: Sequence[Any], path: str | Path, *, x: str = "params", y: str = "best_metric"
 ) -> Path:
+    """`metric_vs_params_figure` saved to `path`."""
+    return _save(metric_vs_params_figure(runs, x=x, y=y), path)
+
+
+def metric_vs_params_figure(runs: Sequence[Any], *, x: str = "params", y: str = "best_metric") -> Figure:
     """The headline metric (attribute `y` of each run: best_metric or final_metric) against parameters
     (attribute `x`: params or non_embedding_params): colour = crossing, marker = kind, unfinished runs hollow,
+    the runs of one setting at several seeds joined by a line (their spread) and labelled once, at their mean,
+    by their variant's name where it is unique in the panel;
     the Pareto front (fewer parameters and a better metric) as a line; one panel per model family."""
     fig, axes, panels = _panels(runs)
     for ax, (task, family_runs) in zip(axes, panels):
         scale = METRIC_FORMATS.get(task.headline, (1.0,))[0]
         pts = [r for _, r in family_runs if getattr(r, x) and getattr(r, y) is not None]
-        for r, label in zip(pts, short_labels([r.name for r in pts])):
-            colour = CROSSING_COLOURS.get(r.crossing or "none", "tab:gray")
+        groups: dict[str, list[Any]] = {}
+        for r in pts:
+            groups.setdefault(r.seed_group, []).append(r)
+        # The variant's name (as the per-variant table has it) where it is unique in the panel.
+        variants = [g[0].variant for g in groups.values()]
+        labels = [
+            g[0].variant if variants.count(g[0].variant) == 1 else short
+            for g, short in zip(groups.values(), short_labels(list(groups)))
+        ]
+        for group, label in zip(groups.values(), labels):
+            colour = CROSSING_COLOURS.get(group[0].crossing or "none", "tab:gray")
+            xs = [getattr(r, x) for r in group]
+            ys = [scale * getattr(r, y) for r in group]
             ax.scatter(
-                getattr(r, x),
-                scale * getattr(r, y),
+                xs,
+                ys,
                 s=60,
-                marker=KIND_MARKERS.get(r.kind or "", "o"),
-                facecolors=colour if r.status == "finished" else "none",
+                marker=KIND_MARKERS.get(group[0].kind or "", "o"),
+                facecolors=[colour if r.status == "finished" else "none" for r in group],
                 edgecolors=colour,
                 linewidths=1.5,
                 zorder=3,
             )
+            if len(group) > 1:
+                ax.plot(xs, ys, color=colour, lw=1, alpha=0.6, zorder=2)
+            seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
             ax.annotate(
-                label,
-                (getattr(r, x), scale * getattr(r, y)),
+                label + seeds,
+                (sum(xs) / len(xs), sum(ys) / len(ys)),
                 fontsize=7,
-                xytext=(4, 3),
+                xytext=(6, -3),
                 textcoords="offset points",
             )
         if pts:
@@ -239,4 +260,4 @@ def plot_metric_vs_params(
         ax.grid(alpha=0.3, which="both")
         if pts:
             ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return fig

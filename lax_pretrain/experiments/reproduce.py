@@ -158,8 +158,9 @@ def run_suite(
         f"Metric: {task.headline_label} after the last step "
         f"({'higher' if task.higher_is_better else 'lower'} is better).",
         report.machine_line(machine, load, command)
-        + f" Wall time of this command: {wall_s / 60:.1f} min; training time of the {len(rows)} runs, summed "
-        f"(earlier invocations of a resumed suite included): {train_s / 60:.1f} min.",
+        + f" Wall time of this command: {wall_s / 60:.1f} min; the {len(rows)} runs' training steps took "
+        f"{train_s / 60:.1f} min in all (earlier invocations of a resumed suite included; start-up and "
+        "evaluation not).",
     ]
     meta = {
         "suite": suite,

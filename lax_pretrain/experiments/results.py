@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from lax_pretrain.models.tasks import TASKS, Task
 from lax_pretrain.train.metrics import METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
+_SEED = re.compile(r"_train\.seed=[^_]*")  # a run name's seed override ("..._train.seed=1")
 
 
 @dataclass
@@ -80,6 +82,11 @@ class RunResult:
     @property
     def variant(self) -> str:
         return variant_name(self.kind or "dense", self.crossing or "none")
+
+    @property
+    def seed_group(self) -> str:
+        """The name without its `train.seed` override: the runs of one setting at different seeds share it."""
+        return _SEED.sub("", self.name)
 
 
 # ------------------------------------------------------------------------------------------- summarizing
