@@ -25,7 +25,7 @@ from typing import Any
 
 from lax_pretrain import cli
 from lax_pretrain.experiments import report
-from lax_pretrain.experiments.results import RunResult, load_runs, load_wandb_runs
+from lax_pretrain.experiments.results import RunResult, load_runs, load_wandb_runs, seed_groups
 
 LOSS_CURVES = "loss_curves.png"
 VAL_VS_PARAMS = "val_vs_params.png"
@@ -85,14 +85,6 @@ def markdown_table(runs: Sequence[RunResult]) -> str:
 
 
 # ------------------------------------------------------------------------------------- seeds and variants
-
-
-def seed_groups(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
-    """Runs keyed by their name without its `train.seed` override, in order."""
-    groups: dict[str, list[RunResult]] = {}
-    for r in runs:
-        groups.setdefault(r.seed_group, []).append(r)
-    return groups
 
 
 def variant_summary(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from lax_pretrain.experiments.results import seed_groups
 from lax_pretrain.models.tasks import TASKS, Task
 
 # How a headline metric is shown: (scale, format, unit of a value, unit of a difference of two); top-1 is
@@ -192,9 +193,7 @@ def metric_vs_params_figure(runs: Sequence[Any], *, x: str = "params", y: str = 
     for ax, (task, family_runs) in zip(axes, panels):
         scale = METRIC_FORMATS.get(task.headline, (1.0,))[0]
         pts = [r for _, r in family_runs if getattr(r, x) and getattr(r, y) is not None]
-        groups: dict[str, list[Any]] = {}
-        for r in pts:
-            groups.setdefault(r.seed_group, []).append(r)
+        groups = seed_groups(pts)
         # The variant's name (as the per-variant table has it) where it is unique in the panel.
         variants = [g[0].variant for g in groups.values()]
         labels = [

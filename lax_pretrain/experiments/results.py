@@ -83,10 +83,14 @@ class RunResult:
     def variant(self) -> str:
         return variant_name(self.kind or "dense", self.crossing or "none")
 
-    @property
-    def seed_group(self) -> str:
-        """The name without its `train.seed` override: the runs of one setting at different seeds share it."""
-        return _SEED.sub("", self.name)
+
+def seed_groups(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs keyed by their name without its `train.seed` override (the runs of one setting at several seeds),
+    in order."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(_SEED.sub("", r.name), []).append(r)
+    return groups
 
 
 # ------------------------------------------------------------------------------------------- summarizing
