@@ -151,7 +151,7 @@ def test_benchmark_times_the_program_training_runs(tmp_path, monkeypatch):
     config = model_config("llama", "nano", "cola", "kron")
     shrink_model(config, d_model=32, num_layers=2, num_heads=2, ffn_dim=64, rank=8)
     config.data = default_data_config("shakespeare")
-    config.data.update(seq_len=16, eval_batches=1, data_dir=str(tmp_path / "data"))
+    config.data.update(seq_len=16, eval_batches=1)  # the session's TFDS data dir
     config.train.update(steps=1, batch_size=4, log_every=1, eval_every=1, checkpoint_every=1)
     config.mesh.update(data=1, fsdp=1, tensor=1, num_devices=1)
     config.wandb.mode = "disabled"

@@ -90,12 +90,11 @@ def losses(workdir: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("parallel_tfds"))
+def data_dir(tfds_dir):
     config = llama_config("nano")
-    config.data.data_dir = root
+    config.data.data_dir = tfds_dir
     tfds_io.build_if_needed(config.data)
-    return root
+    return tfds_dir
 
 
 @pytest.fixture(scope="module")

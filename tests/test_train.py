@@ -263,14 +263,13 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """One TFDS data dir per session (per xdist worker), Shakespeare built into it once, up front: every run
-    here, in-process or subprocess, reads it and none of them builds."""
-    root = str(tmp_path_factory.mktemp("train_tfds"))
+def data_dir(tfds_dir):
+    """The session's TFDS data dir, Shakespeare built into it up front: every run here, in-process or
+    subprocess, reads it and none of them builds."""
     config = from_compact("llama", LLAMA_ARG)
-    config.data.data_dir = root
+    config.data.data_dir = tfds_dir
     tfds_io.build_if_needed(config.data)
-    return root
+    return tfds_dir
 
 
 @pytest.fixture(scope="session")
@@ -623,9 +622,9 @@ def test_vit_trains_on_fashion_mnist(fashion_mnist_dir, tmp_path):
 
 
 def test_grad_accum_matches_one_big_batch(data_dir, tmp_path):
-    """Global batch 16 as one batch or as 2 micro-batches of 8 (every Shakespeare train window is full, so the
-    mean of the micro-batch means is the batch mean): the same losses and, after 2 steps (warmup 1, so the
-    second step updates at the peak lr), the same parameters up to float32 summation order."""
+    """Global batch 16 as one batch or as 2 micro-batches of 8, end to end through the loop: the same logged
+    losses and, after 2 steps (warmup 1, so the second step updates at the peak lr), the same parameters up to
+    float32 summation order. (Padded rows of different lengths: tests/test_step.py.)"""
     common = dict(
         train__steps=2,
         train__batch_size=16,

@@ -190,10 +190,9 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
         if s.rank is None or int(s.rank) < 1:
             raise SpecError(f"{where}.rank must be an integer >= 1 for kind {s.kind!r}, got {s.rank!r}")
         if s.rank > min(d_in, d_out):
-            warnings.warn(
-                f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: more parameters "
-                "than the dense map it factorizes",
-                stacklevel=3,
+            raise SpecError(
+                f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}, the full rank of the "
+                f"{d_in} -> {d_out} map: a factorization wider than that only adds parameters"
             )
     if s.kind == "tt":
         if not s.tt_in_modes and not s.tt_out_modes and not s.tt_ranks:
@@ -201,6 +200,11 @@ def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> Linear
                 raise SpecError(
                     f"{where}.rank={s.rank!r}: kind 'tt' needs tt_in_modes/tt_out_modes/tt_ranks or a "
                     "rank >= 1 (the latent bond of the default 4-core `tt_shape`)"
+                )
+            if s.rank > min(d_in, d_out):
+                raise SpecError(
+                    f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: the latent TT bond "
+                    "splits the input modes from the output modes, whose unfolding has at most that rank"
                 )
             in_modes, out_modes, ranks = tt_shape(d_in, d_out, int(s.rank))
             s = s.replace(tt_in_modes=in_modes, tt_out_modes=out_modes, tt_ranks=ranks)
@@ -269,6 +273,16 @@ def _validate_tt(s: LinearSpec, d_in: int, d_out: int, where: str) -> None:
         raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must start and end with 1")
     if any(r < 1 for r in s.tt_ranks):
         raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must be positive")
+    modes = (*s.tt_in_modes, *s.tt_out_modes)
+    for k in range(1, n_cores):
+        # Bond k joins cores 0..k-1 to cores k..; the unfolding it factorizes is that big, so a wider bond
+        # only adds parameters.
+        full = min(math.prod(modes[:k]), math.prod(modes[k:]))
+        if s.tt_ranks[k] > full:
+            raise SpecError(
+                f"{where}.tt_ranks={list(s.tt_ranks)}: bond {k} ({s.tt_ranks[k]}) is wider than the full rank "
+                f"{full} of the unfolding it splits (modes {list(modes[:k])} | {list(modes[k:])})"
+            )
     if s.intra:
         p = len(s.tt_in_modes)
         if p != 2 or len(s.tt_out_modes) != 2:

@@ -117,6 +117,7 @@ class Task:
     block_class: type
     projections: tuple[str, ...]  # the latents LaX threads across depth
     data_kind: str  # 'text' | 'image': which datasets feed it
+    # (model, batch) -> (weighted mean loss, {"count": its weight}): gradient accumulation weights by count
     loss: Callable[[Any, dict], tuple[jax.Array, dict]]
     eval_sums: Callable[[Any, dict], dict]
     summarize: Callable[[list[dict]], dict[str, float]]

@@ -3,7 +3,9 @@
 The trainable state and the optimizer state are donated and updated; everything else (frozen parameters of a
 fine-tuned base, RNG streams) is read only. Dropout is reseeded from (seed, step) inside the step, so no RNG
 state has to be checkpointed for an exact resume. Gradient accumulation scans over micro-batches and makes one
-optimizer update per step.
+optimizer update per step; it is exact: each micro-batch's mean loss and gradient are weighted by its count (the
+task's `count`: tokens that are not padding, or examples), so `grad_accum=k` gives the full batch's
+token-weighted loss and gradient however the padding falls (not the mean of the micro-batch means).
 """
 
 from __future__ import annotations
@@ -52,13 +54,23 @@ def make_train_step(
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
             def body(carry, xs):
+                # Each micro-batch's mean loss and its gradient, weighted by the micro-batch's count (tokens
+                # that are not padding; examples for images): sums over the whole batch, divided once below.
                 i, mb = xs
-                (loss_i, _), grads_i = grad_fn(trainable, frozen, mb, step_index * grad_accum + i)
-                return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
+                (loss_i, aux_i), grads_i = grad_fn(trainable, frozen, mb, step_index * grad_accum + i)
+                count_i = aux_i["count"].astype(jnp.float32)
+                weighted = jax.tree.map(lambda g: g * count_i.astype(g.dtype), (loss_i, grads_i))
+                return jax.tree.map(jnp.add, carry, (*weighted, count_i)), None
 
-            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
-            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
-            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+            zeros = (
+                jnp.zeros((), jnp.float32),
+                jax.tree.map(jnp.zeros_like, trainable),
+                jnp.zeros((), jnp.float32),
+            )
+            (loss_sum, grad_sum, count), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+            # As the task's loss: the full batch's token-weighted mean (max(count, 1): an all-padding batch).
+            scale = 1.0 / jnp.maximum(count, 1.0)
+            loss, grads = jax.tree.map(lambda x: x * scale.astype(x.dtype), (loss_sum, grad_sum))
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step_index)}

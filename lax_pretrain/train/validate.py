@@ -1,8 +1,15 @@
-"""Config checks that run before anything compiles, each error naming the offending key or path."""
+"""Config checks that run before anything compiles, each error naming the offending key or path.
+
+Cheapest first: the train, optimizer, mesh, W&B, model and layer-spec checks read nothing; only then is the
+dataset checked (an embedded one is built on first use), so a bad value never waits for, or leaves behind, a
+dataset build.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +21,8 @@ from lax_pretrain import data as data_lib
 from lax_pretrain.models import build, get_task
 from lax_pretrain.parallel.constraints import check_tp_impl
 from lax_pretrain.train.metrics import WANDB_MODES
+
+log = logging.getLogger(__name__)
 
 POSITIVE_TRAIN_KEYS = (
     "steps",
@@ -33,8 +42,7 @@ def validate_config(config: Any, mesh: Mesh, *, data: bool = True) -> dict[str, 
     for key in POSITIVE_TRAIN_KEYS:
         if int(t[key]) < 1:
             raise ValueError(f"train.{key}={t[key]} must be >= 1")
-    if config.optim.lr <= 0:
-        raise ValueError(f"optim.lr={config.optim.lr} must be > 0")
+    check_optimizer(config.optim, int(t.steps))
     data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if t.batch_size % data_ways:
         raise ValueError(
@@ -54,9 +62,7 @@ def validate_config(config: Any, mesh: Mesh, *, data: bool = True) -> dict[str, 
     check_tp_impl(config.parallel.tp_impl)
     if config.wandb.mode not in WANDB_MODES:
         raise ValueError(f"wandb.mode={config.wandb.mode!r} is not one of {', '.join(WANDB_MODES)}")
-    info = data_lib.dataset_info(config.data)  # unknown data.name / bad data keys fail here
-    if data:
-        data_lib.ensure_available(config.data)  # builds embedded data; unprepared C4/ImageNet fail here
+    info = data_lib.dataset_info(config.data)  # unknown data.name / bad data keys fail here; reads no data
     m = config.model
     task = get_task(m)  # an unknown model.family fails here
     if info["kind"] != task.data_kind:
@@ -81,7 +87,32 @@ def validate_config(config: Any, mesh: Mesh, *, data: bool = True) -> dict[str, 
                 f"model.num_classes={m.num_classes} does not match the data's {info['num_classes']}"
             )
     nnx.eval_shape(lambda: build(m, rngs=nnx.Rngs(0)))  # every projection spec is validated here, abstractly
+    if data:  # last: builds embedded data (first use); unprepared C4/ImageNet fail here
+        data_lib.ensure_available(config.data)
     return info
+
+
+def check_optimizer(optim: Any, steps: int) -> None:
+    """The optimizer values that would start a run that cannot train: refused naming the key. A warm-up as long
+    as the run (smoke runs) is allowed, with a warning."""
+    for key in ("lr", "weight_decay", "warmup_init_lr", "min_lr_ratio", "b1", "b2", "eps", "clip_norm"):
+        value = optim.get(key)
+        if value is not None and not math.isfinite(float(value)):
+            raise ValueError(f"optim.{key}={value} must be finite")
+    if optim.lr <= 0:
+        raise ValueError(f"optim.lr={optim.lr} must be > 0")
+    if optim.weight_decay < 0:
+        raise ValueError(f"optim.weight_decay={optim.weight_decay} must be >= 0")
+    if int(optim.warmup_steps) < 0:
+        raise ValueError(f"optim.warmup_steps={optim.warmup_steps} must be >= 0")
+    if int(optim.warmup_steps) >= steps:
+        log.warning(
+            "optim.warmup_steps=%d is not shorter than train.steps=%d: the learning rate never reaches "
+            "optim.lr=%g and never decays",
+            optim.warmup_steps,
+            steps,
+            optim.lr,
+        )
 
 
 def check_workdir(workdir: Path) -> None:
