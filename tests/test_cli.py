@@ -196,3 +196,37 @@ def test_train_console_script_bad_config_is_one_line(scripts, script_dir):
     assert run.stderr.splitlines() == ["error: model.proj.q.kind='foo' is not one of dense, svd, cola, tt"]
     assert run.stdout == ""
     assert not (script_dir / "run").exists()
+
+
+# Refused before any dataset is built or any file is written: (config and overrides, text of the one line)
+NANO = "--config=configs/llama.py:nano"
+REFUSED_VALUES = {
+    "bad_kind": ([f"{NANO},kind=foo"], "model.proj.q.kind='foo'"),
+    "rank_above_full_rank": ([f"{NANO},kind=cola,rank=2000"], "rank=2000 exceeds min(d_in, d_out)=256"),
+    "tt_bond_above_full_rank": ([f"{NANO},kind=tt,rank=100000"], "rank=100000 exceeds min(d_in, d_out)=256"),
+    "nan_lr": ([NANO, "--config.optim.lr=nan"], "optim.lr=nan must be finite"),
+    "negative_weight_decay": (
+        [NANO, "--config.optim.weight_decay=-0.1"],
+        "optim.weight_decay=-0.1 must be >= 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_VALUES))
+def test_refused_value_builds_nothing_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    """As on a fresh machine: an empty data dir, which stays empty (no Shakespeare build before the error)."""
+    argv, expected = REFUSED_VALUES[case]
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+    assert train_cli.main([*argv, f"--workdir={tmp_path / 'run'}"]) == 2
+    line = one_error_line(capsys)
+    assert expected in line, line
+    assert not any(data_dir.iterdir()) and not (tmp_path / "run").exists()
+
+
+def test_a_damaged_config_json_is_named(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{\n  "model": ')
+    assert sample.main([f"--workdir={tmp_path}"]) == 2
+    line = one_error_line(capsys)
+    assert f"{tmp_path / 'config.json'} cannot be read as a run config" in line, line

@@ -520,6 +520,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(fallback_run, refer
     ref_dir, _, ref_params = reference
     warnings = fallback_run["warnings"]
     assert any(f"step {STEPS}" in w and "falling back" in w for w in warnings), warnings
+    assert (fallback_run["workdir"] / "checkpoints.damaged" / str(STEPS) / "params").is_dir()  # kept, aside
     summary = fallback_run["summary"]
     assert summary["start_step"] == STEPS - 20  # the previous checkpoint
     assert summary["status"] == "done" and summary["step"] == STEPS
@@ -670,11 +671,15 @@ def test_bf16_precision_trains_close_to_fp32(data_dir, tmp_path):
 
 
 class CompileStarted(Exception):
-    """Raised by the model factory: train() got past its config checks without reporting the error."""
+    """Raised when train() lowers its step: it got past its config checks without reporting the error."""
 
 
-def _no_model(rngs):
-    raise CompileStarted("train() went on to build and compile the model instead of reporting the bad config")
+@pytest.fixture
+def no_compile(monkeypatch):
+    def refuse(self):
+        raise CompileStarted("train() went on to compile the step instead of reporting the bad config")
+
+    monkeypatch.setattr(program_lib.Program, "lower_train_step", refuse)
 
 
 EMPTY_DIR = "<empty dir>"
@@ -688,6 +693,9 @@ CONFIG_ERRORS = {
     ),
     "batch_vs_mesh": ({"train.batch_size": 12}, ValueError, r"train\.batch_size=12 .*data axes"),
     "bad_spec": ({"model.proj.q.rank": 0}, ValueError, r"model\.proj\.q\.rank"),
+    "rank_above_full_rank": ({"model.proj.q.rank": 65}, ValueError, r"model\.proj\.q\.rank=65 exceeds"),
+    "nan_lr": ({"optim.lr": float("nan")}, ValueError, r"optim\.lr=nan must be finite"),
+    "negative_weight_decay": ({"optim.weight_decay": -0.1}, ValueError, r"optim\.weight_decay=-0\.1"),
     "unknown_wandb_mode": ({"wandb.mode": "offlne"}, ValueError, r"wandb\.mode='offlne'"),
     "vocab_too_small": ({"model.vocab_size": 100}, ValueError, r"model\.vocab_size=100"),
     "zero_steps": ({"train.steps": 0}, ValueError, r"train\.steps=0"),
@@ -701,22 +709,22 @@ CONFIG_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(CONFIG_ERRORS))
-def test_config_errors_come_before_compiling(case, data_dir, tmp_path):
-    """Each bad input raises its error naming the key; the model factory raises CompileStarted, so an error
-    that only comes after the model is built (and the init compiled) fails the test."""
+def test_config_errors_come_before_compiling(case, data_dir, tmp_path, no_compile):
+    """Each bad input raises its error naming the key; lowering the step raises CompileStarted, so an error
+    that only comes once the step compiles fails the test."""
     overrides, error, match = CONFIG_ERRORS[case]
     (tmp_path / "empty").mkdir()
     overrides = {k: str(tmp_path / "empty") if v == EMPTY_DIR else v for k, v in overrides.items()}
     config = apply(llama(data_dir), overrides)
     with pytest.raises(error, match=match):
-        train(config, tmp_path / "run", model_factory=_no_model)
+        train(config, tmp_path / "run")
 
 
-def test_workdir_that_is_a_file(data_dir, tmp_path):
+def test_workdir_that_is_a_file(data_dir, tmp_path, no_compile):
     workdir = tmp_path / "not_a_dir"
     workdir.write_text("")
     with pytest.raises(ValueError, match=r"--workdir=.*not_a_dir exists and is not a directory"):
-        train(llama(data_dir), workdir, model_factory=_no_model)
+        train(llama(data_dir), workdir)
 
 
 class _SmallAccelerator:

@@ -1,9 +1,10 @@
 """The one training loop: pretraining (every parameter trainable) and adapter fine-tuning (a filter picks the
 trainable variables) both run through `train()`.
 
-Per run, in the workdir: config.json, metrics.jsonl, checkpoints/<step>/, wandb/ (unless disabled). Nothing
-is written there before the config is checked and the compiled step is known to fit the device's memory
-(train/preflight.py; accelerators only: CPU reports no limit).
+Per run, in the workdir: config.json (+ configs/<launch time>.json per launch), metrics.jsonl,
+checkpoints/<step>/, wandb/ (unless disabled). Nothing is written there before the config is checked, the
+workdir's checkpoints are found to hold this same run (train/resume.py) and the compiled step is known to fit
+the device's memory (train/preflight.py; accelerators only: CPU reports no limit).
 Resume is automatic, with one history per run (train/metrics.py). A preemption (SIGTERM; on a pod, any
 process's notice) stops every process after the same step with one checkpoint, and train() returns. A NaN/Inf
 loss stops with FloatingPointError and leaves the last good checkpoint as the newest. Evaluation streams the
@@ -33,6 +34,7 @@ from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.preflight import check_fits
 from lax_pretrain.train.program import ModelFactory, Program, build_program
+from lax_pretrain.train.resume import check_resume
 from lax_pretrain.train.validate import check_workdir, prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
@@ -58,15 +60,18 @@ def train(
     become constants of a jitted function. Frozen values are not checkpointed: pass them again on resume."""
     workdir = Path(workdir)
     mesh = make_mesh(config.mesh)
-    data_info = validate_config(config, mesh)  # every config error before anything compiles
+    data_info = validate_config(config, mesh, data=False)  # every config error before anything is read
     check_workdir(workdir)
     program_args = dict(model_factory=model_factory, trainable=trainable, init_values=init_values)
-    # The step is compiled for abstract state (nothing allocated) and checked against the device's memory
-    # before the workdir is touched; training then runs this very executable (compiled once).
-    compiled_step = build_program(config, mesh, abstract=True, **program_args).lower_train_step().compile()
+    abstract = build_program(config, mesh, abstract=True, **program_args)  # shapes only, nothing allocated
+    changes = check_resume(workdir, config, abstract.params, abstract.opt_state)  # a workdir is one run
+    data_lib.ensure_available(config.data)  # builds embedded data on first use; unprepared C4/ImageNet fail
+    # The step is compiled for abstract state and checked against the device's memory before the workdir is
+    # touched; training then runs this very executable (compiled once).
+    compiled_step = abstract.lower_train_step().compile()
     local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())  # stats are local
     check_fits(compiled_step, local)  # DoesNotFit names the terms and keys; no-op on CPU
-    prepare_workdir(workdir, config)
+    prepare_workdir(workdir, config, changes)
     # From here on a preemption is noticed: one during start-up stops the run before its first step.
     with Preemption() as preempt:
         program = build_program(config, mesh, **program_args)

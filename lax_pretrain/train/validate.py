@@ -7,7 +7,6 @@ dataset build.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -21,6 +20,7 @@ from lax_pretrain import data as data_lib
 from lax_pretrain.models import build, get_task
 from lax_pretrain.parallel.constraints import check_tp_impl
 from lax_pretrain.train.metrics import WANDB_MODES
+from lax_pretrain.train.resume import record_launch
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ def check_workdir(workdir: Path) -> None:
         raise ValueError(f"--workdir={workdir} exists and is not a directory")
 
 
-def prepare_workdir(workdir: Path, config: Any) -> None:
+def prepare_workdir(workdir: Path, config: Any, changes: list[str]) -> None:
+    """Creates the workdir and records this launch's config (train/resume.py); `changes`: the allowed changes
+    against the run's earlier config."""
     check_workdir(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,4 @@ def prepare_workdir(workdir: Path, config: Any) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"--workdir={workdir} is not writable: {e}") from e
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(
-            json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n"
-        )
+    record_launch(workdir, config, changes)

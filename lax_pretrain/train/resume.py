@@ -1,0 +1,197 @@
+"""A workdir is one run. Before anything is built or written, a launch into a workdir that holds checkpoints is
+checked against them; a different run is refused in one line, the workdir untouched.
+
+Same run, decided from:
+- the newest intact checkpoint's own tree (orbax's item metadata, no hand-kept list of keys): every parameter
+  and optimizer-state path, shape and dtype must be the new run's. This catches a changed kind, rank, crossing
+  or parameter precision, and an optimizer setting that changes its state (clipping on/off, the decay mask).
+- `model.*` in the workdir's config.json (each projection's effective spec), but for the keys that change how the same function is computed
+  (`EXECUTION_KEYS`: remat, the kron gate's and TT's contraction order). This catches what leaves the tree alone:
+  svd <-> cola, the compute dtype, an activation, a parameter-free crossing.
+- the keys whose change makes the saved data-iterator state meaningless (`DATA_STREAM_KEYS`).
+A parameters-only checkpoint (an import) is compared by its parameter tree alone: its parameters are initial
+values, whatever config made them.
+
+Everything else may change on resume (more steps, the eval/log/checkpoint intervals, W&B, the mesh, the
+learning rate): it is allowed, named in a warning, and recorded (`configs/<launch time>.json` beside
+config.json, which always holds the newest launch's config). More steps also move the cosine decay's horizon:
+the steps already trained followed the old one; the warning says so.
+
+Every process reads the same files and reaches the same decision; only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from lax_pretrain.models import get_task
+from lax_pretrain.models.projections import projection_spec
+from lax_pretrain.train.checkpoint import Checkpointer, flat_tree
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.json"
+LAUNCHES_DIR = "configs"
+# Model keys that choose how the same parameters compute the same function: changing one resumes the run.
+EXECUTION_KEYS = ("remat", "kron_impl", "tt_order")
+# What the saved data-iterator state indexes: the examples, their order and how a step's batch is cut.
+DATA_STREAM_KEYS = (
+    "data.name",
+    "data.tokenizer",
+    "data.seq_len",
+    "data.packing",
+    "data.document_format",
+    "data.works",
+    "data.works_train_fraction",
+    "train.batch_size",
+    "train.seed",
+)
+MAX_LISTED = 3
+
+
+def flat_config(config: Any) -> dict[str, Any]:
+    """'a.b.c' -> value, as config.json holds it (tuples as lists)."""
+    tree = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", tree)
+    return out
+
+
+def read_run_config(workdir: Path) -> dict | None:
+    """The workdir's config.json as a dict (None if there is none); a damaged one is named in one line."""
+    path = workdir / RUN_CONFIG
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{path} cannot be read as a run config ({e}); restore it (configs/ holds each launch's copy) or "
+            "train in a new --workdir"
+        ) from e
+
+
+def _run_keys(config: dict) -> dict[str, Any]:
+    """The config as compared: flat keys, with `model.linear` and `model.proj` replaced by each projection's
+    effective spec (`model.proj.<p>.<key>`), so a kind set in either place compares as the same thing."""
+    flat = {k: v for k, v in flat_config(config).items() if not k.startswith(("model.linear.", "model.proj."))}
+    model = ml_collections.ConfigDict(config["model"])
+    for name in get_task(model).projections:
+        for key, value in projection_spec(model, name, first=False).items():
+            flat[f"model.proj.{name}.{key}"] = value.to_dict() if hasattr(value, "to_dict") else value
+    return flat
+
+
+def _is_model_key(key: str) -> bool:
+    return key.startswith("model.") and key.rsplit(".", 1)[-1] not in EXECUTION_KEYS
+
+
+def _tree_differences(name: str, saved: dict, new: dict) -> list[str]:
+    if saved == new:
+        return []
+    only_saved = sorted(set(saved) - set(new))
+    only_new = sorted(set(new) - set(saved))
+    changed = sorted(k for k in set(saved) & set(new) if saved[k] != new[k])
+    parts = []
+    if changed:
+        k = changed[0]
+        parts.append(f"{len(changed)} {name} leaves changed, e.g. {k} {_leaf(saved[k])} -> {_leaf(new[k])}")
+    if only_saved:
+        parts.append(f"{len(only_saved)} {name} leaves only in the checkpoint, e.g. {only_saved[0]}")
+    if only_new:
+        parts.append(f"{len(only_new)} {name} leaves only in this config, e.g. {only_new[0]}")
+    return parts
+
+
+def _leaf(shape_dtype: tuple | str) -> str:
+    if isinstance(shape_dtype, str):  # EMPTY_NODE
+        return shape_dtype
+    shape, dtype = shape_dtype
+    return f"{dtype}{list(shape)}"
+
+
+def _value_changes(keys: list[str], saved: dict, new: dict) -> list[str]:
+    return [f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in keys]
+
+
+def check_resume(workdir: Path, config: Any, abstract_params: Any, abstract_opt_state: Any) -> list[str]:
+    """Raises ValueError (one line) if `workdir` holds a different run than `config`; otherwise returns the
+    allowed changes against the workdir's config ('key old -> new'), empty for a fresh workdir."""
+    saved_config = read_run_config(workdir)
+    directory = workdir / "checkpoints"
+    step, params_only, differences = None, False, []
+    if directory.is_dir():
+        ckpt = Checkpointer(directory, keep=1 << 30, async_save=False, read_only=True)
+        try:
+            step = next((s for s in ckpt.steps_newest_first() if ckpt.damage(s) is None), None)
+            if step is not None:
+                params_only = ckpt.params_only(step)
+                shape_dtype = lambda x: (tuple(x.shape), str(x.dtype))  # noqa: E731
+                items = [("params", abstract_params)]
+                if not params_only:
+                    items.append(("opt_state", abstract_opt_state))
+                for item, abstract in items:
+                    differences += _tree_differences(
+                        item, ckpt.saved_tree(step, item), flat_tree(abstract, shape_dtype)
+                    )
+        finally:
+            ckpt.close()
+    changes: list[str] = []
+    if saved_config is not None:
+        saved = _run_keys(saved_config)
+        new = _run_keys(json.loads(config.to_json_best_effort()))
+        # A key only one side has (a config written by an older version) is not a difference of the run.
+        changed = sorted(k for k in set(saved) & set(new) if saved[k] != new[k])
+        forbidden = [k for k in changed if _is_model_key(k) or k in DATA_STREAM_KEYS]
+        if step is not None and not params_only and forbidden:
+            listed = _value_changes(forbidden[:MAX_LISTED], saved, new)
+            if len(forbidden) > MAX_LISTED:
+                listed.append(f"{len(forbidden) - MAX_LISTED} more config keys")
+            differences = listed + differences
+        changes = _value_changes([k for k in changed if k not in forbidden], saved, new)
+    if differences:
+        raise ValueError(
+            f"--workdir={workdir} holds a different run (checkpoint step {step}): {'; '.join(differences)}. "
+            "Nothing was changed. Train this config in a new --workdir, or resume with the workdir's own "
+            f"config ({workdir / RUN_CONFIG})"
+        )
+    # No checkpoint: nothing trained to keep, a fresh start whatever the earlier config was.
+    return changes if step is not None else []
+
+
+def record_launch(workdir: Path, config: Any, changes: list[str]) -> None:
+    """config.json := this launch's config, and a copy under configs/<UTC launch time>.json (process 0)."""
+    if changes:
+        log.warning("resuming %s with changed config: %s", workdir, "; ".join(changes))
+        if any(c.startswith("train.steps ") for c in changes):
+            log.warning(
+                "train.steps changed: the cosine decay now ends at train.steps=%d; the steps already trained "
+                "followed the old horizon",
+                config.train.steps,
+            )
+    if jax.process_index() != 0:
+        return
+    text = json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n"
+    launches = workdir / LAUNCHES_DIR
+    launches.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path, n = launches / f"{stamp}.json", 1
+    while path.exists():  # two launches within a second
+        path, n = launches / f"{stamp}-{n}.json", n + 1
+    path.write_text(text)
+    (workdir / RUN_CONFIG).write_text(text)
