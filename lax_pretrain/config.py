@@ -247,6 +247,7 @@ def base_config() -> ml_collections.ConfigDict:
         checkpoint_every=200,
         keep_checkpoints=3,
         grad_accum=1,
+        init_from="",  # a workdir: a fresh run starts from its newest checkpoint's parameters (train/resume.py)
     )
     c.optim = dict(
         lr=1e-3,

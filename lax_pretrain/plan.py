@@ -230,7 +230,7 @@ def _run(fv: flags.FlagValues) -> int:
     with config.unlocked():
         config.mesh.update(dict(zip(MESH_AXES, sizes)), num_devices=len(devices))
     mesh = make_mesh(config.mesh, devices=devices)
-    validate_config(config, mesh, data=False)  # every config error, before anything compiles
+    validate_config(config, mesh)  # every config error, before anything compiles
     limit = fv.memory_gib * GIB if fv.memory_gib is not None else None
     report = plan(config, mesh, accelerators, memory_limit=limit)
     print(json.dumps(report, indent=2) if fv.json else format_report(report))

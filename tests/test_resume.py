@@ -176,3 +176,30 @@ def test_a_read_error_on_an_intact_checkpoint_stops_and_changes_nothing(run_copy
     assert {k: v for k, v in after.items() if k in before} == before  # nothing changed or removed
     assert not (run_copy / "checkpoints.damaged").exists()
     assert set(after) - set(before) <= {p for p in after if p.startswith(f"{LAUNCHES_DIR}/")}
+
+
+def test_init_from_starts_a_new_run_from_the_parameters(trained, tmp_path):
+    """The refusal of a changed optimizer names train.init_from; a new workdir with it starts at step 0 from the
+    run's parameters: its step-0 evaluation equals the run's final one (the same eval batches, same weights)."""
+    refused = _copy(trained, tmp_path / "refused")
+    with pytest.raises(ValueError, match=rf"--config\.train\.init_from={refused} starts it"):
+        train(tiny(optim__clip_norm=0.0), refused)
+    workdir = tmp_path / "new"
+    summary = train(tiny(optim__clip_norm=0.0, train__steps=1, train__init_from=str(trained)), workdir)
+    assert summary["start_step"] == 0 and summary["step"] == 1
+    final_eval = [r["eval_loss"] for r in read_metrics(trained) if r["step"] == STEPS and "eval_loss" in r]
+    start_eval = [r["eval_loss"] for r in read_metrics(workdir) if r["step"] == 0 and "eval_loss" in r]
+    assert start_eval == pytest.approx(final_eval, rel=1e-6)
+
+
+def test_init_from_other_parameters_is_refused(trained, tmp_path):
+    with pytest.raises(
+        ValueError, match=rf"train\.init_from='{trained}' \(checkpoint step {STEPS}\) holds other"
+    ):
+        train(tiny(model__proj__q__rank=4, train__init_from=str(trained)), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

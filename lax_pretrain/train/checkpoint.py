@@ -265,21 +265,28 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
         raise ValueError(f"{path} cannot be read as a run config: {e}") from e
 
 
+def read_params(workdir: str | Path, abstract_params: Any) -> tuple[int, Any]:
+    """(step, parameters) of the newest intact checkpoint in `workdir`, restored into `abstract_params`'
+    shardings; nothing in the workdir is moved or written."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    checkpointer = Checkpointer(directory, keep=1, async_save=False, read_only=True)
+    try:
+        restored = checkpointer.restore(abstract_params)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    return restored[0], restored[1]["params"]
+
+
 def load_trained_model(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
     """(model with the newest checkpoint's parameters, its config, the step) from a training workdir."""
     from lax_pretrain.models import build
 
     config = load_config(workdir)
     model = build(config.model, rngs=nnx.Rngs(0))
-    abstract = abstract_like(nnx.state(model, nnx.Param))
-    directory = Path(workdir) / "checkpoints"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    checkpointer = Checkpointer(directory, keep=1 << 30, async_save=False, read_only=True)
-    restored = checkpointer.restore(abstract)
-    checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    step, state = restored
-    nnx.update(model, state["params"])
+    step, params = read_params(workdir, abstract_like(nnx.state(model, nnx.Param)))
+    nnx.update(model, params)
     return model, config, step

@@ -29,12 +29,12 @@ from lax_pretrain import data as data_lib
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.parallel import make_mesh
 from lax_pretrain.parallel.distributed import Preemption
-from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
+from lax_pretrain.train.checkpoint import Checkpointer, abstract_like, read_params
 from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.preflight import check_fits
 from lax_pretrain.train.program import ModelFactory, Program, build_program
-from lax_pretrain.train.resume import check_resume
+from lax_pretrain.train.resume import check_init_from, check_resume
 from lax_pretrain.train.validate import check_workdir, prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,12 @@ def train(
     become constants of a jitted function. Frozen values are not checkpointed: pass them again on resume."""
     workdir = Path(workdir)
     mesh = make_mesh(config.mesh)
-    data_info = validate_config(config, mesh, data=False)  # every config error before anything is read
+    data_info = validate_config(config, mesh)  # every config error before anything is read
     check_workdir(workdir)
     program_args = dict(model_factory=model_factory, trainable=trainable, init_values=init_values)
     abstract = build_program(config, mesh, abstract=True, **program_args)  # shapes only, nothing allocated
     changes = check_resume(workdir, config, abstract.params, abstract.opt_state)  # a workdir is one run
+    check_init_from(config, abstract.params)
     data_lib.ensure_available(config.data)  # builds embedded data on first use; unprepared C4/ImageNet fail
     # The step is compiled for abstract state and checked against the device's memory before the workdir is
     # touched; training then runs this very executable (compiled once).
@@ -98,7 +99,11 @@ def _train(
         ckpt = Checkpointer(workdir / "checkpoints", keep=t_cfg.keep_checkpoints)
         start = 0
         restored = ckpt.restore(abstract_like(params), abstract_like(opt_state))
-        if restored is not None and restored[1]["opt_state"] is None:
+        if restored is None and t_cfg.get("init_from"):
+            # A new run from another run's parameters (checked by check_init_from): fresh optimizer and data.
+            source_step, params = read_params(t_cfg.init_from, abstract_like(params))
+            log.info("starting from the parameters of %s (step %d)", t_cfg.init_from, source_step)
+        elif restored is not None and restored[1]["opt_state"] is None:
             # An import: its parameters are initial values; the optimizer and the data order start fresh.
             params = restored[1]["params"]
             log.info("starting from the parameters-only checkpoint (an import) in %s", workdir)

@@ -12,6 +12,9 @@ Same run, decided from:
 A parameters-only checkpoint (an import) is compared by its parameter tree alone: its parameters are initial
 values, whatever config made them.
 
+`train.init_from=<workdir>` starts a new run (in a new workdir) from another run's parameters: the tree of
+its parameters must match; its optimizer state and data order are not taken.
+
 Everything else may change on resume (more steps, the eval/log/checkpoint intervals, W&B, the mesh, the
 learning rate): it is allowed, named in a warning, and recorded (`configs/<launch time>.json` beside
 config.json, which always holds the newest launch's config). More steps also move the cosine decay's horizon:
@@ -89,7 +92,9 @@ def read_run_config(workdir: Path) -> dict | None:
 def _run_keys(config: dict) -> dict[str, Any]:
     """The config as compared: flat keys, with `model.linear` and `model.proj` replaced by each projection's
     effective spec (`model.proj.<p>.<key>`), so a kind set in either place compares as the same thing."""
-    flat = {k: v for k, v in flat_config(config).items() if not k.startswith(("model.linear.", "model.proj."))}
+    flat = {
+        k: v for k, v in flat_config(config).items() if not k.startswith(("model.linear.", "model.proj."))
+    }
     model = ml_collections.ConfigDict(config["model"])
     for name in get_task(model).projections:
         for key, value in projection_spec(model, name, first=False).items():
@@ -129,28 +134,43 @@ def _value_changes(keys: list[str], saved: dict, new: dict) -> list[str]:
     return [f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
+def _shape_dtype(x: Any) -> tuple[tuple[int, ...], str]:
+    return tuple(x.shape), str(x.dtype)
+
+
+def _newest_intact(workdir: Path) -> tuple[int, bool, dict[str, dict]] | None:
+    """(step, parameters only?, {item: its saved tree}) of the workdir's newest intact checkpoint, or None."""
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return None
+    ckpt = Checkpointer(directory, keep=1, async_save=False, read_only=True)
+    try:
+        step = next((s for s in ckpt.steps_newest_first() if ckpt.damage(s) is None), None)
+        if step is None:
+            return None
+        params_only = ckpt.params_only(step)
+        items = ("params",) if params_only else ("params", "opt_state")
+        return step, params_only, {item: ckpt.saved_tree(step, item) for item in items}
+    finally:
+        ckpt.close()
+
+
 def check_resume(workdir: Path, config: Any, abstract_params: Any, abstract_opt_state: Any) -> list[str]:
     """Raises ValueError (one line) if `workdir` holds a different run than `config`; otherwise returns the
     allowed changes against the workdir's config ('key old -> new'), empty for a fresh workdir."""
     saved_config = read_run_config(workdir)
-    directory = workdir / "checkpoints"
-    step, params_only, differences = None, False, []
-    if directory.is_dir():
-        ckpt = Checkpointer(directory, keep=1 << 30, async_save=False, read_only=True)
-        try:
-            step = next((s for s in ckpt.steps_newest_first() if ckpt.damage(s) is None), None)
-            if step is not None:
-                params_only = ckpt.params_only(step)
-                shape_dtype = lambda x: (tuple(x.shape), str(x.dtype))  # noqa: E731
-                items = [("params", abstract_params)]
-                if not params_only:
-                    items.append(("opt_state", abstract_opt_state))
-                for item, abstract in items:
-                    differences += _tree_differences(
-                        item, ckpt.saved_tree(step, item), flat_tree(abstract, shape_dtype)
-                    )
-        finally:
-            ckpt.close()
+    newest = _newest_intact(workdir)
+    if newest is None:
+        return []  # nothing trained to keep: a fresh start, whatever an earlier config was
+    step, params_only, saved_trees = newest
+    param_differences = _tree_differences(
+        "params", saved_trees["params"], flat_tree(abstract_params, _shape_dtype)
+    )
+    differences = list(param_differences)
+    if "opt_state" in saved_trees:
+        differences += _tree_differences(
+            "opt_state", saved_trees["opt_state"], flat_tree(abstract_opt_state, _shape_dtype)
+        )
     changes: list[str] = []
     if saved_config is not None:
         saved = _run_keys(saved_config)
@@ -158,20 +178,44 @@ def check_resume(workdir: Path, config: Any, abstract_params: Any, abstract_opt_
         # A key only one side has (a config written by an older version) is not a difference of the run.
         changed = sorted(k for k in set(saved) & set(new) if saved[k] != new[k])
         forbidden = [k for k in changed if _is_model_key(k) or k in DATA_STREAM_KEYS]
-        if step is not None and not params_only and forbidden:
+        if forbidden and not params_only:
             listed = _value_changes(forbidden[:MAX_LISTED], saved, new)
             if len(forbidden) > MAX_LISTED:
                 listed.append(f"{len(forbidden) - MAX_LISTED} more config keys")
             differences = listed + differences
         changes = _value_changes([k for k in changed if k not in forbidden], saved, new)
     if differences:
+        start_from = (
+            f" (--config.train.init_from={workdir} starts it from this run's parameters)"
+            if not param_differences
+            else ""
+        )
         raise ValueError(
             f"--workdir={workdir} holds a different run (checkpoint step {step}): {'; '.join(differences)}. "
-            "Nothing was changed. Train this config in a new --workdir, or resume with the workdir's own "
-            f"config ({workdir / RUN_CONFIG})"
+            f"Nothing was changed. Train this config in a new --workdir{start_from}, or resume with the "
+            f"workdir's own config ({workdir / RUN_CONFIG})"
         )
-    # No checkpoint: nothing trained to keep, a fresh start whatever the earlier config was.
-    return changes if step is not None else []
+    return changes
+
+
+def check_init_from(config: Any, abstract_params: Any) -> int | None:
+    """`train.init_from`: a workdir whose newest intact checkpoint's parameters a fresh run starts from (its
+    optimizer state and data order start afresh). Returns that step (None when unset); raises naming the key
+    when there is no such checkpoint or its parameter tree is not this model's."""
+    source = config.train.get("init_from", "")
+    if not source:
+        return None
+    newest = _newest_intact(Path(source))
+    if newest is None:
+        raise FileNotFoundError(f"train.init_from={source!r} holds no intact checkpoint (checkpoints/<step>)")
+    step, _, saved_trees = newest
+    differences = _tree_differences("params", saved_trees["params"], flat_tree(abstract_params, _shape_dtype))
+    if differences:
+        raise ValueError(
+            f"train.init_from={source!r} (checkpoint step {step}) holds other parameters than this model's: "
+            f"{'; '.join(differences)}"
+        )
+    return step
 
 
 def record_launch(workdir: Path, config: Any, changes: list[str]) -> None:

@@ -1,8 +1,7 @@
 """Config checks that run before anything compiles, each error naming the offending key or path.
 
-Cheapest first: the train, optimizer, mesh, W&B, model and layer-spec checks read nothing; only then is the
-dataset checked (an embedded one is built on first use), so a bad value never waits for, or leaves behind, a
-dataset build.
+None of them reads data: train() checks the dataset (and builds an embedded one on first use) only after these
+and the workdir check, so a bad value never waits for, or leaves behind, a dataset build.
 """
 
 from __future__ import annotations
@@ -35,9 +34,10 @@ POSITIVE_TRAIN_KEYS = (
 )
 
 
-def validate_config(config: Any, mesh: Mesh, *, data: bool = True) -> dict[str, Any]:
-    """Raises ValueError naming the key; returns the dataset info the model was checked against. data=False: the
-    dataset need not be prepared (nor is an embedded one built): lax-plan compiles without reading any."""
+def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
+    """Raises ValueError naming the key; returns the dataset info the model was checked against. Reads no data:
+    whether the dataset is there (or an embedded one gets built) is `data.ensure_available`'s, which train()
+    calls after every check; lax-plan compiles without any."""
     t = config.train
     for key in POSITIVE_TRAIN_KEYS:
         if int(t[key]) < 1:
@@ -87,8 +87,6 @@ def validate_config(config: Any, mesh: Mesh, *, data: bool = True) -> dict[str, 
                 f"model.num_classes={m.num_classes} does not match the data's {info['num_classes']}"
             )
     nnx.eval_shape(lambda: build(m, rngs=nnx.Rngs(0)))  # every projection spec is validated here, abstractly
-    if data:  # last: builds embedded data (first use); unprepared C4/ImageNet fail here
-        data_lib.ensure_available(config.data)
     return info
 
 
