@@ -31,6 +31,7 @@ from flax import nnx
 
 log = logging.getLogger(__name__)
 
+RUN_CONFIG = "config.json"  # in the workdir: the config of its newest launch
 ARRAY_ITEMS = ("params", "opt_state")
 JSON_ITEMS = ("data", "meta")
 COMMIT_MARKER = "commit_success.txt"  # orbax's per-item (and, on buckets, per-step) commit marker
@@ -254,7 +255,7 @@ def abstract_like(state: Any) -> Any:
 
 
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / "config.json"
+    path = Path(workdir) / RUN_CONFIG
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: --workdir must be a training run or an import (`lax-convert import --out=...`)"
@@ -262,7 +263,10 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} cannot be read as a run config: {e}") from e
+        raise ValueError(
+            f"{path} cannot be read as a run config ({e}); restore it (configs/ beside it holds each training "
+            "launch's copy) or use a new --workdir"
+        ) from e
 
 
 def read_params(workdir: str | Path, abstract_params: Any) -> tuple[int, Any]:

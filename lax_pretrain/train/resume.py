@@ -5,9 +5,9 @@ Same run, decided from:
 - the newest intact checkpoint's own tree (orbax's item metadata, no hand-kept list of keys): every parameter
   and optimizer-state path, shape and dtype must be the new run's. This catches a changed kind, rank, crossing
   or parameter precision, and an optimizer setting that changes its state (clipping on/off, the decay mask).
-- `model.*` in the workdir's config.json (each projection's effective spec), but for the keys that change how the same function is computed
-  (`EXECUTION_KEYS`: remat, the kron gate's and TT's contraction order). This catches what leaves the tree alone:
-  svd <-> cola, the compute dtype, an activation, a parameter-free crossing.
+- `model.*` in the workdir's config.json (each projection's effective spec), but for the keys that change how
+  the same function is computed (`EXECUTION_KEYS`: remat, the kron gate's and TT's contraction order). This
+  catches what leaves the tree alone: svd <-> cola, the compute dtype, an activation, a parameter-free crossing.
 - the keys whose change makes the saved data-iterator state meaningless (`DATA_STREAM_KEYS`).
 A parameters-only checkpoint (an import) is compared by its parameter tree alone: its parameters are initial
 values, whatever config made them.
@@ -36,11 +36,10 @@ import ml_collections
 
 from lax_pretrain.models import get_task
 from lax_pretrain.models.projections import projection_spec
-from lax_pretrain.train.checkpoint import Checkpointer, flat_tree
+from lax_pretrain.train.checkpoint import RUN_CONFIG, Checkpointer, flat_tree, load_config
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "config.json"
 LAUNCHES_DIR = "configs"
 # Model keys that choose how the same parameters compute the same function: changing one resumes the run.
 EXECUTION_KEYS = ("remat", "kron_impl", "tt_order")
@@ -59,9 +58,8 @@ DATA_STREAM_KEYS = (
 MAX_LISTED = 3
 
 
-def flat_config(config: Any) -> dict[str, Any]:
-    """'a.b.c' -> value, as config.json holds it (tuples as lists)."""
-    tree = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+def flat_config(tree: dict) -> dict[str, Any]:
+    """'a.b.c' -> value of a config as JSON holds it (tuples as lists)."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -77,16 +75,7 @@ def flat_config(config: Any) -> dict[str, Any]:
 
 def read_run_config(workdir: Path) -> dict | None:
     """The workdir's config.json as a dict (None if there is none); a damaged one is named in one line."""
-    path = workdir / RUN_CONFIG
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"{path} cannot be read as a run config ({e}); restore it (configs/ holds each launch's copy) or "
-            "train in a new --workdir"
-        ) from e
+    return load_config(workdir).to_dict() if (workdir / RUN_CONFIG).exists() else None
 
 
 def _run_keys(config: dict) -> dict[str, Any]:
