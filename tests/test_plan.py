@@ -260,3 +260,24 @@ ENTRY %main (p: f32[1024]) -> f32[1024] {
         4 * 4096 / v5p.ici_bytes_per_s
     )
     assert roofline(cost, accelerator("h100-pcie"), num_devices=64, model_flops=1.0).step_s is None
+
+
+class FakeCpu(FakeDevice):
+    """A CPU device (no memory statistics): the host's available memory is its limit."""
+
+    device_kind = "cpu"
+    platform = "cpu"
+
+
+def test_check_fits_on_a_cpu_host_uses_its_available_memory(compiled, monkeypatch):
+    """On CPU the limit is the host's available memory shared by its CPU devices (8 here, conftest.py)."""
+    import lax_pretrain.train.preflight as preflight
+
+    memory = step_memory(compiled)
+    n_cpu = sum(1 for d in jax.local_devices() if d.platform == "cpu")
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: memory.peak * n_cpu)
+    assert check_fits(compiled, FakeCpu(None)) == memory
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: memory.peak * n_cpu - n_cpu)
+    with pytest.raises(DoesNotFit, match=rf"host memory per CPU device .*shared by {n_cpu}"):
+        check_fits(compiled, FakeCpu(None))
+    assert preflight.host_memory_available() > 0  # this Linux host reports one

@@ -750,3 +750,16 @@ def test_a_step_that_does_not_fit_stops_before_the_workdir_is_written(data_dir, 
         train(llama(data_dir), workdir)
     assert "temporaries" in str(e.value) or "parameters" in str(e.value)
     assert not workdir.exists()
+
+
+def test_a_step_that_does_not_fit_in_host_memory_stops_before_the_workdir_is_written(
+    data_dir, tmp_path, monkeypatch
+):
+    """On CPU the pre-flight compares the compiled step with the host's available memory (here 1 MiB)."""
+    import lax_pretrain.train.preflight as preflight
+
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: 1 << 20)
+    workdir = tmp_path / "run"
+    with pytest.raises(preflight.DoesNotFit, match=r"host memory per CPU device.*model\.remat"):
+        train(llama(data_dir), workdir)
+    assert not workdir.exists()

@@ -4,7 +4,7 @@ trainable variables) both run through `train()`.
 Per run, in the workdir: config.json (+ configs/<launch time>.json per launch), metrics.jsonl,
 checkpoints/<step>/, wandb/ (unless disabled). Nothing is written there before the config is checked, the
 workdir's checkpoints are found to hold this same run (train/resume.py) and the compiled step is known to fit
-the device's memory (train/preflight.py; accelerators only: CPU reports no limit).
+the device's memory (train/preflight.py; on CPU, each device's share of the host's available memory).
 Resume is automatic, with one history per run (train/metrics.py). A preemption (SIGTERM; on a pod, any
 process's notice) stops every process after the same step with one checkpoint, and train() returns. A NaN/Inf
 loss stops with FloatingPointError and leaves the last good checkpoint as the newest. Evaluation streams the
@@ -71,7 +71,7 @@ def train(
     # touched; training then runs this very executable (compiled once).
     compiled_step = abstract.lower_train_step().compile()
     local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())  # stats are local
-    check_fits(compiled_step, local)  # DoesNotFit names the terms and keys; no-op on CPU
+    check_fits(compiled_step, local)  # DoesNotFit names the terms and keys (CPU: against host memory)
     prepare_workdir(workdir, config, changes)
     # From here on a preemption is noticed: one during start-up stops the run before its first step.
     with Preemption() as preempt:

@@ -3,7 +3,7 @@
 
     memory = step_memory(compiled)                     # StepMemory: bytes per device, by term
     memory.fits(80e9), memory.message(80e9, "H100")    # verdict and what to change
-    check_fits(compiled, device)                       # ValueError if it cannot fit; nothing on CPU
+    check_fits(compiled, device)                       # ValueError if it cannot fit (CPU: host memory)
 
 `compiled` is the jitted train step (`Program.lower_train_step().compile()`), whose arguments are (trainable
 parameters, optimizer state, frozen variables, batch, step). From XLA's buffer assignment
@@ -146,16 +146,50 @@ class DoesNotFit(ValueError):
     """The compiled step needs more memory than the device has (a config error: train() reports it in one line)."""
 
 
+def host_memory_available() -> int | None:
+    """Bytes a new allocation can get on this host without swapping: the kernel's MemAvailable, capped by this
+    process's cgroup (v2) limit when there is one (a container, a SLURM job). None where neither is readable."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f_max, open("/sys/fs/cgroup/memory.current") as f_cur:
+            cap = f_max.read().strip()
+            if cap != "max":
+                limits.append(int(cap) - int(f_cur.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def device_memory_limit(device: Any) -> tuple[int, str] | None:
+    """(bytes a train step may use on `device`, where that number comes from), or None where nothing says.
+    An accelerator reports its own limit; the CPU devices of a host share its available memory."""
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"], f"{device.device_kind} (memory_stats bytes_limit)"
+    if getattr(device, "platform", None) == "cpu":
+        available = host_memory_available()
+        if available is None:
+            return None
+        n = sum(1 for d in jax.local_devices() if d.platform == "cpu")
+        return available // n, f"host memory per CPU device ({_size(available)} available, shared by {n})"
+    return None
+
+
 def check_fits(compiled: Any, device: Any) -> StepMemory | None:
     """Raises DoesNotFit, naming the largest terms and the keys that help, when the compiled train step's peak
-    exceeds `device.memory_stats()['bytes_limit']`. Returns the terms; None (no check) where the device reports
-    no memory statistics (CPU). The peak counts the argument buffers once, so it holds before or after the state
-    is allocated; before, a step whose state alone cannot fit is reported instead of failing to allocate."""
-    stats = device.memory_stats()
-    if not stats or "bytes_limit" not in stats:
+    exceeds what `device` may use (`device_memory_limit`: an accelerator's bytes_limit, a CPU device's share of
+    the host's available memory). Returns the terms; None (no check) where no limit is known. The peak counts
+    the argument buffers once, so it holds before or after the state is allocated; before, a step whose state
+    alone cannot fit is reported instead of failing to allocate."""
+    limit = device_memory_limit(device)
+    if limit is None:
         return None
     memory = step_memory(compiled)
-    limit = stats["bytes_limit"]
-    if not memory.fits(limit):
-        raise DoesNotFit(memory.message(limit, f"{device.device_kind} (memory_stats bytes_limit)"))
+    if not memory.fits(limit[0]):
+        raise DoesNotFit(memory.message(*limit))
     return memory
