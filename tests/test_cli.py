@@ -230,3 +230,19 @@ def test_a_damaged_config_json_is_named(tmp_path, capsys):
     assert sample.main([f"--workdir={tmp_path}"]) == 2
     line = one_error_line(capsys)
     assert f"{tmp_path / 'config.json'} cannot be read as a run config" in line, line
+
+
+def test_a_warm_up_as_long_as_the_run_is_allowed_with_one_warning(caplog):
+    from lax_pretrain.config import from_compact
+    from lax_pretrain.train.validate import check_optimizer
+
+    optim = from_compact("llama", "nano").optim
+    optim.warmup_steps = 10
+    with caplog.at_level(logging.WARNING, logger="lax_pretrain"):
+        check_optimizer(optim, steps=20)
+        assert not caplog.records
+        check_optimizer(optim, steps=10)  # smoke runs do this
+    assert [r.getMessage() for r in caplog.records] == [
+        "optim.warmup_steps=10 is not shorter than train.steps=10: the learning rate never reaches "
+        f"optim.lr={optim.lr:g} and never decays"
+    ]
