@@ -49,7 +49,10 @@ def generate(
         raise ValueError(f"{workdir} holds a {config.model.family!r} model; sampling needs a language model")
     tokenizer = data_lib.get_tokenizer(config.data)
     window = config.data.seq_len
-    ids = ([tokenizer.bos_id] + tokenizer.encode(prompt))[-window:]
+    bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []  # T5 has no BOS
+    ids = (bos + tokenizer.encode(prompt))[-window:]
+    if not ids:
+        raise ValueError("--prompt is empty and the tokenizer has no BOS to start from: give a prompt")
     if max_new_tokens < 1:
         return prompt
     new_1xN, n_1 = generate_cached(

@@ -628,7 +628,9 @@ def test_auto_augment_in_the_pipeline(data_dir):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match=r"data\.name='mnist'.*shakespeare, c4, fashion_mnist, imagenet2012"):
+    with pytest.raises(
+        ValueError, match=r"data\.name='mnist'.*shakespeare, c4, text_files, fashion_mnist, imagenet2012"
+    ):
         data.default_data_config("mnist")
     c = data.default_data_config("shakespeare")
     c.name = "mnist"

@@ -12,7 +12,7 @@
 
 import grain
 
-from lax_pretrain.data import config, images, text, tfds_io
+from lax_pretrain.data import cache, config, images, text, tfds_io
 from lax_pretrain.data.config import default_data_config
 from lax_pretrain.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -71,8 +71,20 @@ def make_eval_batches(
 
 
 def ensure_available(data_cfg) -> None:
-    """Builds the embedded datasets on first use; a real dataset that is not prepared is a clear error."""
-    tfds_io.ensure_available(config.resolve(data_cfg))
+    """Builds the embedded datasets on first use; a real dataset that is not prepared is a clear error, and so
+    is a token cache made with other settings or not finished."""
+    cfg = config.resolve(data_cfg)
+    if cfg.cache_dir:
+        for split in cache.SPLITS:
+            cache.open_split(cfg, load_tokenizer(cfg.tokenizer), split)
+    elif cfg.name == "text_files" or cfg.c4_dir:
+        raise FileNotFoundError(
+            f"data.name={cfg.name!r} from text files: training reads them through a prepared token cache. "
+            "Run `lax-data prepare --config=<this config> --out=DIR` once, then train with "
+            "--config.data.cache_dir=DIR"
+        )
+    else:
+        tfds_io.ensure_available(cfg)
 
 
 def get_tokenizer(data_cfg) -> Tokenizer:
@@ -82,7 +94,7 @@ def get_tokenizer(data_cfg) -> Tokenizer:
 def dataset_info(data_cfg) -> dict:
     """What a model needs to know about the data, without reading any of it."""
     cfg = config.resolve(data_cfg)
-    train_split, eval_split = tfds_io.SPLITS[cfg.name][1:]
+    train_split, eval_split = tfds_io.SPLITS.get(cfg.name, (None, "train", "validation"))[1:]
     info = dict(name=cfg.name, train_split=train_split, eval_split=eval_split)
     if cfg.name in config.TEXT_DATASETS:
         tok = load_tokenizer(cfg.tokenizer)

@@ -2,11 +2,14 @@
 
 import ml_collections
 
+from lax_pretrain.data import files
+from lax_pretrain.data.files import ON_BAD_RECORD
 from lax_pretrain.data.shakespeare import parse_works
 
-TEXT_DATASETS = ("shakespeare", "c4")
+TEXT_DATASETS = ("shakespeare", "c4", "text_files")
 IMAGE_DATASETS = ("fashion_mnist", "imagenet2012")
 DATASETS = TEXT_DATASETS + IMAGE_DATASETS
+FILE_DATASETS = ("c4", "text_files")  # read from text files through a prepared cache (data.cache_dir)
 CROPS = ("random_resized", "pad", "none")
 DOCUMENT_FORMATS = ("cola", "window")
 AUTO_AUGMENT = ("none", "imagenet")
@@ -16,9 +19,17 @@ _COMMON = dict(
     data_dir="",  # '' -> $TFDS_DATA_DIR, else ~/tensorflow_datasets
     manual_dir=FASHION_MNIST_DIR,  # only Fashion-MNIST reads it, and only for its first build
     seq_len=256,
-    tokenizer="byte",  # 'byte' or the path of a SentencePiece .model
+    tokenizer="byte",  # 'byte', a SentencePiece .model, or a Hugging Face tokenizer.json (or its directory)
     packing=False,  # C4 only: concatenate documents instead of truncate-or-pad (Shakespeare always packs)
     document_format="window",  # C4 without packing: 'cola' (L tokens ending in EOS) or 'window' (data/text.py)
+    # Text corpora as files (data/files.py), tokenized once into a cache (data/cache.py, `lax-data prepare`):
+    c4_dir="",  # c4: a local or fsspec copy of the allenai/c4 `en` release (its train/validation shard names)
+    train_files="",  # text_files: comma-separated globs of .jsonl/.json.gz/.jsonl.zst/.parquet, local or URLs
+    eval_files="",  # text_files: the same for the validation split
+    text_key="text",  # the JSON key / Parquet column holding a document's text
+    on_bad_record="skip",  # 'skip' (counted, one warning per file) or 'raise' (data/files.py)
+    cache_dir="",  # a prepared token cache: training reads its rows (global shuffle, exact resume)
+    eval_tokens=0,  # > 0: evaluate on the first rows of the eval split holding this many non-pad tokens
     works="",  # Shakespeare only: 'hamlet,twelfth_night' trains and validates on these works alone (a domain)
     works_train_fraction=0.9,  # with data.works: each work's first fraction of bytes trains, the rest validates
     image_size=224,
@@ -42,6 +53,8 @@ _PER_DATASET = {
     # About the papers' ~10M-token validation at their global batch of 512 x 256 tokens.
     "c4": dict(eval_batches=80, document_format="cola"),
     # The whole 10,000-image test split: 28 x 28 images, a fraction of a training run's cost.
+    # Any text corpus in files (FineWeb Parquet, SlimPajama .jsonl.zst, ...), the CoLA row format.
+    "text_files": dict(eval_batches=80, document_format="cola"),
     "fashion_mnist": dict(image_size=28, crop="pad", eval_batches=0),
     # The LaX ViT recipe (docs/recipes.md), evaluated on the whole 50,000-image validation split as the LaX ViT
     # code does (streamed: host memory holds a few batches, not the split's 28 GiB of float32 pixels).
@@ -103,7 +116,33 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
     _require(0 <= cfg.label_smoothing < 1, f"data.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
     _require(cfg.eval_batches >= 0, f"data.eval_batches={cfg.eval_batches} must be >= 0 (0 = whole split)")
     _require(cfg.worker_count >= 0, f"data.worker_count={cfg.worker_count} must be >= 0")
+    _require(
+        cfg.on_bad_record in ON_BAD_RECORD,
+        f"data.on_bad_record={cfg.on_bad_record!r} must be one of {', '.join(ON_BAD_RECORD)}",
+    )
+    _require(cfg.eval_tokens >= 0, f"data.eval_tokens={cfg.eval_tokens} must be >= 0 (0 = data.eval_batches)")
+    file_keys = [k for k in ("c4_dir", "train_files", "eval_files", "cache_dir") if cfg[k]]
+    _require(
+        not file_keys or cfg.name in FILE_DATASETS,
+        f"data.{file_keys[0] if file_keys else ''} is for {' or '.join(FILE_DATASETS)}; data.name is {cfg.name!r}",
+    )
+    _require(
+        not (cfg.c4_dir and (cfg.train_files or cfg.eval_files)),
+        "data.c4_dir names the allenai/c4 files itself; leave data.train_files/eval_files empty",
+    )
+    _require(not (cfg.name == "text_files" and cfg.c4_dir), "data.c4_dir is for data.name='c4'")
+    _require(
+        not cfg.eval_tokens or cfg.cache_dir,
+        f"data.eval_tokens={cfg.eval_tokens} counts the rows of a prepared cache: set data.cache_dir",
+    )
     return cfg
+
+
+def source_files(cfg) -> dict[str, str]:
+    """{split: globs} of a file corpus ('train', 'validation'), from data.c4_dir or data.train/eval_files."""
+    if cfg.c4_dir:
+        return {split: files.c4_files(cfg.c4_dir, split) for split in ("train", "validation")}
+    return {"train": cfg.train_files, "validation": cfg.eval_files}
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:

@@ -6,7 +6,9 @@ exactly where the target is a real token, so pads (short documents, eval top-up 
 - Shakespeare: each work of the split is tokenized once per process, works are joined with EOS and the stream
   is cut into non-overlapping windows (packing). Train drops the partial last window; eval keeps it, padded.
   With `data.works` the stream is the named works' first `data.works_train_fraction` (train) or the rest (eval).
-- C4 (the papers' setup), per `data.document_format`: 'cola' (default, the CoLA/GaLore code) truncates each
+- A prepared token cache (`data.cache_dir`, data/cache.py: C4 from its JSON shards, any JSON-lines or Parquet
+  corpus): its rows, made by text_rows.py as below, read as a random-access source.
+- C4 from TFDS (the papers' setup), per `data.document_format`: 'cola' (default, the CoLA/GaLore code) truncates each
   document to L tokens with the EOS kept as the last one (the T5 tokenizer appends `</s>` after truncation),
   pads, and masks pads: the model reads L tokens and L-1 positions are predicted, as in a Hugging Face causal LM.
   'window' truncates or pads document + EOS to L+1 tokens (L predictions; a long document loses its EOS). With
@@ -21,7 +23,8 @@ import functools
 import grain
 import numpy as np
 
-from lax_pretrain.data import pipeline, shakespeare, tfds_io
+from lax_pretrain.data import cache, pipeline, shakespeare, tfds_io
+from lax_pretrain.data.text_rows import document_tokens, document_window
 from lax_pretrain.data.tokenizer import Tokenizer
 
 
@@ -36,7 +39,7 @@ def train_dataset(
         process_index=process_index,
         process_count=process_count,
     )
-    if cfg.name == "c4" and cfg.packing:
+    if cfg.name == "c4" and cfg.packing and not cfg.cache_dir:  # a cache holds packed rows already
         source = tfds_io.open_split(cfg, "train")
         docs = rows.map(functools.partial(_concatenated_documents, source=source, tok=tok))
         windows = grain.experimental.ConcatThenSplitIterDataset(
@@ -50,10 +53,13 @@ def eval_dataset(
     cfg, tok: Tokenizer, *, global_batch: int, local_batch: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
     read, num_records = _reader(cfg, tok, "eval")
+    eval_batches = cfg.eval_batches
+    if cfg.eval_tokens:  # the first rows that hold this many real tokens (a cache: config.resolve checks)
+        num_records, eval_batches = cache.rows_for_tokens(cfg, tok, "validation", cfg.eval_tokens), 0
     rows = pipeline.eval_rows(
         num_records,
         global_batch=global_batch,
-        eval_batches=cfg.eval_batches,
+        eval_batches=eval_batches,
         local_batch=local_batch,
         process_index=process_index,
         process_count=process_count,
@@ -69,6 +75,12 @@ def _reader(cfg, tok: Tokenizer, split: str):
             _window_batch, windows_NxL1=windows_NxL1, lengths_N=lengths_N, pad_id=tok.pad_id
         )
         return read, len(windows_NxL1)
+    if cfg.cache_dir:
+        source, dtype, _ = cache.open_split(cfg, tok, "train" if split == "train" else "validation")
+        read = functools.partial(
+            _cached_batch, source=source, dtype=dtype, seq_len=cfg.seq_len, pad_id=tok.pad_id
+        )
+        return read, len(source)
     source = tfds_io.open_split(cfg, split)
     return functools.partial(
         _document_batch, source=source, tok=tok, seq_len=cfg.seq_len, document_format=cfg.document_format
@@ -130,15 +142,7 @@ def _window_batch(rows: dict, *, windows_NxL1: np.ndarray, lengths_N: np.ndarray
 
 
 def _document_tokens(record, tok: Tokenizer) -> np.ndarray:
-    return np.asarray(tok.encode(decode_text(record["text"])) + [tok.eos_id], np.int32)
-
-
-def document_window(ids: np.ndarray, seq_len: int, document_format: str) -> np.ndarray:
-    """A document's tokens (EOS last) cut to what one row holds: L tokens ending in EOS ('cola'), or the
-    first L+1 ('window')."""
-    if document_format == "cola":
-        return ids if len(ids) <= seq_len else np.append(ids[: seq_len - 1], ids[-1])
-    return ids[: seq_len + 1]
+    return document_tokens(decode_text(record["text"]), tok)
 
 
 def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int, document_format: str) -> dict:
@@ -148,6 +152,18 @@ def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int, documen
     for i, record in enumerate(records):
         if record is not None:
             ids = document_window(_document_tokens(record, tok), seq_len, document_format)
+            tokens_BxL1[i, : len(ids)] = ids
+            lengths_B[i] = len(ids)
+    return _to_batch(tokens_BxL1, lengths_B)
+
+
+def _cached_batch(rows: dict, *, source, dtype: np.dtype, seq_len: int, pad_id: int) -> dict:
+    records = pipeline.read(source, rows["index"])
+    tokens_BxL1 = np.full((len(records), seq_len + 1), pad_id, np.int32)
+    lengths_B = np.zeros(len(records), np.int32)
+    for i, record in enumerate(records):
+        if record is not None:
+            ids = np.frombuffer(record, dtype)
             tokens_BxL1[i, : len(ids)] = ids
             lengths_B[i] = len(ids)
     return _to_batch(tokens_BxL1, lengths_B)

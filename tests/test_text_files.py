@@ -1,0 +1,284 @@
+"""Text corpora as files (data/files.py) tokenized once into a token cache (data/cache.py, `lax-data prepare`) and
+read by training: C4-layout gzip shards written here from the Shakespeare text, Parquet and .jsonl.zst inputs,
+an fsspec URL, every kind of damaged record, the cache's refusals, process slices and exact resume (also on
+1 process of a run started on 2), and a short training run that evaluates on a token budget.
+
+Rows are checked against an independent reading of the same files: each document's tokens from the tokenizer,
+then EOS, cut as the CoLA/GaLore code cuts them (exact equality).
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lax_pretrain import data as data_lib
+from lax_pretrain import prepare
+from lax_pretrain.data import cache, files
+from lax_pretrain.data.config import default_data_config
+from lax_pretrain.data.tokenizer import load_tokenizer
+
+SEQ = 32
+N_TRAIN_SHARDS, N_VAL_SHARDS = 3, 2
+
+
+def shakespeare_documents(n: int) -> list[str]:
+    """n documents of varied length (2 to ~400 bytes) cut from the embedded corpus's text."""
+    from lax_pretrain.data import tfds_io
+
+    config = default_data_config("shakespeare")
+    text = " ".join(
+        str(w["text"], "utf-8") if isinstance(w["text"], bytes) else w["text"]
+        for w in tfds_io.open_split(config, "train")
+    )
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(text) - 500, n)
+    lengths = rng.integers(2, 400, n)
+    return [text[s : s + k].strip() or "x" for s, k in zip(starts, lengths)]
+
+
+def write_jsonl_gz(path: Path, documents: list[str], extra_lines: list[bytes] = ()) -> None:
+    lines = [
+        json.dumps({"text": d, "timestamp": "2019-04-25T12:57:54Z", "url": "u"}).encode() for d in documents
+    ]
+    path.write_bytes(gzip.compress(b"\n".join([*lines, *extra_lines]) + b"\n"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tfds_dir, tmp_path_factory) -> dict:
+    """A C4-layout directory: N_TRAIN_SHARDS train and N_VAL_SHARDS validation gzip shards."""
+    root = tmp_path_factory.mktemp("c4") / "en"
+    root.mkdir()
+    docs = shakespeare_documents(60 * N_TRAIN_SHARDS + 30 * N_VAL_SHARDS)
+    train = [docs[60 * i : 60 * (i + 1)] for i in range(N_TRAIN_SHARDS)]
+    val = [docs[60 * N_TRAIN_SHARDS + 30 * i :][:30] for i in range(N_VAL_SHARDS)]
+    for i, shard in enumerate(train):
+        write_jsonl_gz(root / f"c4-train.{i:05d}-of-{N_TRAIN_SHARDS:05d}.json.gz", shard)
+    for i, shard in enumerate(val):
+        write_jsonl_gz(root / f"c4-validation.{i:05d}-of-{N_VAL_SHARDS:05d}.json.gz", shard)
+    return {"dir": root, "train": train, "validation": val}
+
+
+def c4_config(corpus_dir: Path, cache_dir: Path | str = "", **extra):
+    cfg = default_data_config("c4")
+    cfg.update(
+        {"c4_dir": str(corpus_dir), "cache_dir": str(cache_dir), "seq_len": SEQ, "tokenizer": "byte", **extra}
+    )
+    return cfg
+
+
+def expected_rows(documents: list[str], document_format: str = "cola") -> list[np.ndarray]:
+    """Independently of text_rows.py: bytes + 3 (the byte tokenizer), EOS (2), CoLA's cut."""
+    rows = []
+    for d in documents:
+        ids = [b + 3 for b in d.encode()] + [2]
+        if document_format == "cola" and len(ids) > SEQ:
+            ids = ids[: SEQ - 1] + [2]
+        rows.append(np.asarray(ids[: SEQ + 1]))
+    return rows
+
+
+def run_prepare(capsys, config_dir: Path, out: Path, *flags_: str) -> tuple[int, str, str]:
+    argv = [
+        "prepare",
+        "--config=configs/llama.py:nano",
+        "--config.data.name=c4",
+        f"--out={out}",
+        "--workers=2",
+    ]
+    argv += [f"--config.data.c4_dir={config_dir}", f"--config.data.seq_len={SEQ}", *flags_]
+    status = prepare.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "c4_byte"
+    cfg = c4_config(corpus["dir"], out)
+    tok = load_tokenizer("byte")
+    settings = prepare._settings(cfg, tok, out)
+    for split in cache.SPLITS:
+        for i in range(len(settings["sources"][split])):
+            cache.write_shard(cfg, tok, settings, split, i)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+def cached_rows(cfg, split: str) -> list[np.ndarray]:
+    source, dtype, _ = cache.open_split(cfg, load_tokenizer(cfg.tokenizer), split)
+    return [np.frombuffer(r, dtype).astype(np.int64) for r in source.__getitems__(list(range(len(source))))]
+
+
+def test_cache_rows_are_the_documents_rows_in_file_order(corpus, prepared):
+    cfg = c4_config(corpus["dir"], prepared)
+    for split in cache.SPLITS:
+        want = expected_rows([d for shard in corpus[split] for d in shard])
+        got = cached_rows(cfg, split)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_training_batches_come_from_the_cache_with_pads_masked(corpus, prepared):
+    cfg = c4_config(corpus["dir"], prepared)
+    batch = next(data_lib.make_train_iterator(cfg, global_batch_size=8, seed=0))
+    all_rows = {tuple(r) for r in expected_rows([d for s in corpus["train"] for d in s])}
+    for inputs, targets, weights in zip(batch["inputs"], batch["targets"], batch["weights"]):
+        n = int(weights.sum()) + 1  # real tokens in the row
+        row = tuple(np.append(inputs, targets[-1])[:n])
+        assert row in all_rows
+        assert (weights[: n - 1] == 1).all() and (weights[n - 1 :] == 0).all()
+
+
+def test_two_processes_read_disjoint_halves_and_resume_on_one(corpus, prepared):
+    """Process p of 2 gets rows p*4..p*4+3 of each global batch of 8: together exactly one process's batch.
+    The state of process 0 after 3 batches, given to a 1-process iterator, continues with the 4th global batch."""
+    cfg = c4_config(corpus["dir"], prepared)
+    one = data_lib.make_train_iterator(cfg, global_batch_size=8, seed=3)
+    halves = [
+        data_lib.make_train_iterator(cfg, global_batch_size=8, seed=3, process_index=p, process_count=2)
+        for p in range(2)
+    ]
+    for _ in range(3):
+        whole = next(one)
+        parts = [next(h) for h in halves]
+        np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), whole["inputs"])
+    state = halves[0].get_state()
+    fourth = next(one)
+    resumed = data_lib.make_train_iterator(cfg, global_batch_size=8, seed=3)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["inputs"], fourth["inputs"])
+
+
+def test_eval_tokens_takes_the_first_rows_that_hold_them(corpus, prepared):
+    cfg = c4_config(corpus["dir"], prepared, eval_tokens=500)
+    lengths = [len(r) for r in expected_rows([d for s in corpus["validation"] for d in s])]
+    need = int(np.searchsorted(np.cumsum(lengths), 500) + 1)
+    batches = list(data_lib.make_eval_batches(cfg, global_batch_size=4))
+    weights = np.concatenate([b["weights"] for b in batches])
+    real_rows = int((weights.sum(axis=1) > 0).sum())
+    assert real_rows == need and len(batches) == -(-need // 4)
+    assert weights.sum() + real_rows >= 500  # each row's tokens: its targets plus the first input
+
+
+def test_a_cache_made_otherwise_is_refused_naming_the_key(corpus, prepared):
+    tok = load_tokenizer("byte")
+    for key, value in (
+        ("seq_len", 16),
+        ("document_format", "window"),
+        ("packing", True),
+        ("text_key", "body"),
+    ):
+        with pytest.raises(ValueError, match=rf"data\.{key}="):
+            cache.open_split(c4_config(corpus["dir"], prepared, **{key: value}), tok, "train")
+
+
+def test_prepare_command_resumes_and_refuses_other_settings(corpus, tmp_path, capsys):
+    out = tmp_path / "cache"
+    status, stdout, err = run_prepare(capsys, corpus["dir"], out)
+    assert status == 0, err
+    assert f"{N_TRAIN_SHARDS + N_VAL_SHARDS} shards to tokenize" in stdout
+    (out / "train" / "00001.json").unlink()  # as if that shard had not finished
+    status, stdout, _ = run_prepare(capsys, corpus["dir"], out)
+    assert status == 0 and stdout.startswith("1 shards to tokenize")
+    status, _, err = run_prepare(capsys, corpus["dir"], out, "--config.data.seq_len=64")
+    assert (
+        status == 2 and err.startswith("error: ") and "seq_len" in err and len(err.strip().splitlines()) == 1
+    )
+
+
+def test_a_glob_that_matches_nothing_is_one_error_line(tmp_path, capsys):
+    status, _, err = run_prepare(capsys, tmp_path / "nowhere", tmp_path / "out")
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "matches no file" in err
+    assert "data.c4_dir" in err and not (tmp_path / "out").exists()
+
+
+BAD_LINES = {
+    "not_json": b'{"text": "cut off',
+    "no_text": json.dumps({"content": "no text key"}).encode(),
+    "not_utf8": b'{"text": "caf\xe9"}',
+    "empty": json.dumps({"text": "   "}).encode(),
+}
+
+
+def test_damaged_records_are_counted_and_skipped(tmp_path, caplog):
+    good = ["first document", "second one"]
+    path = tmp_path / "bad.json.gz"
+    write_jsonl_gz(path, good, list(BAD_LINES.values()))
+    counts = collections.Counter()
+    with caplog.at_level(logging.WARNING, logger="lax_pretrain"):
+        texts = list(files.read_documents(str(path), text_key="text", on_bad_record="skip", counts=counts))
+    assert texts == good
+    assert dict(counts) == {kind: 1 for kind in BAD_LINES}
+    assert len([r for r in caplog.records if str(path) in r.getMessage()]) == 1  # one warning per file
+    for kind, line in BAD_LINES.items():
+        write_jsonl_gz(path, good, [line])
+        with pytest.raises(files.BadRecord, match=rf"{path}:3: {kind.replace('_', ' ')}"):
+            list(files.read_documents(str(path), text_key="text", on_bad_record="raise", counts=counts))
+
+
+def test_a_truncated_gzip_shard_keeps_what_was_read(tmp_path):
+    path = tmp_path / "cut.json.gz"
+    write_jsonl_gz(path, [f"document {i} " * 20 for i in range(200)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    counts = collections.Counter()
+    texts = list(files.read_documents(str(path), text_key="text", on_bad_record="skip", counts=counts))
+    assert 0 < len(texts) < 200 and counts == {"truncated_file": 1}
+    assert texts == [f"document {i} " * 20 for i in range(len(texts))]  # the lines before the cut, whole
+
+
+def test_parquet_zst_and_fsspec_urls(tmp_path):
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    docs = ["alpha beta", "gamma", "delta epsilon zeta"]
+    pq.write_table(pa.table({"text": docs, "id": [1, 2, 3]}), tmp_path / "part-0.parquet")
+    lines = b"".join(json.dumps({"text": d}).encode() + b"\n" for d in docs)
+    (tmp_path / "part-1.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    with fsspec.open("memory://corpus/part-2.jsonl", "wb") as f:
+        f.write(lines)
+    counts = collections.Counter()
+    urls = files.expand(
+        f"{tmp_path}/part-*, file://{tmp_path}/part-0.parquet, memory://corpus/*.jsonl", key="k"
+    )
+    assert len(urls) == 4
+    for url in urls:
+        assert list(files.read_documents(url, text_key="text", on_bad_record="skip", counts=counts)) == docs
+    assert not counts
+
+
+def test_training_reads_the_cache_and_evaluates_on_a_token_budget(corpus, prepared, tmp_path):
+    from lax_pretrain.config import from_compact
+    from lax_pretrain.train import train
+    from lax_pretrain.train.metrics import read_metrics
+
+    config = from_compact("llama", "nano,kind=cola,lax=kron")
+    config.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, ffn_dim=64)
+    for p in config.model.proj:
+        config.model.proj[p].rank = 8
+    config.data = c4_config(corpus["dir"], prepared, eval_tokens=400)
+    config.train.update(steps=4, batch_size=8, log_every=2, eval_every=4, checkpoint_every=4)
+    config.optim.warmup_steps = 1
+    config.wandb.mode = "disabled"
+    assert train(config, tmp_path / "run")["step"] == 4
+    evals = [r for r in read_metrics(tmp_path / "run") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 4] and all(np.isfinite(r["eval_loss"]) for r in evals)
+
+
+def test_training_from_files_without_a_cache_says_how_to_make_one(corpus):
+    with pytest.raises(FileNotFoundError, match=r"lax-data prepare .*data\.cache_dir"):
+        data_lib.ensure_available(c4_config(corpus["dir"]))
