@@ -36,6 +36,7 @@ LEVELS = [
     ("lax_pretrain.plan", 8),
     ("lax_pretrain.sample", 8),
     ("lax_pretrain.quickstart", 8),
+    ("lax_pretrain.prepare", 8),
     ("lax_pretrain.finetune", 8),
     ("lax_pretrain.train.__main__", 8),
     ("lax_pretrain.bench.cli", 8),
