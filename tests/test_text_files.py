@@ -279,6 +279,101 @@ def test_training_reads_the_cache_and_evaluates_on_a_token_budget(corpus, prepar
     assert [r["step"] for r in evals] == [0, 4] and all(np.isfinite(r["eval_loss"]) for r in evals)
 
 
-def test_training_from_files_without_a_cache_says_how_to_make_one(corpus):
-    with pytest.raises(FileNotFoundError, match=r"lax-data prepare .*data\.cache_dir"):
-        data_lib.ensure_available(c4_config(corpus["dir"]))
+# ------------------------------------------------------------------------------- streaming from the files
+
+
+def stream_config(corpus, **extra):
+    return c4_config(corpus["dir"], shuffle_window=16, **extra)
+
+
+def one_epoch_rows(cfg, process_index: int = 0, process_count: int = 1) -> list[tuple]:
+    it = iter(_stream(cfg, process_index, process_count))
+    rows = []
+    while it.epoch == 0:
+        rows.append(tuple(next(it)))
+    return rows[:-1]  # the last one read is the next epoch's first
+
+
+def _stream(cfg, process_index, process_count):
+    from lax_pretrain.data.stream import DocumentStream
+
+    urls = files.expand(files.c4_files(cfg.c4_dir, "train"), key="data.c4_dir")
+    return DocumentStream(
+        cfg, load_tokenizer("byte"), urls, seed=5, process_index=process_index, process_count=process_count
+    )
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 5])
+def test_process_shares_are_disjoint_and_cover_the_corpus(process_count):
+    from lax_pretrain.data.stream import process_share
+
+    docs = {f: [f"{f}-{i}" for i in range(7)] for f in ("a", "b", "c")}
+    seen = []
+    for p in range(process_count):
+        for f, stride, offset in process_share(sorted(docs), p, process_count):
+            seen += docs[f][offset::stride]
+    assert sorted(seen) == sorted(d for v in docs.values() for d in v)
+
+
+def test_stream_rows_are_the_cache_rows(corpus, prepared):
+    """The same documents give the same rows through either path; an epoch shuffles them."""
+    stream_rows = one_epoch_rows(stream_config(corpus))
+    cached = [tuple(r) for r in cached_rows(c4_config(corpus["dir"], prepared), "train")]
+    assert sorted(stream_rows) == sorted(cached) and stream_rows != cached
+
+
+def test_two_stream_processes_read_disjoint_shares_and_never_run_dry(corpus):
+    """3 files over 2 processes: shares of 2 files and 1 file, together one process's epoch; both keep
+    yielding batches (the smaller share starts its next epoch sooner)."""
+    cfg = stream_config(corpus)
+    shares = [one_epoch_rows(cfg, p, 2) for p in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(one_epoch_rows(cfg))
+    assert not set(shares[0]) & set(shares[1])
+    for p in range(2):
+        it = data_lib.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=p, process_count=2)
+        batches = [next(it) for _ in range(40)]  # 160 rows: past the end of either share
+        assert all(b["inputs"].shape == (4, SEQ) for b in batches)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_resumed_stream_gives_the_same_batches(corpus, packing):
+    cfg = stream_config(corpus, packing=packing)
+    it = data_lib.make_train_iterator(cfg, global_batch_size=8, seed=1)
+    for _ in range(25):  # past the first epoch's end (180 documents)
+        next(it)
+    state = it.get_state()
+    want = [next(it) for _ in range(3)]
+    resumed = data_lib.make_train_iterator(cfg, global_batch_size=8, seed=1)
+    resumed.set_state(state)
+    for a in want:
+        np.testing.assert_array_equal(next(resumed)["inputs"], a["inputs"])
+    if packing:
+        assert all(b["weights"].all() for b in want)  # packed rows are full
+
+
+def test_a_stream_resumed_on_another_process_count_starts_the_next_epoch():
+    saved = data_lib.combine_states([{"epoch": 3, "rows": 10}, {"epoch": 4, "rows": 2}])
+    assert data_lib.state_for_process(saved, 1, 2) == {"epoch": 4, "rows": 2}
+    assert data_lib.state_for_process(saved, 0, 1) == {"epoch": 5, "rows": 0}
+    assert data_lib.combine_states([{"next_index": 7}] * 2) == {"next_index": 7}
+
+
+def test_training_streams_the_files_and_evaluates_on_a_token_budget(corpus, tmp_path):
+    from lax_pretrain.config import from_compact
+    from lax_pretrain.train import train
+    from lax_pretrain.train.metrics import read_metrics
+
+    config = from_compact("llama", "nano,kind=cola,lax=kron")
+    config.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, ffn_dim=64)
+    for p in config.model.proj:
+        config.model.proj[p].rank = 8
+    config.data = stream_config(corpus, eval_tokens=400)
+    config.train.update(steps=4, batch_size=8, log_every=2, eval_every=2, checkpoint_every=2)
+    config.optim.warmup_steps = 1
+    config.wandb.mode = "disabled"
+    assert train(config, tmp_path / "run")["step"] == 4
+    config.train.steps = 6  # resumes from step 4 with the stream's saved state
+    assert train(config, tmp_path / "run")["start_step"] == 4
+    evals = [r for r in read_metrics(tmp_path / "run") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6]
+    assert evals[0]["eval_loss"] > evals[-1]["eval_loss"]

@@ -12,7 +12,7 @@
 
 import grain
 
-from lax_pretrain.data import cache, config, images, text, tfds_io
+from lax_pretrain.data import cache, config, files, images, stream, text, tfds_io
 from lax_pretrain.data.config import default_data_config
 from lax_pretrain.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -70,6 +70,23 @@ def make_eval_batches(
     return images.eval_dataset(cfg, **args)
 
 
+def combine_states(states: list[dict]) -> dict:
+    """The iterator states of all processes as one checkpointable dict: one state when they agree (a
+    random-access source's position is global), else each process's own (a stream of files)."""
+    if all(s == states[0] for s in states):
+        return states[0]
+    return {"per_process": states}
+
+
+def state_for_process(saved: dict, process_index: int, process_count: int) -> dict:
+    """This process's iterator state from `combine_states`' output, on the same or another number of processes."""
+    if "per_process" not in saved:
+        return saved
+    if len(saved["per_process"]) == process_count:
+        return saved["per_process"][process_index]
+    return stream.state_after_process_change(saved["per_process"])
+
+
 def ensure_available(data_cfg) -> None:
     """Builds the embedded datasets on first use; a real dataset that is not prepared is a clear error, and so
     is a token cache made with other settings or not finished."""
@@ -78,11 +95,9 @@ def ensure_available(data_cfg) -> None:
         for split in cache.SPLITS:
             cache.open_split(cfg, load_tokenizer(cfg.tokenizer), split)
     elif cfg.name == "text_files" or cfg.c4_dir:
-        raise FileNotFoundError(
-            f"data.name={cfg.name!r} from text files: training reads them through a prepared token cache. "
-            "Run `lax-data prepare --config=<this config> --out=DIR` once, then train with "
-            "--config.data.cache_dir=DIR"
-        )
+        globs = config.source_files(cfg)
+        for split, key in (("train", "data.train_files"), ("validation", "data.eval_files")):
+            files.expand(globs[split], key="data.c4_dir" if cfg.c4_dir else key)
     else:
         tfds_io.ensure_available(cfg)
 

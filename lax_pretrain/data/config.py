@@ -30,6 +30,7 @@ _COMMON = dict(
     on_bad_record="skip",  # 'skip' (counted, one warning per file) or 'raise' (data/files.py)
     cache_dir="",  # a prepared token cache: training reads its rows (global shuffle, exact resume)
     eval_tokens=0,  # > 0: evaluate on the first rows of the eval split holding this many non-pad tokens
+    shuffle_window=10_000,  # streaming from files: documents shuffled in blocks of this many (data/stream.py)
     works="",  # Shakespeare only: 'hamlet,twelfth_night' trains and validates on these works alone (a domain)
     works_train_fraction=0.9,  # with data.works: each work's first fraction of bytes trains, the rest validates
     image_size=224,
@@ -132,9 +133,11 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
     )
     _require(not (cfg.name == "text_files" and cfg.c4_dir), "data.c4_dir is for data.name='c4'")
     _require(
-        not cfg.eval_tokens or cfg.cache_dir,
-        f"data.eval_tokens={cfg.eval_tokens} counts the rows of a prepared cache: set data.cache_dir",
+        not cfg.eval_tokens or cfg.name in FILE_DATASETS,
+        f"data.eval_tokens={cfg.eval_tokens} counts the rows of a file corpus (c4 from data.c4_dir or a cache, "
+        "text_files); data.eval_batches sets the others",
     )
+    _require(cfg.shuffle_window >= 1, f"data.shuffle_window={cfg.shuffle_window} must be >= 1")
     return cfg
 
 

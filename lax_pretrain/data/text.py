@@ -18,19 +18,31 @@ exactly where the target is a real token, so pads (short documents, eval top-up 
   what a single process would load. Eval is always per document, as in the papers.
 """
 
+import collections
 import functools
 
 import grain
 import numpy as np
 
 from lax_pretrain.data import cache, pipeline, shakespeare, tfds_io
-from lax_pretrain.data.text_rows import document_tokens, document_window
+from lax_pretrain.data import files as files_lib
+from lax_pretrain.data.config import FILE_DATASETS, source_files
+from lax_pretrain.data.stream import DocumentStream
+from lax_pretrain.data.text_rows import document_rows, document_tokens, document_window
 from lax_pretrain.data.tokenizer import Tokenizer
 
 
 def train_dataset(
     cfg, tok: Tokenizer, *, local_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
+    if cfg.name in FILE_DATASETS and not cfg.cache_dir:  # straight from the files (data/stream.py)
+        files = files_lib.expand(source_files(cfg)["train"], key=_files_key(cfg, "train"))
+        stream = DocumentStream(
+            cfg, tok, files, seed=seed, process_index=process_index, process_count=process_count
+        )
+        return stream.batch(
+            local_batch, batch_fn=functools.partial(_rows_batch, seq_len=cfg.seq_len, pad_id=tok.pad_id)
+        )
     read, num_records = _reader(cfg, tok, "train")
     rows = pipeline.train_rows(
         num_records,
@@ -52,9 +64,16 @@ def train_dataset(
 def eval_dataset(
     cfg, tok: Tokenizer, *, global_batch: int, local_batch: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
-    read, num_records = _reader(cfg, tok, "eval")
     eval_batches = cfg.eval_batches
-    if cfg.eval_tokens:  # the first rows that hold this many real tokens (a cache: config.resolve checks)
+    if cfg.name in FILE_DATASETS and not cfg.cache_dir:  # just the rows the evaluation needs, from the files
+        windows_NxL1, lengths_N = _file_eval_rows(cfg, tok, max_rows=cfg.eval_batches * global_batch)
+        read = functools.partial(
+            _window_batch, windows_NxL1=windows_NxL1, lengths_N=lengths_N, pad_id=tok.pad_id
+        )
+        num_records, eval_batches = len(windows_NxL1), 0
+    else:
+        read, num_records = _reader(cfg, tok, "eval")
+    if cfg.eval_tokens and cfg.cache_dir:  # the first rows that hold this many real tokens
         num_records, eval_batches = cache.rows_for_tokens(cfg, tok, "validation", cfg.eval_tokens), 0
     rows = pipeline.eval_rows(
         num_records,
@@ -155,6 +174,44 @@ def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int, documen
             tokens_BxL1[i, : len(ids)] = ids
             lengths_B[i] = len(ids)
     return _to_batch(tokens_BxL1, lengths_B)
+
+
+def _files_key(cfg, split: str) -> str:
+    return (
+        "data.c4_dir" if cfg.c4_dir else {"train": "data.train_files", "validation": "data.eval_files"}[split]
+    )
+
+
+def _file_eval_rows(cfg, tok: Tokenizer, *, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation's rows, read by every process from the validation files in order (sorted files, each in
+    file order), each process then taking its slice of every batch: the first rows holding `data.eval_tokens`
+    real tokens, else the first `max_rows` (0: all). Held in host memory: (rows, seq_len + 1) int32."""
+    urls = files_lib.expand(source_files(cfg)["validation"], key=_files_key(cfg, "validation"))
+    counts = collections.Counter()
+    texts = (
+        t
+        for url in urls
+        for t in files_lib.read_documents(
+            url, text_key=cfg.text_key, on_bad_record=cfg.on_bad_record, counts=counts
+        )
+    )
+    rows, tokens = [], 0
+    for row in document_rows(texts, tok, cfg.seq_len, cfg.document_format):
+        rows.append(row)
+        tokens += len(row)
+        if (tokens >= cfg.eval_tokens) if cfg.eval_tokens else (max_rows and len(rows) >= max_rows):
+            break
+    windows_NxL1 = np.full((len(rows), cfg.seq_len + 1), tok.pad_id, np.int32)
+    for i, row in enumerate(rows):
+        windows_NxL1[i, : len(row)] = row
+    return windows_NxL1, np.asarray([len(r) for r in rows], np.int32)
+
+
+def _rows_batch(rows: list[np.ndarray], *, seq_len: int, pad_id: int) -> dict:
+    tokens_BxL1 = np.full((len(rows), seq_len + 1), pad_id, np.int32)
+    for i, row in enumerate(rows):
+        tokens_BxL1[i, : len(row)] = row
+    return _to_batch(tokens_BxL1, np.asarray([len(r) for r in rows], np.int32))
 
 
 def _cached_batch(rows: dict, *, source, dtype: np.dtype, seq_len: int, pad_id: int) -> dict:
