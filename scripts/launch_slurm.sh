@@ -79,12 +79,43 @@ sbatch_script() {
   echo "#SBATCH --open-mode=append"
   echo "#SBATCH --requeue"
   echo "#SBATCH --signal=TERM@120"
-  echo "set -euo pipefail"
+  cat <<'EOF'
+# Preemption, as SLURM delivers it: `--signal=TERM@120` and `scancel --signal=TERM JOB` signal the training
+# tasks, not this shell; the run agrees on a stop step, checkpoints and exits 0 ("preempted at step k").
+# SLURM does not requeue a job that ends that way (--requeue only covers node failures and the like), so this
+# script requeues it, and the next start resumes from the checkpoint. A TERM for this shell itself
+# (`scancel --batch`, `--signal=B:TERM@..`) is forwarded to the tasks. (`scancel --full` also reaches srun,
+# which turns its own SIGTERM into SIGKILL for the tasks: the run resumes from its last periodic checkpoint.)
+set -euo pipefail
+EOF
   echo "cd $(quote1 "$REPO_ROOT")"
   if [[ "$PER" == node ]]; then
     echo "export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $(( GPUS - 1 )))  # one process per node drives all its GPUs"
   fi
-  echo "srun --kill-on-bad-exit=1 --gpu-bind=none $(quote "$PYTHON" -m lax_pretrain.train --workdir="$WORKDIR" "${TRAIN_ARGS[@]}")"
+  echo "OUT=$(quote1 "$WORKDIR/slurm")/\$SLURM_JOB_ID.out"
+  cat <<'EOF'
+echo "launch_slurm: job $SLURM_JOB_ID, start $((${SLURM_RESTART_COUNT:-0} + 1)), on $SLURM_JOB_NODELIST"
+START_BYTES=$(stat -c %s "$OUT" 2>/dev/null || echo 0) # this start's output begins here
+TOLD=0
+trap 'TOLD=1; echo "launch_slurm: SIGTERM for the batch shell: forwarded to the tasks"; scancel --signal=TERM "$SLURM_JOB_ID" || true' TERM
+# srun in the background, so that the trap runs while it does; its own --cpus-per-task (SLURM >= 22.05 no
+# longer passes sbatch's on to srun).
+EOF
+  echo "srun --kill-on-bad-exit=1 --cpus-per-task=$CPUS $(quote "$PYTHON" -m lax_pretrain.train --workdir="$WORKDIR" "${TRAIN_ARGS[@]}") &"
+  cat <<'EOF'
+SRUN=$!
+while kill -0 "$SRUN" 2>/dev/null; do wait "$SRUN" || true; done # a trapped signal interrupts wait
+RC=0
+wait "$SRUN" || RC=$?
+said() { grep -aq "$1" < <(tail -c "+$((START_BYTES + 1))" "$OUT"); } # in this start's output
+if said "preempted at step" || { [[ $TOLD == 1 ]] && ! said "done at step"; }; then
+  echo "launch_slurm: the run stopped early (srun exit $RC): requeueing job $SLURM_JOB_ID to resume"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+echo "launch_slurm: srun exit $RC"
+exit "$RC"
+EOF
 }
 
 if [[ $DRY_RUN -eq 1 ]]; then

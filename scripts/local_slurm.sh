@@ -69,7 +69,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire (default 120 s) is also how long a requeued job waits before it may start again.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/run/slurmctld.pid
@@ -87,8 +88,10 @@ MailProg=/bin/true
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
-# FIFO scheduling, right when a job is submitted or requeued; a quick kill after a job's SIGTERM.
+# FIFO scheduling, on submission and every second (a requeued job becomes eligible by the clock alone);
+# a quick kill after a job's SIGTERM.
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=1
 KillWait=5
 MinJobAge=600
 ReturnToService=2
