@@ -215,7 +215,7 @@ def _rows_batch(rows: list[np.ndarray], *, seq_len: int, pad_id: int) -> dict:
 
 
 def _cached_batch(rows: dict, *, source, dtype: np.dtype, seq_len: int, pad_id: int) -> dict:
-    records = pipeline.read(source, rows["index"])
+    records = pipeline.read(source, rows["index"], batched=False)
     tokens_BxL1 = np.full((len(records), seq_len + 1), pad_id, np.int32)
     lengths_B = np.zeros(len(records), np.int32)
     for i, record in enumerate(records):

@@ -52,6 +52,11 @@ DATA_STREAM_KEYS = (
     "data.document_format",
     "data.works",
     "data.works_train_fraction",
+    "data.c4_dir",
+    "data.train_files",
+    "data.cache_dir",
+    "data.text_key",
+    "data.shuffle_window",
     "train.batch_size",
     "train.seed",
 )
