@@ -299,7 +299,12 @@ def _stream(cfg, process_index, process_count):
 
     urls = files.expand(files.c4_files(cfg.c4_dir, "train"), key="data.c4_dir")
     return DocumentStream(
-        cfg, load_tokenizer("byte"), urls, seed=5, process_index=process_index, process_count=process_count
+        cfg,
+        load_tokenizer(cfg.tokenizer),
+        urls,
+        seed=5,
+        process_index=process_index,
+        process_count=process_count,
     )
 
 
@@ -377,3 +382,50 @@ def test_training_streams_the_files_and_evaluates_on_a_token_budget(corpus, tmp_
     evals = [r for r in read_metrics(tmp_path / "run") if "eval_loss" in r]
     assert [r["step"] for r in evals] == [0, 2, 4, 6]
     assert evals[0]["eval_loss"] > evals[-1]["eval_loss"]
+
+
+# ------------------------------------------------------------------------------ the T5 tokenizer, end to end
+
+
+def test_t5_rows_through_cache_and_stream_equal_the_papers_hf_call(corpus, tmp_path):
+    """A T5-layout SentencePiece model (pad 0, </s> 1, unk 2, no BOS) trained here, saved by transformers as a
+    tokenizer.json: the cache's and the stream's rows are, token for token, what the CoLA/GaLore code's call
+    `tok(text, max_length=L, truncation=True, padding="max_length")` gives, pads dropped."""
+    import io
+
+    import sentencepiece as spm
+    import transformers
+
+    docs = [d for shard in corpus["train"] for d in shard]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(docs),
+        model_writer=model,
+        vocab_size=400,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "spiece.model").write_bytes(model.getvalue())
+    hf = transformers.T5Tokenizer.from_pretrained(str(tmp_path / "spm"), model_max_length=SEQ, extra_ids=100)
+    hf.save_pretrained(str(tmp_path / "hf"))
+    encoded = hf(docs, max_length=SEQ, truncation=True, padding="max_length")
+    want = [
+        tuple(i for i, m in zip(ids, mask) if m)
+        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])
+    ]
+
+    cfg = c4_config(corpus["dir"], tmp_path / "cache", tokenizer=str(tmp_path / "hf"))
+    tok = load_tokenizer(cfg.tokenizer)
+    assert tok.vocab_size == 400 and tok.eos_id == 1 and tok.pad_id == 0
+    settings = prepare._settings(cfg, tok, tmp_path / "cache")
+    for i in range(len(settings["sources"]["train"])):
+        cache.write_shard(cfg, tok, settings, "train", i)
+    assert [tuple(r) for r in cached_rows(cfg, "train")] == want
+    stream_cfg = c4_config(corpus["dir"], tokenizer=str(tmp_path / "hf"), shuffle_window=16)
+    assert sorted(one_epoch_rows(stream_cfg)) == sorted(want)
