@@ -101,14 +101,16 @@ def _run(fv: flags.FlagValues) -> None:
     tok = load_tokenizer(cfg.tokenizer)
     out = Path(fv.out)
     settings = _settings(cfg, tok, out)
-    tasks = [
-        (cfg.to_dict(), settings, split, i)
+    mine = [
+        (split, i)
         for split in fv.splits
         for i in range(len(settings["sources"][split]))
-        if i % fv.num_shards == fv.shard_index and cache.finished(out, split, i) is None
+        if i % fv.num_shards == fv.shard_index
     ]
-    kept = sum(len(settings["sources"][s]) for s in fv.splits) // fv.num_shards - len(tasks)
-    print(f"{len(tasks)} shards to tokenize into {out} ({max(kept, 0)} already prepared)")
+    tasks = [
+        (cfg.to_dict(), settings, split, i) for split, i in mine if cache.finished(out, split, i) is None
+    ]
+    print(f"{len(tasks)} shards to tokenize into {out} ({len(mine) - len(tasks)} already prepared)")
     totals = collections.Counter()
     workers = min(fv.workers or os.cpu_count() or 1, max(len(tasks), 1))
     with multiprocessing.get_context("spawn").Pool(workers) as pool:

@@ -69,21 +69,22 @@ def write_shard(cfg: Any, tok: Tokenizer, settings: dict, split: str, index: int
     tmp = out.with_name(out.name + ".tmp")
     dtype = np.dtype(settings["dtype"])
     bad: collections.Counter = collections.Counter()
-    documents = files_lib.read_documents(
-        source, text_key=cfg.text_key, on_bad_record=cfg.on_bad_record, counts=bad
-    )
-    n_docs = collections.Counter()
+    n_documents = 0
 
-    def counted(texts):
-        for text in texts:
-            n_docs["documents"] += 1
+    def documents():
+        nonlocal n_documents
+        for text in files_lib.read_documents(
+            source, text_key=cfg.text_key, on_bad_record=cfg.on_bad_record, counts=bad
+        ):
+            n_documents += 1
             yield text
 
     make_rows = packed_rows if cfg.packing else document_rows
+    # group_size:1: every record its own chunk, so a random read decodes one row.
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     rows = tokens = 0
     try:
-        for row in make_rows(counted(documents), tok, cfg.seq_len, cfg.document_format):
+        for row in make_rows(documents(), tok, cfg.seq_len, cfg.document_format):
             writer.write(row.astype(dtype).tobytes())
             rows += 1
             tokens += len(row)
@@ -92,7 +93,7 @@ def write_shard(cfg: Any, tok: Tokenizer, settings: dict, split: str, index: int
     os.replace(tmp, out)
     summary = {
         "source": source,
-        "documents": n_docs["documents"],
+        "documents": n_documents,
         "rows": rows,
         "tokens": tokens,
         "bad_records": dict(bad),
