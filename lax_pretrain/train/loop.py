@@ -13,7 +13,6 @@ eval split afresh each time (`data.eval_batches` global batches), so host memory
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from lax_pretrain import data as data_lib
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.parallel import make_mesh
-from lax_pretrain.parallel.distributed import Preemption
+from lax_pretrain.parallel.distributed import Preemption, gather_json
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like, read_params
 from lax_pretrain.train.metrics import MetricWriter
 from lax_pretrain.train.mfu import device_peak_flops
@@ -44,21 +43,6 @@ log = logging.getLogger(__name__)
 def _to_global(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
     """Assembles the global batch from each process's slice (one process: a plain device_put)."""
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
-def _all_processes(data_state: dict) -> dict:
-    """Every process's iterator state, combined (data.combine_states), on every process: orbax saves the JSON
-    item from process 0 alone. A collective: all processes call it at the same checkpoint."""
-    if jax.process_count() == 1:
-        return data_lib.combine_states([data_state])
-    from jax.experimental import multihost_utils
-
-    raw = np.frombuffer(json.dumps(data_state).encode(), np.uint8)
-    sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int64)).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: raw.size] = raw
-    everyone = multihost_utils.process_allgather(padded).reshape(len(sizes), -1)
-    return data_lib.combine_states([json.loads(bytes(everyone[i, : sizes[i]])) for i in range(len(sizes))])
 
 
 def train(
@@ -227,7 +211,8 @@ def _train(
                 data_state = train_it.get_state()
                 if step % t_cfg.checkpoint_every == 0 or step == t_cfg.steps:
                     check_finite(*pending)  # never save parameters that came from a NaN step
-                    ckpt.save(step, params, opt_state, _all_processes(data_state))
+                    # Every process's iterator state: orbax writes the JSON item from process 0 alone.
+                    ckpt.save(step, params, opt_state, data_lib.combine_states(gather_json(data_state)))
                     last_saved = step
                 stop = preempt.should_stop(step)
                 if step < t_cfg.steps and not stop:
@@ -237,7 +222,7 @@ def _train(
         if pending is not None:
             check_finite(*pending)
         if step != last_saved:  # preempted between checkpoints
-            ckpt.save(step, params, opt_state, _all_processes(data_state), force=True)
+            ckpt.save(step, params, opt_state, data_lib.combine_states(gather_json(data_state)), force=True)
         summary["status"] = "preempted" if preempt.requested and step < t_cfg.steps else "done"
         ckpt.close()
         writer.close()
