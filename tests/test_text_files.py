@@ -27,6 +27,13 @@ from lax_pretrain.data.tokenizer import load_tokenizer
 SEQ = 32
 N_TRAIN_SHARDS, N_VAL_SHARDS = 3, 2
 
+BAD_LINES = {
+    "not_json": b'{"text": "cut off',
+    "no_text": json.dumps({"content": "no text key"}).encode(),
+    "not_utf8": b'{"text": "caf\xe9"}',
+    "empty": json.dumps({"text": "   "}).encode(),
+}
+
 
 def shakespeare_documents(n: int) -> list[str]:
     """n documents of varied length (2 to ~400 bytes) cut from the embedded corpus's text."""
@@ -52,14 +59,16 @@ def write_jsonl_gz(path: Path, documents: list[str], extra_lines: list[bytes] = 
 
 @pytest.fixture(scope="module")
 def corpus(tfds_dir, tmp_path_factory) -> dict:
-    """A C4-layout directory: N_TRAIN_SHARDS train and N_VAL_SHARDS validation gzip shards."""
+    """A C4-layout directory: N_TRAIN_SHARDS train and N_VAL_SHARDS validation gzip shards of 60 and 30
+    documents."""
     root = tmp_path_factory.mktemp("c4") / "en"
     root.mkdir()
     docs = shakespeare_documents(60 * N_TRAIN_SHARDS + 30 * N_VAL_SHARDS)
     train = [docs[60 * i : 60 * (i + 1)] for i in range(N_TRAIN_SHARDS)]
     val = [docs[60 * N_TRAIN_SHARDS + 30 * i :][:30] for i in range(N_VAL_SHARDS)]
-    for i, shard in enumerate(train):
-        write_jsonl_gz(root / f"c4-train.{i:05d}-of-{N_TRAIN_SHARDS:05d}.json.gz", shard)
+    for i, shard in enumerate(train):  # shard 0 also holds one damaged record of each kind
+        bad = list(BAD_LINES.values()) if i == 0 else []
+        write_jsonl_gz(root / f"c4-train.{i:05d}-of-{N_TRAIN_SHARDS:05d}.json.gz", shard, bad)
     for i, shard in enumerate(val):
         write_jsonl_gz(root / f"c4-validation.{i:05d}-of-{N_VAL_SHARDS:05d}.json.gz", shard)
     return {"dir": root, "train": train, "validation": val}
@@ -204,14 +213,6 @@ def test_a_glob_that_matches_nothing_is_one_error_line(tmp_path, capsys):
     assert "data.c4_dir" in err and not (tmp_path / "out").exists()
 
 
-BAD_LINES = {
-    "not_json": b'{"text": "cut off',
-    "no_text": json.dumps({"content": "no text key"}).encode(),
-    "not_utf8": b'{"text": "caf\xe9"}',
-    "empty": json.dumps({"text": "   "}).encode(),
-}
-
-
 def test_damaged_records_are_counted_and_skipped(tmp_path, caplog):
     good = ["first document", "second one"]
     path = tmp_path / "bad.json.gz"
@@ -275,8 +276,12 @@ def test_training_reads_the_cache_and_evaluates_on_a_token_budget(corpus, prepar
     config.optim.warmup_steps = 1
     config.wandb.mode = "disabled"
     assert train(config, tmp_path / "run")["step"] == 4
-    evals = [r for r in read_metrics(tmp_path / "run") if "eval_loss" in r]
+    records = read_metrics(tmp_path / "run")
+    evals = [r for r in records if "eval_loss" in r]
     assert [r["step"] for r in evals] == [0, 4] and all(np.isfinite(r["eval_loss"]) for r in evals)
+    first = records[0]  # what the cache holds, damaged records its preparation skipped included
+    assert first["data_documents"] == 60 * N_TRAIN_SHARDS
+    assert all(first[f"data_bad_{kind}"] == 1 for kind in BAD_LINES)
 
 
 # ------------------------------------------------------------------------------- streaming from the files
@@ -356,10 +361,22 @@ def test_a_resumed_stream_gives_the_same_batches(corpus, packing):
         assert all(b["weights"].all() for b in want)  # packed rows are full
 
 
+def test_the_stream_counts_damaged_records_once_across_a_resume(corpus):
+    cfg = stream_config(corpus)
+    it = iter(_stream(cfg, 0, 1))
+    while it.epoch == 0:
+        next(it)
+    state = it.get_state()
+    assert state["bad_records"] == {kind: 1 for kind in BAD_LINES}
+    resumed = iter(_stream(cfg, 0, 1))
+    resumed.set_state(state)
+    assert resumed.get_state() == state  # the replay does not count them again
+
+
 def test_a_stream_resumed_on_another_process_count_starts_the_next_epoch():
     saved = data_lib.combine_states([{"epoch": 3, "rows": 10}, {"epoch": 4, "rows": 2}])
     assert data_lib.state_for_process(saved, 1, 2) == {"epoch": 4, "rows": 2}
-    assert data_lib.state_for_process(saved, 0, 1) == {"epoch": 5, "rows": 0}
+    assert data_lib.state_for_process(saved, 0, 1) == {"epoch": 5, "rows": 0, "bad_records": {}}
     assert data_lib.combine_states([{"next_index": 7}] * 2) == {"next_index": 7}
 
 

@@ -10,6 +10,8 @@
 `data.data_dir`; 'c4' and 'imagenet2012' must be prepared there (array_record). See config.py for every key.
 """
 
+import collections
+
 import grain
 
 from lax_pretrain.data import cache, config, files, images, stream, text, tfds_io
@@ -85,6 +87,24 @@ def state_for_process(saved: dict, process_index: int, process_count: int) -> di
     if len(saved["per_process"]) == process_count:
         return saved["per_process"][process_index]
     return stream.state_after_process_change(saved["per_process"])
+
+
+def skipped_records(per_process: list[dict]) -> dict[str, int]:
+    """Metrics of the damaged records a stream of files skipped, summed over processes: `data_bad_<kind>`."""
+    total = collections.Counter()
+    for counts in per_process:
+        total.update(counts)
+    return {f"data_bad_{kind}": n for kind, n in sorted(total.items())}
+
+
+def corpus_counts(data_cfg) -> dict[str, int]:
+    """What a token cache's training split holds (`data_documents`, `data_rows`, `data_tokens`, and the damaged
+    records its preparation skipped, `data_bad_<kind>`); {} for other sources."""
+    cfg = config.resolve(data_cfg)
+    if not cfg.cache_dir:
+        return {}
+    _, _, totals = cache.open_split(cfg, load_tokenizer(cfg.tokenizer), "train")
+    return {f"data_{k}": v for k, v in sorted(totals.items())}
 
 
 def ensure_available(data_cfg) -> None:

@@ -9,7 +9,8 @@ C4's ~2.3 KB per document, 10,000 documents are ~23 MB, plus one Parquet batch),
 (text_rows.py) exactly as the cache cuts them. The stream never ends: every process starts its next epoch when
 its share runs out, so no host runs dry before the others.
 
-The iterator's state is (epoch, rows emitted in the epoch); restoring re-reads the epoch up to there (skipping documents without tokenizing them, except when packing). Each process
+The iterator's state is (epoch, rows emitted in the epoch, the damaged records skipped so far); restoring
+re-reads the epoch up to there (skipping documents without tokenizing them, except when packing). Each process
 has its own state: the training loop checkpoints all of them. Resuming on the same number of processes
 continues with exactly the rows that would have come; on another number, each process starts the epoch after
 the newest saved one (its share of the files changed, so the old positions mean nothing): documents of the
@@ -50,22 +51,21 @@ class DocumentStream(grain.IterDataset):
         self.cfg, self.tok, self.seed = cfg, tok, seed
         self.process_index = process_index
         self.units = process_share(files, process_index, process_count)
-        self.bad_records: collections.Counter = collections.Counter()
 
     def __iter__(self) -> _StreamIterator:
         return _StreamIterator(self)
 
-    def documents(self, epoch: int) -> Iterator[str]:
+    def documents(self, epoch: int, bad_records: collections.Counter) -> Iterator[str]:
         rng = np.random.default_rng((self.seed, epoch, self.process_index))
         for u in rng.permutation(len(self.units)):
             url, stride, offset = self.units[u]
             texts = files_lib.read_documents(
-                url, text_key=self.cfg.text_key, on_bad_record=self.cfg.on_bad_record, counts=self.bad_records
+                url, text_key=self.cfg.text_key, on_bad_record=self.cfg.on_bad_record, counts=bad_records
             )
             yield from itertools.islice(texts, offset, None, stride)
 
-    def shuffled(self, epoch: int) -> Iterator[str]:
-        docs = self.documents(epoch)
+    def shuffled(self, epoch: int, bad_records: collections.Counter) -> Iterator[str]:
+        docs = self.documents(epoch, bad_records)
         for block in itertools.count():
             window = list(itertools.islice(docs, self.cfg.shuffle_window))
             if not window:
@@ -80,22 +80,25 @@ class _StreamIterator(grain.DatasetIterator):
     def __init__(self, stream: DocumentStream):
         super().__init__()
         self.stream = stream
+        self.bad_records: collections.Counter = collections.Counter()  # this process's, since the run began
         self._start(epoch=0, rows=0)
 
-    def _start(self, *, epoch: int, rows: int) -> None:
-        """Positions the stream `rows` rows into `epoch`."""
+    def _start(self, *, epoch: int, rows: int, bad_records: dict | None = None) -> None:
+        """Positions the stream `rows` rows into `epoch`; `bad_records`: the counts as of that position."""
         self.epoch, self.rows = epoch, rows
         cfg, tok = self.stream.cfg, self.stream.tok
-        docs = self.stream.shuffled(epoch)
+        docs = self.stream.shuffled(epoch, self.bad_records)
         if cfg.packing:
             self._rows = packed_rows(docs, tok, cfg.seq_len, cfg.document_format)
             for _ in range(rows):  # a packed row spans documents: only tokenizing finds the boundaries
                 next(self._rows, None)
-            self.rows = rows
         else:
-            self._rows = document_rows(
-                itertools.islice(docs, rows, None), tok, cfg.seq_len, cfg.document_format
-            )
+            for _ in range(rows):  # one row per document: skipped without tokenizing
+                next(docs, None)
+            self._rows = document_rows(docs, tok, cfg.seq_len, cfg.document_format)
+        if bad_records is not None:  # the replay above counted the skipped records again
+            self.bad_records.clear()
+            self.bad_records.update(bad_records)
 
     def __next__(self) -> np.ndarray:
         for _ in range(2):  # an epoch that yields nothing (every record damaged) must not loop forever
@@ -107,12 +110,14 @@ class _StreamIterator(grain.DatasetIterator):
         raise ValueError("the training files hold no usable document (data.train_files / data.c4_dir)")
 
     def get_state(self) -> dict:
-        return {"epoch": self.epoch, "rows": self.rows}
+        return {"epoch": self.epoch, "rows": self.rows, "bad_records": dict(self.bad_records)}
 
     def set_state(self, state: dict) -> None:
-        self._start(epoch=int(state["epoch"]), rows=int(state["rows"]))
+        self._start(
+            epoch=int(state["epoch"]), rows=int(state["rows"]), bad_records=state.get("bad_records", {})
+        )
 
 
 def state_after_process_change(saved_states: list[dict]) -> dict:
     """A stream saved by another number of processes: the epoch after the newest saved one, from its start."""
-    return {"epoch": 1 + max(int(s["epoch"]) for s in saved_states), "rows": 0}
+    return {"epoch": 1 + max(int(s["epoch"]) for s in saved_states), "rows": 0, "bad_records": {}}

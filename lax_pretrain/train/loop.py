@@ -146,6 +146,7 @@ def _train(
                     "non_embedding_params": stats.non_embedding_params,
                     "lax_params": stats.lax_params,
                     "flops_per_token": stats.flops_per_token,
+                    **data_lib.corpus_counts(config.data),
                     "device": device_kind,
                     "num_devices": n_dev,
                 }
@@ -200,6 +201,9 @@ def _train(
                         "time": time.time(),
                     }
                     record[task.throughput_key] = task.throughput(examples_per_s, tokens_per_example)
+                    local_data_state = train_it.get_state()
+                    if "bad_records" in local_data_state:  # a stream of files: every process has its count
+                        record.update(data_lib.skipped_records(gather_json(local_data_state["bad_records"])))
                     records.append(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
