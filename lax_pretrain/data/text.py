@@ -6,16 +6,17 @@ exactly where the target is a real token, so pads (short documents, eval top-up 
 - Shakespeare: each work of the split is tokenized once per process, works are joined with EOS and the stream
   is cut into non-overlapping windows (packing). Train drops the partial last window; eval keeps it, padded.
   With `data.works` the stream is the named works' first `data.works_train_fraction` (train) or the rest (eval).
-- A prepared token cache (`data.cache_dir`, data/cache.py: C4 from its JSON shards, any JSON-lines or Parquet
-  corpus): its rows, made by text_rows.py as below, read as a random-access source.
-- C4 from TFDS (the papers' setup), per `data.document_format`: 'cola' (default, the CoLA/GaLore code) truncates each
-  document to L tokens with the EOS kept as the last one (the T5 tokenizer appends `</s>` after truncation),
-  pads, and masks pads: the model reads L tokens and L-1 positions are predicted, as in a Hugging Face causal LM.
-  'window' truncates or pads document + EOS to L+1 tokens (L predictions; a long document loses its EOS). With
-  `data.packing` the
-  documents are instead concatenated with EOS and split into full windows by grain's ConcatThenSplit; each
-  process then packs its own disjoint share of the documents, so the per-process slices no longer add up to
-  what a single process would load. Eval is always per document, as in the papers.
+- Text files (`data.c4_dir`, `data.train_files`: C4 from its JSON shards, any JSON-lines or Parquet corpus):
+  streamed and tokenized on the fly (data/stream.py), or read from a token cache prepared once (`data.cache_dir`,
+  data/cache.py) as a random-access source. Both cut documents into the rows text_rows.py defines, as below;
+  the evaluation reads the validation files (or the cache's validation rows) in order.
+- C4 from TFDS (the papers' setup), per `data.document_format`: 'cola' (default, the CoLA/GaLore code)
+  truncates each document to L tokens with the EOS kept as the last one (the T5 tokenizer appends `</s>` after
+  truncation), pads, and masks pads: the model reads L tokens and L-1 positions are predicted, as in a Hugging
+  Face causal LM. 'window' truncates or pads document + EOS to L+1 tokens (L predictions; a long document loses
+  its EOS). With `data.packing` the documents are instead concatenated with EOS and split into full windows by
+  grain's ConcatThenSplit; each process then packs its own disjoint share of the documents, so the per-process
+  slices no longer add up to what a single process would load. Eval is always per document, as in the papers.
 """
 
 import collections
