@@ -24,6 +24,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-test.txt
+	# SLURM (Debian's slurm-wlm and munge) for tests/test_slurm.py, which runs the launcher on a local one-node SLURM.
+	@if [ "$$(id -u)" -eq 0 ]; then scripts/local_slurm.sh install; \
+	else echo "install-test: not root, so SLURM is not installed and tests/test_slurm.py will be skipped" \
+		"(as root: scripts/local_slurm.sh install)"; fi
 	touch $@
 
 install: $(VENV)/.installed
