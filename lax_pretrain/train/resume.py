@@ -6,8 +6,9 @@ Same run, decided from:
   and optimizer-state path, shape and dtype must be the new run's. This catches a changed kind, rank, crossing
   or parameter precision, and an optimizer setting that changes its state (clipping on/off, the decay mask).
 - `model.*` in the workdir's config.json (each projection's effective spec), but for the keys that change how
-  the same function is computed (`EXECUTION_KEYS`: remat, the kron gate's and TT's contraction order). This
-  catches what leaves the tree alone: svd <-> cola, the compute dtype, an activation, a parameter-free crossing.
+  the same function is computed (`EXECUTION_KEYS`: remat, the kron gate's and TT's contraction order, the
+  attention kernel). This catches what leaves the tree alone: svd <-> cola, the compute dtype, an activation,
+  a parameter-free crossing.
 - the keys whose change makes the saved data-iterator state meaningless (`DATA_STREAM_KEYS`).
 A parameters-only checkpoint (an import) is compared by its parameter tree alone: its parameters are initial
 values, whatever config made them.
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 LAUNCHES_DIR = "configs"
 # Model keys that choose how the same parameters compute the same function: changing one resumes the run.
-EXECUTION_KEYS = ("remat", "kron_impl", "tt_order")
+EXECUTION_KEYS = ("remat", "kron_impl", "tt_order", "attention")
 # What the saved data-iterator state indexes: the examples, their order and how a step's batch is cut.
 DATA_STREAM_KEYS = (
     "data.name",
