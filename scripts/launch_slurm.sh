@@ -6,18 +6,20 @@
 #       [--cpus_per_task=N] [--python=PATH] [--dry_run] \
 #       -- --config=configs/llama.py:1b,kind=cola,lax=kron --config.mesh.fsdp=-1 --config.mesh.data=1
 #
-# `srun` starts one `python -m lax_pretrain.train` per GPU (--per=gpu, the default: each process sees every
-# GPU of its node and JAX's SLURM detection gives it the one at SLURM_LOCALID) or per node (--per=node:
-# JAX_LOCAL_DEVICE_IDS hands it all GPUs of the node). JAX's SLURM cluster detection supplies the
-# coordinator, process count and ids to jax.distributed.initialize().
-# Resume-safe: WORKDIR is on the shared filesystem; the job is requeueable and SLURM's SIGTERM (120 s before
-# the time limit, or on preemption) makes the run checkpoint and exit; resubmitting (or the requeue) resumes.
+# `srun` starts one `python -m lax_pretrain.train` per GPU (--per=gpu, the default: each process sees the
+# job's GPUs on its node, SLURM's CUDA_VISIBLE_DEVICES, and JAX's SLURM detection gives it the one at
+# SLURM_LOCALID) or per node (--per=node: JAX_LOCAL_DEVICE_IDS hands it all of them). JAX's SLURM cluster
+# detection supplies the coordinator, process count and ids to jax.distributed.initialize().
+# Resume-safe: WORKDIR is on the shared filesystem. SLURM's SIGTERM to the tasks (120 s before the time limit,
+# or `scancel --signal=TERM JOBID`) makes the run checkpoint and exit; the batch script then requeues the job,
+# which resumes from the checkpoint (as does resubmitting the same command). Run for real on a one-node
+# SLURM 22.05 by tests/test_slurm.py (scripts/local_slurm.sh).
 # The repository (this checkout, by default) must be on a filesystem every node mounts, installed (make install).
 # --dry_run prints the sbatch script and then the submit command (last line), and writes nothing.
 set -euo pipefail
 
 NODES="" GPUS="" WORKDIR="" PER="gpu" PARTITION="" ACCOUNT="" TIME="24:00:00" JOB_NAME="" CPUS="" PYTHON="" DRY_RUN=0
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'; exit "${1:-0}"; } # the comment above
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --nodes=*) NODES="${1#*=}" ;;
@@ -97,7 +99,7 @@ EOF
 echo "launch_slurm: job $SLURM_JOB_ID, start $((${SLURM_RESTART_COUNT:-0} + 1)), on $SLURM_JOB_NODELIST"
 START_BYTES=$(stat -c %s "$OUT" 2>/dev/null || echo 0) # this start's output begins here
 TOLD=0
-trap 'TOLD=1; echo "launch_slurm: SIGTERM for the batch shell: forwarded to the tasks"; scancel --signal=TERM "$SLURM_JOB_ID" || true' TERM
+trap 'TOLD=1; echo "launch_slurm: SIGTERM for the batch shell: forwarded to the tasks"; scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || true' TERM
 # srun in the background, so that the trap runs while it does; its own --cpus-per-task (SLURM >= 22.05 no
 # longer passes sbatch's on to srun).
 EOF
@@ -108,10 +110,15 @@ while kill -0 "$SRUN" 2>/dev/null; do wait "$SRUN" || true; done # a trapped sig
 RC=0
 wait "$SRUN" || RC=$?
 said() { grep -aq "$1" < <(tail -c "+$((START_BYTES + 1))" "$OUT"); } # in this start's output
+job_state() { scontrol show job "$SLURM_JOB_ID" | grep -o -m1 'JobState=[A-Z_]*' | cut -d= -f2; }
 if said "preempted at step" || { [[ $TOLD == 1 ]] && ! said "done at step"; }; then
-  echo "launch_slurm: the run stopped early (srun exit $RC): requeueing job $SLURM_JOB_ID to resume"
-  scontrol requeue "$SLURM_JOB_ID"
-  exit 0
+  # Still RUNNING: only signalled. Cancelled (scancel JOBID: SIGTERM, then SIGKILL), past its time limit or
+  # preempted by SLURM, the job is COMPLETING and is not requeued here.
+  if [[ "$(job_state)" == RUNNING ]]; then
+    echo "launch_slurm: the run stopped early (srun exit $RC): requeueing job $SLURM_JOB_ID to resume"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
 fi
 echo "launch_slurm: srun exit $RC"
 exit "$RC"

@@ -11,9 +11,9 @@
 # (default /run/lax-local-slurm). /etc/slurm/slurm.conf, where sbatch/srun/sinfo look, is made a link to the
 # private config (a machine that already has a SLURM config is refused) and removed again by `stop`.
 # The node is this machine (`hostname -s`) with max(2, nproc) CPUs, so two one-CPU tasks fit, and a generic
-# resource gpu:2 without device files, so the launcher's `#SBATCH --gpus-per-node=2` is accepted unchanged
-# while the processes compute on the CPU (JAX_PLATFORMS=cpu). No cgroups (they need systemd here): processes
-# are tracked through /proc, tasks are not bound, nothing is accounted.
+# resource gpu:2 with stand-in devices (no GPUs), so the launcher's `#SBATCH --gpus-per-node=2` is accepted
+# unchanged while the processes compute on the CPU (JAX_PLATFORMS=cpu). No cgroups (they need systemd here):
+# processes are tracked through /proc, tasks are not bound, nothing is accounted.
 set -euo pipefail
 
 DIR="${LOCAL_SLURM_DIR:-/run/lax-local-slurm}"
@@ -28,7 +28,10 @@ die() {
   exit 1
 }
 need_root() { [[ $EUID -eq 0 ]] || die "$1 needs root (the daemons run as root; apt-get installs)"; }
-installed() { command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null; }
+installed() {
+  local c
+  for c in slurmctld slurmd munged sbatch; do command -v "$c" >/dev/null || return 1; done
+}
 
 # The pid in a daemon's pid file, if that process is alive.
 alive_pid() {
@@ -181,18 +184,24 @@ cmd_stop() {
   need_root stop
   if all_running; then
     # Jobs first, so that no job step (slurmstepd and the job's processes) outlives the daemons.
-    scancel --full --quiet --state=RUNNING,PENDING,SUSPENDED 2>/dev/null || true
-    scancel --quiet 2>/dev/null || true # any others (e.g. requeued, held)
-    local i
-    for ((i = 0; i < 300; i++)); do
-      [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break
-      sleep 0.1
-    done
-    [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] || echo "local_slurm.sh: jobs still listed after 30 s:" \
-      "$(squeue -h -o '%i %T' | tr '\n' ' ')" >&2
+    local jobs i
+    jobs="$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')"
+    if [[ -n "${jobs// /}" ]]; then
+      # shellcheck disable=SC2086 # one job id a word
+      scancel $jobs 2>/dev/null || true
+      for ((i = 0; i < 300; i++)); do
+        [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break
+        sleep 0.1
+      done
+      [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] || echo "local_slurm.sh: jobs still listed after 30 s:" \
+        "$(squeue -h -o '%i %T' | tr '\n' ' ')" >&2
+    fi
   fi
   local f
   for f in "${PIDFILES[@]}"; do stop_daemon "$f"; done
+  if pgrep -x slurmstepd >/dev/null; then
+    echo "local_slurm.sh: slurmstepd processes are still running (pids $(pgrep -x slurmstepd | tr '\n' ' '))" >&2
+  fi
   if [[ -L "$SYSTEM_CONF" && "$(readlink "$SYSTEM_CONF")" == "$CONF" ]]; then
     rm -f "$SYSTEM_CONF"
   fi

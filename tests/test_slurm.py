@@ -12,6 +12,7 @@ data=2 spanning the two processes, logging every 5 and checkpointing every 10 st
   preempted       `scancel --signal=TERM` after the first checkpoint (what `#SBATCH --signal=TERM@120` does before
                   the time limit) stops both processes after the same step; the batch script requeues the job,
                   which resumes from the checkpoint and ends with the uninterrupted run's loss at every step.
+  cancelled       `scancel` (a cancel, which also sends SIGTERM first) is not undone by that requeue.
 
 Needs root and Debian's slurm-wlm and munge (`scripts/local_slurm.sh install`; `make install-test` runs it as
 root). Without them these tests fail and say so; not as root they are skipped.
@@ -167,17 +168,21 @@ def test_uninterrupted_two_process_run(uninterrupted):
     assert output.count(f"done at step {STEPS}") == 2, output[-4000:]  # both tasks ran to the end
 
 
-def test_preempted_run_is_requeued_and_resumes_exactly(uninterrupted, tmp_path):
-    workdir = tmp_path / "preempted"
-    job = launch(workdir)
+def wait_first_checkpoint(workdir: Path, job: int) -> None:
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (workdir / "checkpoints" / "10").is_dir():  # the first checkpoint, complete
+    while not (workdir / "checkpoints" / "10").is_dir():  # complete: orbax renames it into place
         info = job_info(job)
         assert info["JobState"] in ("PENDING", "RUNNING") and time.monotonic() < deadline, (
             info["JobState"],
             job_output(workdir, job)[-4000:],
         )
         time.sleep(0.1)
+
+
+def test_preempted_run_is_requeued_and_resumes_exactly(uninterrupted, tmp_path):
+    workdir = tmp_path / "preempted"
+    job = launch(workdir)
+    wait_first_checkpoint(workdir, job)
     signalled = sh("scancel", "--signal=TERM", str(job))  # the training tasks, as --signal=TERM@120 does
     assert signalled.returncode == 0, signalled.stderr
 
@@ -198,3 +203,17 @@ def test_preempted_run_is_requeued_and_resumes_exactly(uninterrupted, tmp_path):
     for (step, loss), (_, want) in zip(got, expected):
         assert loss == pytest.approx(want, rel=1e-6, abs=1e-6), step
     assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])["num_devices"] == 2
+
+
+def test_cancelled_run_stays_cancelled(slurm, data, tmp_path):
+    """`scancel JOBID` sends SIGTERM too (SIGKILL follows after KillWait): the run may checkpoint and say
+    "preempted at step k", but the batch script requeues only a job that is still RUNNING, not a cancelled one."""
+    workdir = tmp_path / "cancelled"
+    job = launch(workdir)
+    wait_first_checkpoint(workdir, job)
+    cancelled = sh("scancel", str(job))
+    assert cancelled.returncode == 0, cancelled.stderr
+    info = wait_job(workdir, job)
+    output = job_output(workdir, job)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", output[-4000:]
+    assert "requeueing job" not in output
