@@ -99,26 +99,37 @@ EOF
 echo "launch_slurm: job $SLURM_JOB_ID, start $((${SLURM_RESTART_COUNT:-0} + 1)), on $SLURM_JOB_NODELIST"
 START_BYTES=$(stat -c %s "$OUT" 2>/dev/null || echo 0) # this start's output begins here
 TOLD=0
-trap 'TOLD=1; echo "launch_slurm: SIGTERM for the batch shell: forwarded to the tasks"; scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || true' TERM
+forward() {
+  TOLD=1
+  echo "launch_slurm: SIGTERM for the batch shell: forwarded to the tasks"
+  scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || true # every step, not this shell
+}
+trap forward TERM
 # srun in the background, so that the trap runs while it does; its own --cpus-per-task (SLURM >= 22.05 no
 # longer passes sbatch's on to srun).
 EOF
-  echo "srun --kill-on-bad-exit=1 --cpus-per-task=$CPUS $(quote "$PYTHON" -m lax_pretrain.train --workdir="$WORKDIR" "${TRAIN_ARGS[@]}") &"
+  local train
+  train="$(quote "$PYTHON" -m lax_pretrain.train --workdir="$WORKDIR" "${TRAIN_ARGS[@]}")"
+  echo "srun --kill-on-bad-exit=1 --cpus-per-task=$CPUS $train &"
   cat <<'EOF'
 SRUN=$!
 while kill -0 "$SRUN" 2>/dev/null; do wait "$SRUN" || true; done # a trapped signal interrupts wait
 RC=0
 wait "$SRUN" || RC=$?
 said() { grep -aq "$1" < <(tail -c "+$((START_BYTES + 1))" "$OUT"); } # in this start's output
-job_state() { scontrol show job "$SLURM_JOB_ID" | grep -o -m1 'JobState=[A-Z_]*' | cut -d= -f2; }
+job_state() {
+  [[ "$(scontrol show job --oneliner "$SLURM_JOB_ID")" =~ JobState=([A-Z_]+) ]] && echo "${BASH_REMATCH[1]}"
+}
 if said "preempted at step" || { [[ $TOLD == 1 ]] && ! said "done at step"; }; then
   # Still RUNNING: only signalled. Cancelled (scancel JOBID: SIGTERM, then SIGKILL), past its time limit or
   # preempted by SLURM, the job is COMPLETING and is not requeued here.
-  if [[ "$(job_state)" == RUNNING ]]; then
+  STATE="$(job_state || true)"
+  if [[ "$STATE" == RUNNING ]]; then
     echo "launch_slurm: the run stopped early (srun exit $RC): requeueing job $SLURM_JOB_ID to resume"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi
+  echo "launch_slurm: the run stopped early, the job is ${STATE:-unknown to scontrol}: not requeued"
 fi
 echo "launch_slurm: srun exit $RC"
 exit "$RC"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, to run scripts/launch_slurm.sh for real (tests/test_slurm.py).
 #
-#   scripts/local_slurm.sh install   apt-get install Debian's slurm-wlm and munge (root; a no-op when installed)
-#   scripts/local_slurm.sh start     configure and start munged, slurmctld and slurmd; wait for the node to be idle
+#   scripts/local_slurm.sh install   apt-get install Debian's slurm-wlm and munge (root; no-op when installed)
+#   scripts/local_slurm.sh start     configure and start munged, slurmctld and slurmd; wait for an idle node
 #   scripts/local_slurm.sh stop      cancel every job, stop the daemons, remove everything `start` created
 #   scripts/local_slurm.sh status    sinfo and squeue
 #
@@ -41,8 +41,15 @@ alive_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
 }
 PIDFILES=("$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/munge/munged.pid") # stop order
-all_running() { local f; for f in "${PIDFILES[@]}"; do alive_pid "$f" >/dev/null || return 1; done; }
-any_running() { local f; for f in "${PIDFILES[@]}"; do alive_pid "$f" >/dev/null && return 0; done; return 1; }
+all_running() {
+  local f
+  for f in "${PIDFILES[@]}"; do alive_pid "$f" >/dev/null || return 1; done
+}
+any_running() {
+  local f
+  for f in "${PIDFILES[@]}"; do alive_pid "$f" >/dev/null && return 0; done
+  return 1
+}
 node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 
 cmd_install() {
@@ -132,7 +139,8 @@ cmd_start() {
     echo "local_slurm.sh: partly running: restarting" >&2
     cmd_stop
   fi
-  if [[ -e "$SYSTEM_CONF" || -L "$SYSTEM_CONF" ]] && [[ "$(readlink "$SYSTEM_CONF" || true)" != "$CONF" ]]; then
+  if [[ -e "$SYSTEM_CONF" || -L "$SYSTEM_CONF" ]] && [[ "$(readlink "$SYSTEM_CONF" || true)" != "$CONF" ]]
+  then
     die "$SYSTEM_CONF exists: this machine has a SLURM configuration of its own; not touching it"
   fi
   rm -rf "$DIR"
@@ -158,7 +166,7 @@ cmd_start() {
     sleep 0.5
   done
   if [[ "$state" != idle ]]; then
-    echo "local_slurm.sh: node $NODE is '${state:-not reported}', not idle, after start; logs in $DIR/log:" >&2
+    echo "local_slurm.sh: node $NODE is '${state:-not reported}', not idle; logs in $DIR/log:" >&2
     sinfo -R 2>&1 | sed 's/^/  /' >&2 || true
     tail -n 15 "$DIR"/log/*.log 2>&1 | sed 's/^/  /' >&2 || true
     cmd_stop >&2
@@ -200,7 +208,7 @@ cmd_stop() {
   local f
   for f in "${PIDFILES[@]}"; do stop_daemon "$f"; done
   if pgrep -x slurmstepd >/dev/null; then
-    echo "local_slurm.sh: slurmstepd processes are still running (pids $(pgrep -x slurmstepd | tr '\n' ' '))" >&2
+    echo "local_slurm.sh: slurmstepd still running (pids $(pgrep -x slurmstepd | tr '\n' ' '))" >&2
   fi
   if [[ -L "$SYSTEM_CONF" && "$(readlink "$SYSTEM_CONF")" == "$CONF" ]]; then
     rm -f "$SYSTEM_CONF"
