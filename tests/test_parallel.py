@@ -445,7 +445,9 @@ def test_slurm_launcher_dry_run(per, tmp_path):
     assert f"#SBATCH --ntasks-per-node={4 if per == 'gpu' else 1}" in body
     per_node_line = "export JAX_LOCAL_DEVICE_IDS=0,1,2,3  # one process per node drives all its GPUs"
     assert (per_node_line in body) == (per == "node")
-    srun = shlex.split(body[-1])
-    assert srun[:3] == ["srun", "--kill-on-bad-exit=1", "--gpu-bind=none"]
+    (srun_line,) = [line for line in body if line.startswith("srun ")]
+    srun = shlex.split(srun_line.removesuffix(" &"))  # in the background: the batch shell traps SIGTERM
+    assert srun[:3] == ["srun", "--kill-on-bad-exit=1", f"--cpus-per-task={8 if per == 'gpu' else 32}"]
     assert srun[4:] == ["-m", "lax_pretrain.train", f"--workdir={workdir}", *TRAIN_ARGS]
+    assert any(line.strip() == 'scontrol requeue "$SLURM_JOB_ID"' for line in body)
     assert not workdir.exists()  # a dry run writes nothing
