@@ -114,7 +114,7 @@ def ensure_available(data_cfg) -> None:
     if cfg.cache_dir:
         for split in cache.SPLITS:
             cache.open_split(cfg, load_tokenizer(cfg.tokenizer), split)
-    elif cfg.name == "text_files" or cfg.c4_dir:
+    elif config.streams_files(cfg):
         globs = config.source_files(cfg)
         for split, key in (("train", "data.train_files"), ("validation", "data.eval_files")):
             files.expand(globs[split], key="data.c4_dir" if cfg.c4_dir else key)

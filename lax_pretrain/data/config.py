@@ -9,7 +9,7 @@ from lax_pretrain.data.shakespeare import parse_works
 TEXT_DATASETS = ("shakespeare", "c4", "text_files")
 IMAGE_DATASETS = ("fashion_mnist", "imagenet2012")
 DATASETS = TEXT_DATASETS + IMAGE_DATASETS
-FILE_DATASETS = ("c4", "text_files")  # read from text files through a prepared cache (data.cache_dir)
+FILE_DATASETS = ("c4", "text_files")  # may be read from text files: streamed, or through a token cache
 CROPS = ("random_resized", "pad", "none")
 DOCUMENT_FORMATS = ("cola", "window")
 AUTO_AUGMENT = ("none", "imagenet")
@@ -133,12 +133,18 @@ def resolve(data_cfg) -> ml_collections.ConfigDict:
     )
     _require(not (cfg.name == "text_files" and cfg.c4_dir), "data.c4_dir is for data.name='c4'")
     _require(
-        not cfg.eval_tokens or cfg.name in FILE_DATASETS,
-        f"data.eval_tokens={cfg.eval_tokens} counts the rows of a file corpus (c4 from data.c4_dir or a cache, "
-        "text_files); data.eval_batches sets the others",
+        not cfg.eval_tokens or cfg.cache_dir or streams_files(cfg),
+        f"data.eval_tokens={cfg.eval_tokens} counts the rows of a file corpus (data.c4_dir, data.train_files or "
+        "data.cache_dir); data.eval_batches sets the others",
     )
     _require(cfg.shuffle_window >= 1, f"data.shuffle_window={cfg.shuffle_window} must be >= 1")
     return cfg
+
+
+def streams_files(cfg) -> bool:
+    """Whether training reads text files directly (data/stream.py): a file corpus without a token cache. C4 with
+    neither data.c4_dir nor data.cache_dir is TFDS `c4/en`."""
+    return not cfg.cache_dir and (cfg.name == "text_files" or bool(cfg.c4_dir))
 
 
 def source_files(cfg) -> dict[str, str]:

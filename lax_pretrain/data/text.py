@@ -27,7 +27,7 @@ import numpy as np
 
 from lax_pretrain.data import cache, pipeline, shakespeare, tfds_io
 from lax_pretrain.data import files as files_lib
-from lax_pretrain.data.config import FILE_DATASETS, source_files
+from lax_pretrain.data.config import source_files, streams_files
 from lax_pretrain.data.stream import DocumentStream
 from lax_pretrain.data.text_rows import document_rows, document_tokens, document_window
 from lax_pretrain.data.tokenizer import Tokenizer
@@ -36,7 +36,7 @@ from lax_pretrain.data.tokenizer import Tokenizer
 def train_dataset(
     cfg, tok: Tokenizer, *, local_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
-    if cfg.name in FILE_DATASETS and not cfg.cache_dir:  # straight from the files (data/stream.py)
+    if streams_files(cfg):  # straight from the files (data/stream.py)
         files = files_lib.expand(source_files(cfg)["train"], key=_files_key(cfg, "train"))
         stream = DocumentStream(
             cfg, tok, files, seed=seed, process_index=process_index, process_count=process_count
@@ -66,7 +66,7 @@ def eval_dataset(
     cfg, tok: Tokenizer, *, global_batch: int, local_batch: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
     eval_batches = cfg.eval_batches
-    if cfg.name in FILE_DATASETS and not cfg.cache_dir:  # just the rows the evaluation needs, from the files
+    if streams_files(cfg):  # just the rows the evaluation needs, from the files
         windows_NxL1, lengths_N = _file_eval_rows(cfg, tok, max_rows=cfg.eval_batches * global_batch)
         read = functools.partial(
             _window_batch, windows_NxL1=windows_NxL1, lengths_N=lengths_N, pad_id=tok.pad_id
