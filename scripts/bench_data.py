@@ -38,7 +38,7 @@ from lax_pretrain.bench.timing import machine_info  # noqa: E402
 from lax_pretrain.data import cache, files, tfds_io  # noqa: E402
 from lax_pretrain.data.config import default_data_config  # noqa: E402
 from lax_pretrain.data.stream import DocumentStream  # noqa: E402
-from lax_pretrain.data.tokenizer import load_tokenizer  # noqa: E402
+from lax_pretrain.data.tokenizer import load_tokenizer, train_t5_layout_sentencepiece  # noqa: E402
 
 SEQ = 256
 C4_MEAN_DOC_BYTES = 2200
@@ -66,20 +66,11 @@ def write_corpus(text: str, root: Path, n_docs: int, n_shards: int) -> None:
 
 
 def train_t5_like_model(text: str, path: Path) -> int:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text.splitlines()),
-        model_prefix=str(path.with_suffix("")),
-        vocab_size=32000,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        hard_vocab_limit=False,  # as many pieces as the text supports, up to 32,000
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
+    model = train_t5_layout_sentencepiece(
+        text.splitlines(), vocab_size=32000, hard_vocab_limit=False, num_threads=os.cpu_count() or 1
     )
-    return spm.SentencePieceProcessor(model_file=str(path)).vocab_size()
+    path.write_bytes(model)
+    return spm.SentencePieceProcessor(model_proto=model).vocab_size()
 
 
 def rate(n_docs: int, n_tokens: int, seconds: float) -> dict:

@@ -408,27 +408,13 @@ def test_t5_rows_through_cache_and_stream_equal_the_papers_hf_call(corpus, tmp_p
     """A T5-layout SentencePiece model (pad 0, </s> 1, unk 2, no BOS) trained here, saved by transformers as a
     tokenizer.json: the cache's and the stream's rows are, token for token, what the CoLA/GaLore code's call
     `tok(text, max_length=L, truncation=True, padding="max_length")` gives, pads dropped."""
-    import io
-
-    import sentencepiece as spm
     import transformers
 
+    from lax_pretrain.data.tokenizer import train_t5_layout_sentencepiece
+
     docs = [d for shard in corpus["train"] for d in shard]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(docs),
-        model_writer=model,
-        vocab_size=400,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
     (tmp_path / "spm").mkdir()
-    (tmp_path / "spm" / "spiece.model").write_bytes(model.getvalue())
+    (tmp_path / "spm" / "spiece.model").write_bytes(train_t5_layout_sentencepiece(docs, vocab_size=400))
     hf = transformers.T5Tokenizer.from_pretrained(str(tmp_path / "spm"), model_max_length=SEQ, extra_ids=100)
     hf.save_pretrained(str(tmp_path / "hf"))
     encoded = hf(docs, max_length=SEQ, truncation=True, padding="max_length")

@@ -12,13 +12,11 @@ SentencePiece model (like T5's spiece.model) has no extra-id pieces, so it spell
 """
 
 import hashlib
-import io
 import os
 import pickle
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import tokenizers
 import transformers
 
@@ -29,28 +27,12 @@ from lax_pretrain.data.tokenizer import (
     HFTokenizer,
     SentencePieceTokenizer,
     load_tokenizer,
+    train_t5_layout_sentencepiece,
 )
 
 L = 64
 PIECES = 600
 EXTRA = "<extra_id_0>"
-
-
-def _train_t5_like_spm(lines, vocab_size=PIECES) -> bytes:
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return model.getvalue()
 
 
 def _works() -> dict[str, str]:
@@ -67,7 +49,7 @@ def t5(tmp_path_factory):
     train_lines = [ln for n in names[:3] for ln in works[n].splitlines() if ln.strip()]
     spm_dir = root / "spm"
     spm_dir.mkdir()
-    (spm_dir / "spiece.model").write_bytes(_train_t5_like_spm(train_lines))
+    (spm_dir / "spiece.model").write_bytes(train_t5_layout_sentencepiece(train_lines, vocab_size=PIECES))
     # transformers 5: T5Tokenizer(vocab_file=...) ignores the file; from_pretrained converts the spiece.model.
     hf = transformers.T5Tokenizer.from_pretrained(str(spm_dir), model_max_length=L, extra_ids=100)
     hf_dir = root / "hf"
@@ -208,7 +190,9 @@ def test_bad_specs_are_one_error_naming_data_tokenizer(t5, tmp_path):
 def test_fingerprints_are_stable_and_tell_tokenizers_apart(t5, tmp_path):
     works = _works()
     other = tmp_path / "other.model"
-    other.write_bytes(_train_t5_like_spm(next(iter(works.values())).splitlines()[:3000], vocab_size=400))
+    other.write_bytes(
+        train_t5_layout_sentencepiece(next(iter(works.values())).splitlines()[:3000], vocab_size=400)
+    )
     json_path = os.path.join(t5["hf_dir"], "tokenizer.json")
     with open(json_path, "rb") as f:
         json_sha = hashlib.sha256(f.read()).hexdigest()

@@ -312,3 +312,27 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
         minloglevel=2,
     )
     return model.getvalue()
+
+
+def train_t5_layout_sentencepiece(
+    lines: Iterable[str], *, vocab_size: int, hard_vocab_limit: bool = True, num_threads: int = 1
+) -> bytes:
+    """A unigram SentencePiece model in T5's layout (pad 0, `</s>` 1, `<unk>` 2, no BOS; SentencePiece's default
+    normalization) trained on `lines`: what `transformers.T5Tokenizer` converts into a tokenizer.json, and a
+    stand-in for t5-base's spiece.model where there is no network. `hard_vocab_limit=False` takes as many pieces
+    as the text supports up to `vocab_size`; one thread keeps training deterministic."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=hard_vocab_limit,
+        num_threads=num_threads,
+        minloglevel=2,
+    )
+    return model.getvalue()
