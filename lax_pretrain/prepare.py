@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from lax_pretrain import cli
-from lax_pretrain.data import cache, files
+from lax_pretrain.data import cache
 from lax_pretrain.data import config as data_config
 from lax_pretrain.data.tokenizer import load_tokenizer
 
@@ -67,12 +67,7 @@ def _resolved(fv: flags.FlagValues):
 
 def _settings(cfg, tok, out: Path) -> dict:
     """The cache's settings: written by the first host, checked by every later run of the command."""
-    globs = data_config.source_files(cfg)
-    key = {"train": "data.train_files", "validation": "data.eval_files"}
-    sources = {
-        split: files.expand(globs[split], key="data.c4_dir" if cfg.c4_dir else key[split])
-        for split in cache.SPLITS
-    }
+    sources = {split: data_config.source_files(cfg, split) for split in cache.SPLITS}
     settings = cache.settings_for(cfg, tok, sources)
     path = out / cache.SETTINGS
     if path.exists():

@@ -14,7 +14,7 @@ import collections
 
 import grain
 
-from lax_pretrain.data import cache, config, files, images, stream, text, tfds_io
+from lax_pretrain.data import cache, config, images, stream, text, tfds_io
 from lax_pretrain.data.config import default_data_config
 from lax_pretrain.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -115,9 +115,8 @@ def ensure_available(data_cfg) -> None:
         for split in cache.SPLITS:
             cache.open_split(cfg, load_tokenizer(cfg.tokenizer), split)
     elif config.streams_files(cfg):
-        globs = config.source_files(cfg)
-        for split, key in (("train", "data.train_files"), ("validation", "data.eval_files")):
-            files.expand(globs[split], key="data.c4_dir" if cfg.c4_dir else key)
+        for split in cache.SPLITS:
+            config.source_files(cfg, split)
     else:
         tfds_io.ensure_available(cfg)
 

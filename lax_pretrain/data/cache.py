@@ -163,7 +163,7 @@ def open_split(cfg: Any, tok: Tokenizer, split: str):
 
 def rows_for_tokens(cfg: Any, tok: Tokenizer, split: str, tokens: int) -> int:
     """How many of the split's first rows hold `tokens` real (non-pad) tokens; all rows if it has fewer."""
-    source, dtype, totals = open_split(cfg, tok, split)
+    source, dtype, _ = open_split(cfg, tok, split)
     seen, chunk = 0, 8192
     for start in range(0, len(source), chunk):
         lengths = np.fromiter(

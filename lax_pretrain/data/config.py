@@ -147,11 +147,13 @@ def streams_files(cfg) -> bool:
     return not cfg.cache_dir and (cfg.name == "text_files" or bool(cfg.c4_dir))
 
 
-def source_files(cfg) -> dict[str, str]:
-    """{split: globs} of a file corpus ('train', 'validation'), from data.c4_dir or data.train/eval_files."""
+def source_files(cfg, split: str) -> list[str]:
+    """The files of one split ('train', 'validation') of a file corpus, from data.c4_dir or data.train/eval_files;
+    a glob that matches nothing is one error naming the key that gave it."""
     if cfg.c4_dir:
-        return {split: files.c4_files(cfg.c4_dir, split) for split in ("train", "validation")}
-    return {"train": cfg.train_files, "validation": cfg.eval_files}
+        return files.expand(files.c4_files(cfg.c4_dir, split), key="data.c4_dir")
+    key = {"train": "train_files", "validation": "eval_files"}[split]
+    return files.expand(cfg[key], key=f"data.{key}")
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:

@@ -37,9 +37,13 @@ def train_dataset(
     cfg, tok: Tokenizer, *, local_batch: int, seed: int, process_index: int, process_count: int
 ) -> grain.IterDataset:
     if streams_files(cfg):  # straight from the files (data/stream.py)
-        files = files_lib.expand(source_files(cfg)["train"], key=_files_key(cfg, "train"))
         stream = DocumentStream(
-            cfg, tok, files, seed=seed, process_index=process_index, process_count=process_count
+            cfg,
+            tok,
+            source_files(cfg, "train"),
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
         )
         return stream.batch(
             local_batch, batch_fn=functools.partial(_rows_batch, seq_len=cfg.seq_len, pad_id=tok.pad_id)
@@ -177,21 +181,14 @@ def _document_batch(rows: dict, *, source, tok: Tokenizer, seq_len: int, documen
     return _to_batch(tokens_BxL1, lengths_B)
 
 
-def _files_key(cfg, split: str) -> str:
-    return (
-        "data.c4_dir" if cfg.c4_dir else {"train": "data.train_files", "validation": "data.eval_files"}[split]
-    )
-
-
 def _file_eval_rows(cfg, tok: Tokenizer, *, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The evaluation's rows, read by every process from the validation files in order (sorted files, each in
     file order), each process then taking its slice of every batch: the first rows holding `data.eval_tokens`
     real tokens, else the first `max_rows` (0: all). Held in host memory: (rows, seq_len + 1) int32."""
-    urls = files_lib.expand(source_files(cfg)["validation"], key=_files_key(cfg, "validation"))
     counts = collections.Counter()
     texts = (
         t
-        for url in urls
+        for url in source_files(cfg, "validation")
         for t in files_lib.read_documents(
             url, text_key=cfg.text_key, on_bad_record=cfg.on_bad_record, counts=counts
         )
