@@ -38,6 +38,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from lax_pretrain.data.config import default_data_config
+from lax_pretrain.optim import optimizer_sections
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -250,6 +251,7 @@ def base_config() -> ml_collections.ConfigDict:
         init_from="",  # a workdir: a fresh run starts from its newest checkpoint's parameters (train/resume.py)
     )
     c.optim = dict(
+        name="adamw",  # a registered optimizer (lax_pretrain.optim); its own keys live in optim.<name>
         lr=1e-3,
         warmup_steps=100,
         warmup_init_lr=0.0,
@@ -260,9 +262,11 @@ def base_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         clip_norm=0.5,
         weight_decay_mask="all",
+        **optimizer_sections(),
     )
     c.wandb = dict(mode="offline", project="lax-pretrain", entity="", group="", tags=(), name="")
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, num_devices=0)
+    # dcn_data, dcn_fsdp: how many TPU slices the data and fsdp axes span (parallel/mesh.py)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, num_devices=0)
     c.parallel = dict(tp_impl="auto", rules=[])
     c.distributed = dict(coordinator="", num_processes=0, process_id=-1, auto=True)
     return c

@@ -20,11 +20,13 @@ PACKAGE = ROOT / "lax_pretrain"
 LEVELS = [
     ("lax_pretrain.nnx_compat", 0),
     ("lax_pretrain.cli", 0),
+    ("lax_pretrain.registry", 0),
     # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
     ("lax_pretrain.parallel", 1),
     ("lax_pretrain.layers", 2),
     ("lax_pretrain.models", 3),
     ("lax_pretrain.data", 3),
+    ("lax_pretrain.optim", 3),
     ("lax_pretrain.config", 4),
     ("lax_pretrain.recipe", 4),
     ("lax_pretrain.adapters", 5),

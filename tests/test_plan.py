@@ -126,7 +126,7 @@ def test_parameter_and_optimizer_bytes_are_the_analytic_counts(reports, name, fs
 
 
 def _tx(config):
-    from lax_pretrain.train.optimizer import make_optimizer
+    from lax_pretrain.optim import make_optimizer
 
     return make_optimizer(config.optim, config.train.steps)[0]
 

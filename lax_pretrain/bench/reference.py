@@ -2,7 +2,7 @@
 
   plain JAX  the same model as plain functions over a dict of arrays: every projection is `x @ W` (dense) or
              `act(x @ A) @ B` (cola, svd without the act), the same loss and the same optimizer
-             (`train.optimizer.make_optimizer`); no NNX, no factory, no sharding or remat hooks. Our step over
+             (`optim.make_optimizer`); no NNX, no factory, no sharding or remat hooks. Our step over
              this one is what our abstractions cost.
   PyTorch    the same model and step in eager PyTorch (CPU): `F.scaled_dot_product_attention`,
              `torch.optim.AdamW` and `clip_grad_norm_`. Our step over this one is what XLA:CPU gives away (or
@@ -26,7 +26,7 @@ from flax import nnx
 from lax_pretrain.bench.models import TINY, Case, Stepper, model_config, step_program
 from lax_pretrain.bench.timing import loadavg, paired_ratio, time_interleaved
 from lax_pretrain.models import get_task
-from lax_pretrain.train.optimizer import make_optimizer
+from lax_pretrain.optim import make_optimizer
 
 # XLA:CPU compile options the suite can time our step under (`--xla_options=NAME,...`): the candidates of
 # issue 17 (jaxlib 0.10.2 spellings; `XLA_FLAGS=--help` lists every flag).

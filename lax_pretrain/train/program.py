@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from lax_pretrain.models import Task, build, get_task
+from lax_pretrain.optim import make_optimizer, state_shardings
 from lax_pretrain.parallel import (
     RESIDUAL,
     batch_sharding,
@@ -36,8 +37,8 @@ from lax_pretrain.parallel import (
     sharded_init,
     sharding_context,
 )
+from lax_pretrain.parallel.target import compiling_for
 from lax_pretrain.train.checkpoint import abstract_like
-from lax_pretrain.train.optimizer import make_optimizer
 from lax_pretrain.train.step import jit_train_step, make_eval_step, make_train_step
 
 ModelFactory = Callable[[nnx.Rngs], nnx.Module]
@@ -75,7 +76,7 @@ class Program:
 
     def lower_train_step(self):
         """The train step lowered for abstract arguments of this program's shapes and shardings."""
-        with self.context():
+        with self.context(), compiling_for(self.mesh.devices.flat[0]):
             return self.train_step.lower(
                 abstract_like(self.params),
                 abstract_like(self.opt_state),
@@ -110,6 +111,13 @@ def build_program(
     model_factory: rngs -> model (default: the config's model); trainable: which variables the optimizer
     updates (adapter fine-tuning passes a filter); init_values: flat state path -> host array replacing the
     factory's values there (a pretrained base), placed straight into its sharding, never a jit constant."""
+    # Everything that depends on the device kind (attention, kron gate) follows the mesh's devices: the host's
+    # in training, a TPU slice's or GPU node's when lax-plan compiles for one (parallel/target.py).
+    with compiling_for(mesh.devices.flat[0]):
+        return _build(config, mesh, model_factory, trainable, abstract, init_values)
+
+
+def _build(config, mesh, model_factory, trainable, abstract, init_values) -> Program:
     task = get_task(config.model)
     rules = rules_from_config(config.parallel)
     factory = model_factory or (lambda rngs: build(config.model, rngs=rngs))
@@ -124,33 +132,35 @@ def build_program(
             f"{sorted('/'.join(map(str, p)) for p in unknown)[:3]}"
         )
     tx, schedule = make_optimizer(config.optim, config.train.steps)
-    with sharding_context(mesh, rules, config.parallel.tp_impl):
-        if abstract:
-            params, frozen = (
-                _with_shardings(s, sh) for s, sh in zip(jax.eval_shape(init_state), (param_sh, frozen_sh))
-            )
-            opt_sh = optimizer_shardings(tx, params, mesh)
-            opt_state = _with_shardings(jax.eval_shape(tx.init, params), opt_sh)
-        else:
+    if abstract:
+        # Outside the mesh context: eager work there (optax's init, a PRNG key) would run on the mesh's
+        # devices, which for a target compile (lax-plan --target) are descriptions that cannot run anything.
+        params, frozen = (
+            _with_shardings(s, sh) for s, sh in zip(jax.eval_shape(init_state), (param_sh, frozen_sh))
+        )
+        opt_sh = state_shardings(config.optim, tx, params, mesh)
+        opt_state = _with_shardings(jax.eval_shape(tx.init, params), opt_sh)
+    else:
+        with sharding_context(mesh, rules, config.parallel.tp_impl):
             params, frozen = init_state()
             if init_values:
                 params = place_values(params, param_sh, init_values)
                 frozen = place_values(frozen, frozen_sh, init_values)
-            opt_sh = optimizer_shardings(tx, params, mesh)
+            opt_sh = state_shardings(config.optim, tx, params, mesh)
             opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-        batch_spec = global_batch_spec(task, config, mesh, rules)
-        batch_sh = {k: v.sharding for k, v in batch_spec.items()}
-        step = make_train_step(
-            graphdef,
-            frozen,
-            task.loss,
-            tx,
-            schedule,
-            grad_accum=config.train.grad_accum,
-            dropout_seed=config.train.seed,
-        )
-        train_step = jit_train_step(step, param_sh, opt_sh, frozen_sh, batch_sh)
-        eval_step = make_eval_step(graphdef, task.eval_sums, param_sh, frozen_sh, batch_sh)
+    batch_spec = global_batch_spec(task, config, mesh, rules)
+    batch_sh = {k: v.sharding for k, v in batch_spec.items()}
+    step = make_train_step(
+        graphdef,
+        frozen,
+        task.loss,
+        tx,
+        schedule,
+        grad_accum=config.train.grad_accum,
+        dropout_seed=config.train.seed,
+    )
+    train_step = jit_train_step(step, param_sh, opt_sh, frozen_sh, batch_sh)
+    eval_step = make_eval_step(graphdef, task.eval_sums, param_sh, frozen_sh, batch_sh)
     return Program(
         config,
         task,
@@ -168,21 +178,6 @@ def build_program(
         schedule,
         train_step,
         eval_step,
-    )
-
-
-def optimizer_shardings(tx: optax.GradientTransformation, params: Any, mesh: Mesh) -> Any:
-    """The optimizer state's shardings: each parameter-shaped leaf (AdamW's moments) as its parameter, the rest
-    (step counts) replicated. Left to the compiler, `zeros_like(param)` depends on no parameter value and comes
-    out replicated: under FSDP every device would hold both moments whole (lax-plan found it: 26.4 MB instead
-    of 3.3 MB per device for the nano model over fsdp=8)."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return optax.tree_map_params(
-        tx,
-        lambda _, param: param.sharding,
-        jax.eval_shape(tx.init, params),
-        params,
-        transform_non_params=lambda _: replicated,
     )
 
 

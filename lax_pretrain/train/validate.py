@@ -11,13 +11,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jax
 from flax import nnx
 from jax.sharding import Mesh
 
 from lax_pretrain import data as data_lib
 from lax_pretrain.models import build, get_task
+from lax_pretrain.optim import validate_optimizer
 from lax_pretrain.parallel.constraints import check_tp_impl
+from lax_pretrain.parallel.mesh import process_indices
 from lax_pretrain.train.metrics import WANDB_MODES
 from lax_pretrain.train.resume import record_launch
 
@@ -54,10 +55,9 @@ def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
             f"train.batch_size={t.batch_size} must split into train.grad_accum={t.grad_accum} "
             f"micro-batches that are each divisible by the data axes ({data_ways})"
         )
-    if t.batch_size % jax.process_count():
-        raise ValueError(
-            f"train.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes"
-        )
+    processes = len(process_indices(mesh.devices.flat))  # the mesh's hosts, also for a target compiled here
+    if t.batch_size % processes:
+        raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the {processes} processes")
 
     check_tp_impl(config.parallel.tp_impl)
     if config.wandb.mode not in WANDB_MODES:
@@ -93,6 +93,7 @@ def validate_config(config: Any, mesh: Mesh) -> dict[str, Any]:
 def check_optimizer(optim: Any, steps: int) -> None:
     """The optimizer values that would start a run that cannot train: refused naming the key. A warm-up as long
     as the run (smoke runs) is allowed, with a warning."""
+    validate_optimizer(optim)  # a registered optim.name, its own keys only, its own checks
     for key in ("lr", "weight_decay", "warmup_init_lr", "min_lr_ratio", "b1", "b2", "eps", "clip_norm"):
         value = optim.get(key)
         if value is not None and not math.isfinite(float(value)):
