@@ -2,7 +2,17 @@
 of the factorized layers (GSPMD or shard_map), multi-host start-up and collective accounting."""
 
 from lax_pretrain.parallel.constraints import RESIDUAL, TP_IMPLS, constrain, sharding_context
-from lax_pretrain.parallel.mesh import MESH_AXES, make_mesh, mesh_devices, mesh_shape
+from lax_pretrain.parallel.mesh import (
+    DCN_KEYS,
+    MESH_AXES,
+    MeshSizes,
+    make_mesh,
+    mesh_devices,
+    mesh_shape,
+    mesh_sizes,
+    num_slices,
+    process_indices,
+)
 from lax_pretrain.parallel.rules import (
     DEFAULT_RULES,
     batch_sharding,
@@ -15,8 +25,10 @@ from lax_pretrain.parallel.rules import (
 )
 
 __all__ = [
+    "DCN_KEYS",
     "DEFAULT_RULES",
     "MESH_AXES",
+    "MeshSizes",
     "RESIDUAL",
     "TP_IMPLS",
     "batch_sharding",
@@ -26,7 +38,10 @@ __all__ = [
     "make_mesh",
     "mesh_devices",
     "mesh_shape",
+    "mesh_sizes",
+    "num_slices",
     "place_values",
+    "process_indices",
     "rules_from_config",
     "sharded_init",
     "sharding_context",

@@ -5,6 +5,10 @@
 `config.parallel.rules` overrides entries as [[name, mesh_axis_or_null], ...]. A dimension that a mesh axis
 does not divide stays replicated (e.g. a byte vocabulary of 259 over tensor=4), and a mesh axis is used at most
 once per array.
+
+Across TPU slices the mesh axes `data` and `fsdp` have the slices as their outer part (`mesh.dcn_data`,
+`mesh.dcn_fsdp`; parallel/mesh.py), so the same table shards the batch and FSDP's parameters over DCN as
+MaxText does, and `tensor` (never across slices) keeps its traffic on ICI.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lax_pretrain.nnx_compat import logical_axes
+from lax_pretrain.parallel.mesh import process_indices
 
 MeshAxes = str | tuple[str, ...] | None
 
@@ -149,20 +154,26 @@ def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
     """Each process loads rows [p * local, (p + 1) * local) of every global batch (lax_pretrain.data) and
     `jax.make_array_from_process_local_data` places them on its own devices: those devices must hold exactly
     that block. A mesh whose batch axes do not span the processes in order (e.g. hosts along `tensor`)
-    would silently train on mismatched rows; it is an error here, before anything compiles."""
-    count, me = jax.process_count(), jax.process_index()
+    would silently train on mismatched rows; it is an error here, before anything compiles.
+
+    The processes are those of the mesh's devices (the p-th in order loads block p), every one of them checked:
+    a multi-host topology compiled on one machine is refused exactly as its run would be."""
+    processes = process_indices(sharding.mesh.devices.flat)
+    count = len(processes)
     if count == 1:
         return
     local = global_rows // count
-    held: set[int] = set()
+    held: dict[int, set[int]] = {p: set() for p in processes}
     shape = (global_rows,) + (1,) * (len(sharding.spec) - 1)
     for device, index in sharding.devices_indices_map(shape).items():
-        if device.process_index == me:
-            held.update(range(*index[0].indices(global_rows)))
-    if held != set(range(me * local, (me + 1) * local)):
-        raise ValueError(
-            f"mesh {dict(sharding.mesh.shape)} with batch -> {sharding.spec[0]}: process {me} of {count} loads rows "
-            f"{me * local}..{(me + 1) * local - 1} of each global batch but its devices would hold "
-            f"{len(held)} rows ({min(held, default=0)}..{max(held, default=-1)}). Give the hosts distinct slices of "
-            "the batch axes (mesh.data or mesh.fsdp a multiple of the process count, hosts outermost)."
-        )
+        held[device.process_index].update(range(*index[0].indices(global_rows)))
+    for rank, process in enumerate(processes):
+        rows = held[process]
+        if rows != set(range(rank * local, (rank + 1) * local)):
+            raise ValueError(
+                f"mesh {dict(sharding.mesh.shape)} with batch -> {sharding.spec[0]}: process {rank} of {count} "
+                f"loads rows {rank * local}..{(rank + 1) * local - 1} of each global batch but its devices would "
+                f"hold {len(rows)} rows ({min(rows, default=0)}..{max(rows, default=-1)}). Give the hosts "
+                "distinct parts of the batch axes (mesh.data or mesh.fsdp a multiple of the process count, "
+                "hosts outermost)."
+            )
