@@ -16,6 +16,7 @@ from lax_pretrain.layers.broadcast import trailing
 from lax_pretrain.layers.norm import Norm
 from lax_pretrain.layers.spec import LinearSpec, balanced_factors
 from lax_pretrain.nnx_compat import param
+from lax_pretrain.parallel.target import compile_platform
 
 LATENT_NORM_EPS = 1e-6
 
@@ -51,8 +52,9 @@ KRON_GEMM_MAX_WIDTH = {"cpu": 128, "gpu": 512, "tpu": 512}
 
 
 def kron_impl_for(width: int, backend: str | None = None) -> str:
-    """The implementation `kron_impl='auto'` picks for a latent of `width` on `backend` (default: JAX's)."""
-    limit = KRON_GEMM_MAX_WIDTH.get(backend or jax.default_backend(), KRON_GEMM_MAX_WIDTH["gpu"])
+    """The implementation `kron_impl='auto'` picks for a latent of `width` on `backend` (default: the platform
+    the program is built for, `parallel.target.compile_platform()`: a plan for a TPU picks as the TPU run)."""
+    limit = KRON_GEMM_MAX_WIDTH.get(backend or compile_platform(), KRON_GEMM_MAX_WIDTH["gpu"])
     return "gemm" if width <= limit else "factored"
 
 

@@ -1,7 +1,9 @@
 """The one attention call of both families: `jax.nn.dot_product_attention`, implementation per `model.attention`.
 
   auto   cuDNN flash attention where it runs (an NVIDIA GPU, bfloat16/float16 compute, head dim a multiple of 8
-         and at most 128), XLA's attention everywhere else
+         and at most 128), XLA's attention everywhere else. "Where it runs" is the device the program is
+         built for (`parallel.target.compile_device()`): a plan compiled for H100s on a CPU host picks cuDNN
+         as the run on the H100s will.
   xla    XLA's attention: any backend and dtype
   cudnn  cuDNN flash attention; where it cannot run that is a config error naming `model.attention`
 
@@ -11,9 +13,14 @@ plain string on the module. Both implementations compute softmax(q k^T / sqrt(E)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+from jax._src.cudnn import fused_attention_stablehlo as _cudnn_fmha
+
+from lax_pretrain.parallel.target import compile_device
 
 ATTENTIONS = ("auto", "xla", "cudnn")
 CUDNN_DTYPES = ("bfloat16", "float16")
@@ -22,7 +29,7 @@ CUDNN_MAX_HEAD_DIM = 128
 
 def cudnn_unavailable(dtype: str, head_dim: int) -> str | None:
     """Why cuDNN flash attention cannot run this model here (None: it can)."""
-    device = jax.devices()[0]
+    device = compile_device()
     if device.platform != "gpu" or "nvidia" not in device.device_kind.lower():
         return f"it needs an NVIDIA GPU and the device is {device.device_kind!r} ({device.platform})"
     if dtype not in CUDNN_DTYPES:
@@ -43,6 +50,29 @@ def attention_impl(model_cfg: Any, head_dim: int) -> str:
     if choice == "cudnn" and why_not:
         raise ValueError(f"model.attention='cudnn' cannot run here: {why_not}; use auto or xla")
     return "xla" if why_not else "cudnn"
+
+
+@contextlib.contextmanager
+def cudnn_answered_for(cudnn_version: int, compute_capability: tuple[int, int]) -> Iterator[None]:
+    """Tracing cuDNN attention asks the host's cuDNN for its version and the first local GPU for its compute
+    capability; compiling for a GPU system that is not here (lax-plan --target), the target answers instead.
+    jax has no public hook for this, so its three private checks are replaced for the duration."""
+    originals = {
+        name: getattr(_cudnn_fmha, name)
+        for name in ("check_cudnn_version", "check_compute_capability", "is_cuda_compute_capability_equal")
+    }
+
+    def parse(capability: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in capability.split("."))
+
+    _cudnn_fmha.check_cudnn_version = lambda: cudnn_version
+    _cudnn_fmha.check_compute_capability = lambda c: compute_capability >= parse(c)
+    _cudnn_fmha.is_cuda_compute_capability_equal = lambda c: compute_capability == parse(c)
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(_cudnn_fmha, name, fn)
 
 
 def attend(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -235,3 +235,30 @@ def comm_report(compiled: Any) -> dict[str, Any]:
     report["total_collective_bytes"] = sum(v["bytes"] for v in collectives.values())
     report["memory"] = memory_report(compiled)
     return report
+
+
+def crosses_domains(
+    groups: list[list[int]] | None, domain_of: Callable[[int], int], num_partitions: int
+) -> bool:
+    """Whether a collective with these replica groups (None: all partitions) has a group spanning two domains
+    (TPU slices, GPU hosts): such a collective moves its bytes over DCN / the network, not ICI / NVLink."""
+    members = groups or [list(range(num_partitions))]
+    return any(len({domain_of(d) for d in g}) > 1 for g in members)
+
+
+def link_split(hlo: str, domain_of: Callable[[int], int]) -> dict[str, dict[str, int]]:
+    """{'ici' | 'dcn': {kind: bytes, 'total': bytes}}: the collective bytes per step and device that stay inside
+    one domain of `domain_of` (partition index -> slice or host) and those that cross domains."""
+    n = num_partitions(hlo)
+    out = {link: {**{k: 0 for k in KINDS}, "total": 0} for link in ("ici", "dcn")}
+    for kind, nbytes, times, line in collectives(hlo):
+        link = "dcn" if crosses_domains(replica_groups(line), domain_of, n) else "ici"
+        out[link][kind] += times * nbytes
+        out[link]["total"] += times * nbytes
+    return out
+
+
+def num_partitions(hlo: str) -> int:
+    """The module's partition count (its devices under SPMD), 1 where the header names none."""
+    m = re.search(r"\bnum_partitions=(\d+)", hlo)
+    return int(m.group(1)) if m else 1

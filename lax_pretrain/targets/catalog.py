@@ -55,7 +55,9 @@ class Target:
     @property
     def compiler(self) -> str:
         """What `make install-plan` installs for this target: the package whose absence is reported."""
-        return "libtpu (the TPU compiler)" if self.platform == "tpu" else "jax-cuda12-plugin (the GPU compiler)"
+        return (
+            "libtpu (the TPU compiler)" if self.platform == "tpu" else "jax-cuda12-plugin (the GPU compiler)"
+        )
 
 
 def known_targets() -> str:

@@ -71,6 +71,27 @@ def compiler_missing_here(target: Target) -> str | None:
     """Inside the plan process: the one-line error when this interpreter lacks `target`'s compiler."""
     if compiler_present(target.platform):
         return None
-    return (
-        f"--target={target.name} needs {target.compiler}, which this python does not have: run `{INSTALL_STEP}`"
+    return f"--target={target.name} needs {target.compiler}, which this python does not have: run `{INSTALL_STEP}`"
+
+
+def run_in_plan_venv(python: Path, argv: list[str]) -> tuple[int, str, str]:
+    """Runs `python -m lax_pretrain.plan ARGV` (the target compile) with `plan_environment()`; returns (exit
+    status, stdout, the stderr worth showing). The compilers log start-up warnings on stderr that say nothing
+    about the plan (no TPU metadata, no CUDA driver): shown only when the process failed."""
+    import subprocess
+
+    proc = subprocess.run(
+        [str(python), "-m", "lax_pretrain.plan", *argv],
+        env=plan_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    if proc.returncode in (0, 1):
+        shown = ""
+    elif errors:
+        shown = "\n".join(errors[-1:])  # a bad input: its one line
+    else:
+        shown = "\n".join(proc.stderr.splitlines()[-40:])  # a crash: the end of its traceback
+    return proc.returncode, proc.stdout, shown

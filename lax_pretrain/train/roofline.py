@@ -30,14 +30,19 @@ bound that real kernels reach a fraction of.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from lax_pretrain.parallel.comm import (
     Instruction,
     collectives,
     computations,
+    crosses_domains,
     instruction,
     replica_groups,
     shape_bytes,
@@ -64,6 +69,9 @@ _NO_TRAFFIC = {
 _OPERAND = re.compile(r"%([\w.\-]+)")
 _DIMS = re.compile(r"\[([0-9,]*)\]")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
+_DIM_LABELS = re.compile(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)")
+_CUSTOM_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_CONFIG = "backend_config="
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +98,89 @@ def _dot_flops(ins: Instruction, shapes: dict[str, str]) -> float:
     lhs_dims = _dims(lhs)
     k = math.prod(lhs_dims[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 1
     return 2.0 * math.prod(_dims(ins.result)) * k
+
+
+def _convolution_flops(ins: Instruction, shapes: dict[str, str]) -> float:
+    """2 x the multiply-adds that touch real input: the TPU compiler writes matmuls as convolutions
+    (`dim_labels=bf_io->bf`), batched ones with the batch as a spatial dimension whose window, padding and
+    dilation make each output see one real tap of several; padding and dilation holes are not counted."""
+    labels = _DIM_LABELS.search(ins.line)
+    operands = _operands(ins)
+    if not labels or len(operands) < 2:
+        return 0.0
+    lhs_labels, rhs_labels, out_labels = labels.groups()
+    lhs, rhs, out = _dims(shapes.get(operands[0], "")), _dims(shapes.get(operands[1], "")), _dims(ins.result)
+    if (len(lhs), len(rhs), len(out)) != (len(lhs_labels), len(rhs_labels), len(out_labels)):
+        return 0.0
+    spatial = sorted(c for c in rhs_labels if c.isdigit())
+    window = _window(ins.line, len(spatial))
+    taps = 1
+    for i, dim in enumerate(spatial):
+        taps *= _valid_taps(
+            lhs[lhs_labels.index(dim)], rhs[rhs_labels.index(dim)], out[out_labels.index(dim)], window[i]
+        )
+    others = math.prod(d for d, c in zip(out, out_labels) if not c.isdigit())
+    return 2.0 * others * taps * rhs[rhs_labels.index("i")]
+
+
+def _window(line: str, n: int) -> list[dict[str, list[int]]]:
+    """Per spatial dimension: stride, padding (low, high), lhs and rhs dilation of `window={...}`."""
+    m = re.search(r"window=\{([^}]*)\}", line)
+    attrs = dict(kv.split("=", 1) for kv in m.group(1).split()) if m else {}
+
+    def per_dim(key: str, default: int) -> list[int]:
+        return [int(v) for v in attrs[key].split("x")] if key in attrs else [default] * n
+
+    pads = (
+        [tuple(int(p) for p in v.split("_")) for v in attrs["pad"].split("x")]
+        if "pad" in attrs
+        else [(0, 0)] * n
+    )
+    stride, lhs_dilate, rhs_dilate = per_dim("stride", 1), per_dim("lhs_dilate", 1), per_dim("rhs_dilate", 1)
+    return [
+        {"stride": stride[i], "pad_low": pads[i][0], "lhs_dilate": lhs_dilate[i], "rhs_dilate": rhs_dilate[i]}
+        for i in range(n)
+    ]
+
+
+def _valid_taps(n_in: int, k: int, n_out: int, w: dict[str, int]) -> int:
+    """Over one spatial dimension: the (output position, kernel tap) pairs that land on an input element
+    (not on padding or a dilation hole)."""
+    o = np.arange(n_out)[:, None]
+    j = np.arange(k)[None, :]
+    pos = o * w["stride"] + j * w["rhs_dilate"] - w["pad_low"]
+    d = w["lhs_dilate"]
+    return int(np.sum((pos >= 0) & (pos <= (n_in - 1) * d) & (pos % d == 0)))
+
+
+def _backend_config(line: str) -> dict[str, Any]:
+    """The JSON `backend_config={...}` of an instruction ({} where it has none or it does not parse)."""
+    at = line.find(_CONFIG)
+    if at < 0:
+        return {}
+    try:
+        return json.JSONDecoder().raw_decode(line, at + len(_CONFIG))[0]
+    except ValueError:
+        return {}
+
+
+def _custom_call_flops(ins: Instruction, shapes: dict[str, str]) -> float:
+    """cuBLAS GEMMs (their dot dimensions in the backend config) and cuDNN attention, counted as the matmuls
+    they replace: forward q k^T and p v (4 B T H S E), backward 8 B T H S E, unmasked as the analytic count
+    (flash attention's recomputed scores and causal block skipping not modelled)."""
+    target = _CUSTOM_TARGET.search(ins.line)
+    name = target.group(1) if target else ""
+    operands = [_dims(shapes.get(o, "")) for o in _operands(ins)]
+    if "gemm" in name.lower() and operands:
+        numbers = _backend_config(ins.line).get("gemm_backend_config", {})
+        contracting = numbers.get("dot_dimension_numbers", {}).get("lhs_contracting_dimensions", [])
+        k = math.prod(operands[0][int(i)] for i in contracting) if contracting else 1
+        return 2.0 * math.prod(_dims(ins.result.split(")")[0].lstrip("("))) * k
+    if name.startswith("__cudnn$fmha") and len(operands) >= 2 and len(operands[0]) == 4:
+        b, t, h, e = operands[0]  # q: (B, T, H, E), k: (B, S, K, E) in jax's BTNH layout
+        s = operands[1][1]
+        return (8.0 if "Backward" in name else 4.0) * b * t * h * s * e
+    return 0.0
 
 
 # Ops that only relabel or re-type a value inside a fusion: a dynamic-slice or dynamic-update-slice seen
@@ -166,6 +257,10 @@ def hlo_cost(hlo: str) -> HloCost:
     for ins, times, fused in walk(hlo):
         if ins.op == "dot":
             flops += times * _dot_flops(ins, shapes)
+        elif ins.op == "convolution":
+            flops += times * _convolution_flops(ins, shapes)
+        elif ins.op == "custom-call":
+            flops += times * _custom_call_flops(ins, shapes)
         if fused or ins.op in _NO_TRAFFIC:
             continue
         if ins.op == "fusion":
@@ -199,15 +294,18 @@ class Roofline:
         return dataclasses.asdict(self)
 
 
-def collective_seconds(cost: HloCost, acc: Accelerator, num_devices: int) -> float | None:
+def collective_seconds(
+    cost: HloCost, acc: Accelerator, num_devices: int, domain_of: Callable[[int], int] | None = None
+) -> float | None:
     """The collectives' time at `acc`'s links: a collective whose replica groups each stay inside one domain
-    (devices i // ici_domain alike: make_mesh keeps the inner mesh axes node- or slice-local) moves at the
-    ICI/NVLink bandwidth, one that crosses at the scale-out bandwidth; an all-reduce moves its buffer twice.
-    None if a collective crosses domains where the table has no scale-out bandwidth."""
+    moves at the ICI/NVLink bandwidth, one that crosses at the scale-out bandwidth; an all-reduce moves its
+    buffer twice. Domains: `domain_of(partition)` (a target's slice or host, lax-plan --target), else partitions
+    i // ici_domain alike (make_mesh keeps the inner mesh axes node- or slice-local). None if a collective
+    crosses domains where the table has no scale-out bandwidth."""
+    domain = domain_of or (lambda d: d // acc.ici_domain)
     total = 0.0
     for kind, groups, nbytes in cost.collectives:
-        members = groups or (tuple(range(num_devices)),)
-        crosses = any(len({d // acc.ici_domain for d in g}) > 1 for g in members)
+        crosses = crosses_domains(groups and [list(g) for g in groups], domain, num_devices)
         bandwidth = acc.dcn_bytes_per_s if crosses else acc.ici_bytes_per_s
         if bandwidth is None:
             return None
@@ -215,12 +313,19 @@ def collective_seconds(cost: HloCost, acc: Accelerator, num_devices: int) -> flo
     return total
 
 
-def roofline(cost: HloCost, acc: Accelerator, *, num_devices: int, model_flops: float) -> Roofline:
+def roofline(
+    cost: HloCost,
+    acc: Accelerator,
+    *,
+    num_devices: int,
+    model_flops: float,
+    domain_of: Callable[[int], int] | None = None,
+) -> Roofline:
     """Step time and MFU of a step doing `cost` per device on `acc`; `model_flops`: the analytic training
-    FLOPs of one step per device."""
+    FLOPs of one step per device; `domain_of`: as for `collective_seconds`."""
     compute_s = cost.flops / acc.peak_bf16_flops
     hbm_s = cost.hbm_bytes / acc.hbm_bytes_per_s
-    collective_s = collective_seconds(cost, acc, num_devices)
+    collective_s = collective_seconds(cost, acc, num_devices, domain_of)
     if collective_s is None:
         return Roofline(acc.name, compute_s, hbm_s, None, None, None, None, None, None, None)
     terms = {"compute": compute_s, "HBM": hbm_s, "collectives": collective_s}
