@@ -41,8 +41,9 @@ from ml_collections import config_flags
 from lax_pretrain import cli
 from lax_pretrain.layers.crossing import KronGate
 from lax_pretrain.models.stats import abstract_model, model_stats
-from lax_pretrain.parallel import MESH_AXES, make_mesh, mesh_shape
-from lax_pretrain.parallel.comm import KINDS, comm_report, link_split
+from lax_pretrain.parallel import MESH_AXES, make_mesh, mesh_sizes, num_slices
+from lax_pretrain.parallel.comm import KINDS, comm_report
+from lax_pretrain.parallel.dcn import network_split
 from lax_pretrain.parallel.target import compiling_for
 from lax_pretrain.targets import Target, parse_target
 from lax_pretrain.targets.compile import compile_for_target, target_tracing
@@ -104,19 +105,22 @@ def cpu_devices(n: int) -> list:
     return devices[:n]
 
 
-def parse_mesh(text: str | None, config: Any, n: int, source: str = "--devices") -> tuple[int, int, int]:
+def parse_mesh(
+    text: str | None, config: Any, n: int, source: str = "--devices", slices: int = 1
+) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes within a slice (the slices: config.mesh.dcn_*; parallel/mesh.py)."""
     if text is None:
-        return mesh_shape(config.mesh, n)
+        return mesh_sizes(config.mesh, n, slices).ici
     try:
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
         sizes = ()
     if len(sizes) != 3 or min(sizes) < 1:
         raise ValueError(f"--mesh={text} must be three positive sizes DATA,FSDP,TENSOR")
-    if math.prod(sizes) != n:
+    if math.prod(sizes) != n // slices:
         raise ValueError(
             f"--mesh={text}: data x fsdp x tensor = {' x '.join(map(str, sizes))} = {math.prod(sizes)} devices, "
-            f"but {source} has {n}"
+            f"but {source} has {n // slices}" + (" per slice" if slices > 1 else "")
         )
     return sizes
 
@@ -201,7 +205,7 @@ def plan(
             },
             "collectives": comm["collectives"],
             "total_collective_bytes": comm["total_collective_bytes"],
-            "collective_links": link_split(hlo, domain) if domain else None,
+            "collective_links": network_split(hlo, [domain(p) for p in range(n)]) if domain else None,
             "kernels": kernel_counts(hlo),
             "accelerators": [],
         }
@@ -461,7 +465,8 @@ def _run(fv: flags.FlagValues, argv: list[str]) -> int:
         from lax_pretrain.targets.devices import topology_devices
 
         devices, accelerators = topology_devices(target), [accelerator(target.accelerator)]
-    sizes = parse_mesh(fv.mesh, config, len(devices), "--target" if target else "--devices")
+    source = "--target" if target else "--devices"
+    sizes = parse_mesh(fv.mesh, config, len(devices), source, num_slices(devices))
     with config.unlocked():
         config.mesh.update(dict(zip(MESH_AXES, sizes)), num_devices=len(devices) if target is None else 0)
     mesh = make_mesh(config.mesh, devices=devices)
