@@ -22,12 +22,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-import lax_pretrain.parallel.rules as rules_lib
 from lax_pretrain.config import from_compact
 from lax_pretrain.data import tfds_io
-from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train import train
 from lax_pretrain.train.checkpoint import load_trained_model
 from lax_pretrain.train.metrics import read_metrics
@@ -170,25 +167,6 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
             atol=1e-5,
             err_msg=jax.tree_util.keystr(k),
         )
-
-
-def test_hosts_must_hold_distinct_batch_slices(monkeypatch):
-    """With hosts along `tensor` (every device holds the whole batch), per-process data loading would give
-    each host different rows of a 'replicated' batch: an error before compiling, not silent garbage."""
-    config = from_compact("llama", ARG)
-    config.mesh.update(data=1, fsdp=1, tensor=8)
-    mesh = make_mesh(config.mesh)
-    monkeypatch.setattr(rules_lib.jax, "process_count", lambda: 2)
-    monkeypatch.setattr(rules_lib.jax, "process_index", lambda: 0)
-    with pytest.raises(
-        ValueError,
-        match=r"process 0 of 2 loads rows 0\.\.3 of each global batch but its devices "
-        r"would hold 8 rows \(0\.\.7\)",
-    ):
-        rules_lib.check_process_rows(rules_lib.batch_sharding(mesh, 2, rules_lib.DEFAULT_RULES), 8)
-    ok = NamedSharding(mesh, PartitionSpec(None))
-    monkeypatch.setattr(rules_lib.jax, "process_count", lambda: 1)
-    rules_lib.check_process_rows(ok, 8)  # one process: nothing to check
 
 
 PREEMPT_STEPS = 40

@@ -14,6 +14,7 @@ also row-parallel (o, down: input over `tensor`), at a quarter of the compile ti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,7 +35,9 @@ from lax_pretrain.layers import tt_shape
 from lax_pretrain.models import build
 from lax_pretrain.models.tasks import lm_loss
 from lax_pretrain.parallel import (
+    DEFAULT_RULES,
     batch_sharding,
+    check_process_rows,
     make_mesh,
     place_values,
     rules_from_config,
@@ -337,6 +340,117 @@ def test_batch_that_does_not_divide_the_data_axes_is_an_error(data_dir, tmp_path
     ):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ multi-slice meshes, processes from the mesh
+# Devices described, not real (no arrays live on them): what a TPU topology gives lax-plan, enough to lay out
+# a mesh and its shardings. tests/test_multislice.py compiles for real two-slice TPU devices.
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+    id: int
+    process_index: int
+    slice_index: int = 0
+    platform: str = "cpu"
+    device_kind: str = "cpu"
+
+
+def fake_devices(slices: int, processes_per_slice: int, devices_per_process: int) -> list[FakeDevice]:
+    per_slice = processes_per_slice * devices_per_process
+    n = slices * per_slice
+    return [FakeDevice(i, i // devices_per_process, i // per_slice) for i in range(n)]
+
+
+def mesh_config(**sizes):
+    config = from_compact("llama", "nano")
+    config.mesh.update(sizes)
+    return config.mesh
+
+
+def slice_of(mesh) -> np.ndarray:
+    return np.vectorize(lambda d: d.slice_index)(mesh.devices)
+
+
+def test_two_slices_are_the_outer_part_of_the_data_or_fsdp_axis():
+    devices = fake_devices(slices=2, processes_per_slice=2, devices_per_process=2)
+    mesh = make_mesh(mesh_config(data=2, fsdp=2, tensor=1, dcn_data=2), devices=devices)
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert (slice_of(mesh)[:2] == 0).all() and (slice_of(mesh)[2:] == 1).all()
+    # Inside a slice, the order one slice alone would get (CPU-like devices: device order).
+    assert [d.id for d in mesh.devices[:2].flat] == [0, 1, 2, 3]
+    # Each host holds its own block of batch rows, so per-process loading is right across slices.
+    check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
+
+    mesh = make_mesh(mesh_config(data=1, fsdp=4, tensor=1, dcn_fsdp=2), devices=devices)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert slice_of(mesh).reshape(-1).tolist() == [0] * 4 + [1] * 4
+    check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
+
+
+def test_one_slice_mesh_is_built_as_before():
+    """dcn 1 x 1 on the host's devices: jax.make_mesh exactly (the single-slice path did not change)."""
+    mesh = make_mesh(mesh_config(data=2, fsdp=2, tensor=2))
+    reference = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), devices=jax.devices())
+    assert mesh.devices.tolist() == reference.devices.tolist()
+
+
+@pytest.mark.parametrize(
+    "sizes, devices, message",
+    [
+        (
+            {},
+            fake_devices(2, 1, 4),
+            r"mesh.dcn_data x mesh.dcn_fsdp = 1 x 1 = 1 slices, but the 8 devices form 2 slices "
+            r"\(mesh.dcn_data=2: data parallel across slices",
+        ),
+        (
+            {"dcn_data": 2},
+            None,  # the host's 8 CPU devices: one slice
+            r"mesh.dcn_data x mesh.dcn_fsdp = 2 x 1 = 2 slices, but the 8 devices form 1 slice$",
+        ),
+        (
+            {"data": 8, "dcn_data": 2},
+            fake_devices(2, 1, 4),
+            r"mesh.data x mesh.fsdp x mesh.tensor = 8 x 1 x 1 = 8 does not match the 4 available devices "
+            r"of each slice",
+        ),
+        (
+            {"dcn_data": -1, "dcn_fsdp": -1},
+            fake_devices(2, 1, 4),
+            r"only one mesh axis may be -1, got mesh.dcn_data, mesh.dcn_fsdp",
+        ),
+    ],
+)
+def test_slice_counts_that_do_not_match_the_devices_are_errors(sizes, devices, message):
+    with pytest.raises(ValueError, match=message):
+        make_mesh(mesh_config(**sizes), devices=devices)
+
+
+def test_dcn_fill_takes_the_slices():
+    mesh = make_mesh(mesh_config(dcn_data=-1), devices=fake_devices(2, 1, 4))
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert (slice_of(mesh)[:4] == 0).all() and (slice_of(mesh)[4:] == 1).all()
+
+
+def test_hosts_must_hold_distinct_batch_rows():
+    """With hosts along `tensor` (every device holds the whole batch), per-process data loading would give
+    each host different rows of a 'replicated' batch: an error before compiling, not silent garbage. The
+    processes are those of the mesh's devices, as for a multi-host topology compiled on one machine."""
+    two_hosts = fake_devices(1, 2, 4)
+    mesh = make_mesh(mesh_config(data=1, fsdp=1, tensor=8), devices=two_hosts)
+    with pytest.raises(
+        ValueError,
+        match=r"process 0 of 2 loads rows 0\.\.3 of each global batch but its devices "
+        r"would hold 8 rows \(0\.\.7\)",
+    ):
+        check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
+    one_host = make_mesh(mesh_config(data=1, fsdp=1, tensor=8), devices=fake_devices(1, 1, 8))
+    check_process_rows(batch_sharding(one_host, 2, DEFAULT_RULES), 8)  # one process: nothing to check
+    # fsdp across slices with data inside them interleaves the slices' rows (0, 1, 4, 5 on slice 0): refused.
+    mesh = make_mesh(mesh_config(data=2, fsdp=2, dcn_fsdp=2), devices=fake_devices(2, 1, 4))
+    with pytest.raises(ValueError, match=r"process 0 of 2 .* would hold 4 rows \(0\.\.5\).* mesh.dcn_data"):
+        check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
 
 
 # ------------------------------------------------------------------------------------------------ launchers

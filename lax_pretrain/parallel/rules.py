@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lax_pretrain.nnx_compat import logical_axes
-from lax_pretrain.parallel.mesh import process_indices
+from lax_pretrain.parallel.mesh import num_slices, process_indices
 
 MeshAxes = str | tuple[str, ...] | None
 
@@ -158,7 +158,8 @@ def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
 
     The processes are those of the mesh's devices (the p-th in order loads block p), every one of them checked:
     a multi-host topology compiled on one machine is refused exactly as its run would be."""
-    processes = process_indices(sharding.mesh.devices.flat)
+    devices = list(sharding.mesh.devices.flat)
+    processes = process_indices(devices)
     count = len(processes)
     if count == 1:
         return
@@ -167,6 +168,9 @@ def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
     shape = (global_rows,) + (1,) * (len(sharding.spec) - 1)
     for device, index in sharding.devices_indices_map(shape).items():
         held[device.process_index].update(range(*index[0].indices(global_rows)))
+    across = (
+        " Across slices: mesh.dcn_data, or mesh.dcn_fsdp with mesh.data=1." if num_slices(devices) > 1 else ""
+    )
     for rank, process in enumerate(processes):
         rows = held[process]
         if rows != set(range(rank * local, (rank + 1) * local)):
@@ -175,5 +179,5 @@ def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
                 f"loads rows {rank * local}..{(rank + 1) * local - 1} of each global batch but its devices would "
                 f"hold {len(rows)} rows ({min(rows, default=0)}..{max(rows, default=-1)}). Give the hosts "
                 "distinct parts of the batch axes (mesh.data or mesh.fsdp a multiple of the process count, "
-                "hosts outermost)."
+                "hosts outermost)." + across
             )
