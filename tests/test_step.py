@@ -1,6 +1,7 @@
 """The train step's gradient accumulation is exact: with padded rows of different lengths, `grad_accum=4` gives the
 full batch's token-weighted loss and gradient, checked against the loss and gradient of the whole batch taken in
-one piece (jax.value_and_grad of the task's loss, no accumulation code involved).
+one piece (jax.value_and_grad of the task's loss, no accumulation code involved). The training metrics the loss
+returns as (sum, count) pairs come out as the whole batch's token-weighted means, checked against numpy.
 
 A tiny CoLA + LaX LLaMA on one device, float32; the "optimizer" keeps the gradient it is given as its state.
 """
@@ -51,13 +52,19 @@ def keep_gradient() -> optax.GradientTransformation:
     )
 
 
-def run_step(setup, grad_accum: int):
+def step_outputs(setup, grad_accum: int):
+    """(gradient, metrics) of one step."""
     graphdef, trainable, frozen, task, batch = setup
     tx = keep_gradient()
     step = make_train_step(
         graphdef, frozen, task.loss, tx, optax.constant_schedule(1.0), grad_accum=grad_accum, dropout_seed=0
     )
     _, grads, metrics = jax.jit(step)(trainable, tx.init(trainable), frozen, batch, 0)
+    return grads, metrics
+
+
+def run_step(setup, grad_accum: int):
+    grads, metrics = step_outputs(setup, grad_accum)
     return float(metrics["loss"]), grads
 
 
@@ -110,3 +117,32 @@ def test_all_padding_micro_batch_adds_nothing(setup):
     ref_loss = float(task.loss(nnx.merge(graphdef, trainable, frozen), padded)[0])
     assert np.isfinite(loss) and loss == pytest.approx(ref_loss, rel=1e-5)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_metrics_are_whole_batch_means_under_accumulation(setup):
+    """The step's `accuracy` (the built-in training metric) is the whole batch's token-weighted accuracy for
+    grad_accum 1 and 4, computed here in numpy from the whole batch's logits; the mean of the micro-batch
+    accuracies (what averaging per-micro-batch means would report) is measurably different. An untrained model
+    is almost never right, so a random share of the targets are set to its own predictions (the logits depend
+    only on the inputs)."""
+    graphdef, trainable, frozen, task, batch = setup
+    logits_BxLxV = np.asarray(nnx.merge(graphdef, trainable, frozen)(batch["inputs"], train=True))
+    predicted_BxL = logits_BxLxV.argmax(-1)
+    # More agreement in later rows: micro-batch accuracies differ, and so do the mean of them and the batch's.
+    agree_BxL = np.random.default_rng(0).random(predicted_BxL.shape) < np.linspace(0.1, 0.9, BATCH)[:, None]
+    targets_BxL = np.where(agree_BxL, predicted_BxL, np.asarray(batch["targets"]))
+    batch = {**batch, "targets": jnp.asarray(targets_BxL, jnp.int32)}
+    weights_BxL = np.asarray(batch["weights"])
+    correct_BxL = (predicted_BxL == targets_BxL).astype(np.float64)
+    want = (correct_BxL * weights_BxL).sum() / weights_BxL.sum()
+    rows = BATCH // ACCUM
+    micro_means = [
+        (correct_BxL[k : k + rows] * weights_BxL[k : k + rows]).sum() / weights_BxL[k : k + rows].sum()
+        for k in range(0, BATCH, rows)
+    ]
+    assert 0.2 < want < 0.8 and abs(np.mean(micro_means) - want) > 0.02, (micro_means, want)
+    for grad_accum in (1, ACCUM):
+        _, metrics = step_outputs((graphdef, trainable, frozen, task, batch), grad_accum)
+        assert set(metrics) == {"loss", "grad_norm", "lr", "accuracy"}
+        # A count of correct tokens over a count of real ones: exact but for float32 division.
+        assert float(metrics["accuracy"]) == pytest.approx(want, rel=1e-6), grad_accum

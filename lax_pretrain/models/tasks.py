@@ -6,8 +6,9 @@ many tokens an example holds, the block class, the projections that LaX crosses,
 whether higher is better, the throughput key. Everything else in the package asks `get_task(model_cfg)` and
 never compares family names.
 
-Losses are computed in float32 from float32 logits. Eval steps return sums, so metrics are exact
-token-/image-weighted means over the whole eval set whatever the batch padding.
+Losses are computed in float32 from float32 logits. A loss also returns, as (sum, count) pairs, every training
+metric registered for the prediction it produces (`models/metrics.py`: token or class logits). Eval steps return
+sums, so metrics are exact token-/image-weighted means over the whole eval set whatever the batch padding.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from lax_pretrain.models import llama, vit
+from lax_pretrain.models.metrics import CLASS_LOGITS, TOKEN_LOGITS, metric_sums
 
 # ------------------------------------------------------------------------------------------ objectives
 
@@ -30,7 +32,8 @@ def lm_loss(model: Any, batch: dict) -> tuple[jax.Array, dict]:
     nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
     weights_BxL = batch["weights"].astype(jnp.float32)
     count = weights_BxL.sum()
-    return (nll_BxL * weights_BxL).sum() / jnp.maximum(count, 1.0), {"count": count}
+    mean = (nll_BxL * weights_BxL).sum() / jnp.maximum(count, 1.0)
+    return mean, {"count": count, **metric_sums(TOKEN_LOGITS, logits_BxLxV, batch)}
 
 
 def lm_eval(model: Any, batch: dict) -> dict:
@@ -43,7 +46,8 @@ def lm_eval(model: Any, batch: dict) -> dict:
 def image_loss(model: Any, batch: dict) -> tuple[jax.Array, dict]:
     logits_BxK = model(batch["images"], train=True)
     loss_B = optax.softmax_cross_entropy(logits_BxK, batch["targets"])
-    return loss_B.mean(), {"count": jnp.asarray(loss_B.shape[0], jnp.float32)}
+    count = jnp.asarray(loss_B.shape[0], jnp.float32)
+    return loss_B.mean(), {"count": count, **metric_sums(CLASS_LOGITS, logits_BxK, batch)}
 
 
 def image_eval(model: Any, batch: dict) -> dict:
@@ -117,7 +121,9 @@ class Task:
     block_class: type
     projections: tuple[str, ...]  # the latents LaX threads across depth
     data_kind: str  # 'text' | 'image': which datasets feed it
-    # (model, batch) -> (weighted mean loss, {"count": its weight}): gradient accumulation weights by count
+    # (model, batch) -> (weighted mean loss, aux): aux["count"] is the loss's weight (gradient accumulation
+    # weights by it) and every other entry a training metric's (sum, count) for the prediction type the loss
+    # produces (models/metrics.py)
     loss: Callable[[Any, dict], tuple[jax.Array, dict]]
     eval_sums: Callable[[Any, dict], dict]
     summarize: Callable[[list[dict]], dict[str, float]]

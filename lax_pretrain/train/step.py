@@ -6,6 +6,11 @@ state has to be checkpointed for an exact resume. Gradient accumulation scans ov
 optimizer update per step; it is exact: each micro-batch's mean loss and gradient are weighted by its count (the
 task's `count`: tokens that are not padding, or examples), so `grad_accum=k` gives the full batch's
 token-weighted loss and gradient however the padding falls (not the mean of the micro-batch means).
+
+The step is the one place training metrics are combined: every entry of the loss's aux output other than
+`count` is a training metric's (sum, count) pair (models/metrics.py); the pairs add over the micro-batches, and
+over devices by being sums over the global batch, so `<name>: sum / max(count, 1)` in the step's metrics is the
+whole batch's weighted mean whatever `grad_accum`, the mesh and the padding.
 """
 
 from __future__ import annotations
@@ -18,9 +23,22 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lax_pretrain.models.metrics import means
+
 
 def _has_dropout_stream(graphdef_and_state: Any) -> bool:
     return any("dropout" in map(str, path) for path, _ in nnx.to_flat_state(graphdef_and_state))
+
+
+def _metric_pairs(aux: dict) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """The loss's training metrics: every aux entry but the loss's own weight."""
+    pairs = {name: value for name, value in aux.items() if name != "count"}
+    not_pairs = sorted(
+        name for name, value in pairs.items() if not (isinstance(value, tuple) and len(value) == 2)
+    )
+    if not_pairs:
+        raise TypeError(f"loss aux entries {not_pairs} are not (sum, count) pairs (see models/metrics.py)")
+    return pairs
 
 
 def make_train_step(
@@ -49,7 +67,8 @@ def make_train_step(
 
     def step(trainable, opt_state, frozen, batch, step_index):
         if grad_accum == 1:
-            (loss, _), grads = grad_fn(trainable, frozen, batch, step_index)
+            (loss, aux), grads = grad_fn(trainable, frozen, batch, step_index)
+            pairs = _metric_pairs(aux)
         else:
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
@@ -60,20 +79,29 @@ def make_train_step(
                 (loss_i, aux_i), grads_i = grad_fn(trainable, frozen, mb, step_index * grad_accum + i)
                 count_i = aux_i["count"].astype(jnp.float32)
                 weighted = jax.tree.map(lambda g: g * count_i.astype(g.dtype), (loss_i, grads_i))
-                return jax.tree.map(jnp.add, carry, (*weighted, count_i)), None
+                return jax.tree.map(jnp.add, carry, (*weighted, count_i)), _metric_pairs(aux_i)
 
             zeros = (
                 jnp.zeros((), jnp.float32),
                 jax.tree.map(jnp.zeros_like, trainable),
                 jnp.zeros((), jnp.float32),
             )
-            (loss_sum, grad_sum, count), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+            (loss_sum, grad_sum, count), micro_pairs = jax.lax.scan(
+                body, zeros, (jnp.arange(grad_accum), micro)
+            )
+            # A metric's sums and counts stacked per micro-batch: their totals are the whole batch's pair.
+            pairs = jax.tree.map(lambda x: x.sum(0), micro_pairs)
             # As the task's loss: the full batch's token-weighted mean (max(count, 1): an all-padding batch).
             scale = 1.0 / jnp.maximum(count, 1.0)
             loss, grads = jax.tree.map(lambda x: x * scale.astype(x.dtype), (loss_sum, grad_sum))
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step_index)}
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(step_index),
+            **means(pairs),
+        }
         return trainable, opt_state, metrics
 
     return step
