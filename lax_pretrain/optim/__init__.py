@@ -11,7 +11,7 @@ from typing import Any
 import optax
 from jax.sharding import Mesh
 
-from lax_pretrain.optim import adamw  # noqa: F401  (registers the built-in optimizers)
+from lax_pretrain.optim import adamw, apollo, fira, galore  # noqa: F401  (registers the built-in optimizers)
 from lax_pretrain.optim.base import (
     OPTIMIZERS,
     Optimizer,
