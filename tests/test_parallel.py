@@ -537,6 +537,22 @@ def test_tpu_pod_launcher_dry_run():
     assert bad.returncode == 2 and "mount the bucket" in bad.stderr
 
 
+def test_tpu_pod_launcher_dry_run_over_two_slices():
+    """--slices=2: the queued resource's nodes pod-0 and pod-1 each get every step; the run needs a DCN axis."""
+    args = ("--tpu=pod", "--zone=z", "--workdir=/nfs/r", "--slices=2", "--dry_run", "--")
+    lines = dry_run("launch_tpu_pod.sh", *args, "--config=configs/llama.py:60m", "--config.mesh.dcn_data=2")
+    commands = [shlex.split(line) for line in lines]
+    copies, ssh = commands[1:3], commands[3:]
+    assert [argv[6] for argv in copies] == ["pod-0:lax-pretrain-src.tar.gz", "pod-1:lax-pretrain-src.tar.gz"]
+    assert [argv[5] for argv in ssh] == ["pod-0", "pod-1"] * 2  # install, run
+    assert all("--worker=all" in argv for argv in commands[1:])
+    assert commands[-1][-1].endswith("--config=configs/llama.py:60m --config.mesh.dcn_data=2")
+    bad = subprocess.run(
+        ["bash", "scripts/launch_tpu_pod.sh", *args, "--config=x"], cwd=REPO, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--slices=2: give the slices a mesh axis" in bad.stderr
+
+
 @pytest.mark.parametrize("per", ["gpu", "node"])
 def test_slurm_launcher_dry_run(per, tmp_path):
     workdir = tmp_path / "run"
