@@ -119,12 +119,32 @@ def test_slices_the_mesh_does_not_name_are_one_line_errors():
 
 
 def test_a_multi_host_topology_is_checked_per_host():
-    """v5e:4x4 is 4 hosts of 4 chips. With the batch replicated over `tensor`, each host would load its own
-    rows of a batch every device holds whole: refused from the topology's hosts, though one CPU host compiles."""
+    """v5e:4x4 is 4 hosts of 4 chips. Its mesh follows the torus, so the hosts interleave along `data`: allowed,
+    each host still holds its own 4 of 16 rows. With the batch replicated over `tensor`, each host would load
+    its own rows of a batch every device holds whole: refused from the topology's hosts, though one CPU host
+    compiles."""
+    script = (
+        "from lax_pretrain.config import from_compact\n"
+        "from lax_pretrain.parallel import DEFAULT_RULES, batch_sharding, check_process_rows, make_mesh\n"
+        "from lax_pretrain.targets.devices import target_devices\n"
+        "config = from_compact('llama', 'nano')\n"
+        "config.mesh.update(data=16)\n"
+        "mesh = make_mesh(config.mesh, devices=target_devices('v5e:4x4'))\n"
+        "check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 16)\n"
+        "print([d.process_index for d in mesh.devices.flat])\n"
+    )
+    env = plan_environment({**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
+    proc = subprocess.run(
+        [str(tpu_python()), "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hosts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(hosts) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 and hosts != sorted(hosts)
+
     proc = lax_plan(
         *NANO, "--target=v5e:4x4", "--config.mesh.data=1", "--config.mesh.tensor=16", "--config.mesh.fsdp=1"
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert (
-        "process 0 of 4 loads rows 0..1 of each global batch but its devices would hold 8 rows" in proc.stderr
+        "process 0 of 4 loads 2 rows of each global batch but its devices would hold 8 (0..7)" in proc.stderr
     )

@@ -441,16 +441,33 @@ def test_hosts_must_hold_distinct_batch_rows():
     mesh = make_mesh(mesh_config(data=1, fsdp=1, tensor=8), devices=two_hosts)
     with pytest.raises(
         ValueError,
-        match=r"process 0 of 2 loads rows 0\.\.3 of each global batch but its devices "
-        r"would hold 8 rows \(0\.\.7\)",
+        match=r"process 0 of 2 loads 4 rows of each global batch but its devices would hold 8 \(0\.\.7\): "
+        r"the batch would be replicated across hosts",
     ):
         check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
     one_host = make_mesh(mesh_config(data=1, fsdp=1, tensor=8), devices=fake_devices(1, 1, 8))
     check_process_rows(batch_sharding(one_host, 2, DEFAULT_RULES), 8)  # one process: nothing to check
-    # fsdp across slices with data inside them interleaves the slices' rows (0, 1, 4, 5 on slice 0): refused.
+    # Replicated across slices (the rules keep the batch off fsdp, where the slices are): refused too.
+    rules = {**DEFAULT_RULES, "batch": "data"}
+    mesh = make_mesh(mesh_config(data=4, fsdp=1, dcn_fsdp=2), devices=fake_devices(2, 1, 4))
+    with pytest.raises(ValueError, match=r"process 0 of 2 .* Across slices, mesh.dcn_data splits the batch"):
+        check_process_rows(batch_sharding(mesh, 2, rules), 8)
+
+
+def test_hosts_may_hold_interleaved_batch_rows():
+    """A TPU slice's mesh follows the torus, so a host's chips need not be neighbours along `data`: each host
+    still holds its own rows (make_array_from_process_local_data places them), only not as one block."""
+    interleaved = [FakeDevice(i, process_index=i % 2) for i in range(8)]  # hosts alternate along the axis
+    mesh = make_mesh(mesh_config(data=8, fsdp=1, tensor=1), devices=interleaved)
+    sharding = batch_sharding(mesh, 2, DEFAULT_RULES)
+    check_process_rows(sharding, 16)
+    host_0 = sorted(
+        rows.start for d, (rows, _) in sharding.devices_indices_map((8, 1)).items() if d.process_index == 0
+    )
+    assert host_0 == [0, 2, 4, 6]  # every other row, the order jax places host 0's loaded rows in
+    # fsdp across slices with data inside them: slice 0 holds rows 0, 1, 4, 5 of 8; allowed the same way.
     mesh = make_mesh(mesh_config(data=2, fsdp=2, dcn_fsdp=2), devices=fake_devices(2, 1, 4))
-    with pytest.raises(ValueError, match=r"process 0 of 2 .* would hold 4 rows \(0\.\.5\).* mesh.dcn_data"):
-        check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
+    check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
 
 
 # ------------------------------------------------------------------------------------------------ launchers

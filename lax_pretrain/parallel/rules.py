@@ -151,13 +151,16 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: dict[str, MeshAxes]) -> NamedSh
 
 
 def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
-    """Each process loads rows [p * local, (p + 1) * local) of every global batch (lax_pretrain.data) and
-    `jax.make_array_from_process_local_data` places them on its own devices: those devices must hold exactly
-    that block. A mesh whose batch axes do not span the processes in order (e.g. hosts along `tensor`)
-    would silently train on mismatched rows; it is an error here, before anything compiles.
+    """Each process loads `global_rows / processes` rows of every global batch (lax_pretrain.data) and
+    `jax.make_array_from_process_local_data` places them, in order, at the rows its own devices hold. That is
+    right when each process's devices hold exactly that many rows, none of them held by another process. A mesh
+    that replicates the batch across hosts (e.g. hosts along `tensor`) would give two hosts' different rows the
+    same place and silently train on garbage: an error here, before anything compiles.
 
-    The processes are those of the mesh's devices (the p-th in order loads block p), every one of them checked:
-    a multi-host topology compiled on one machine is refused exactly as its run would be."""
+    The rows a process holds need not be one block: a TPU slice's mesh follows the chips' torus, not the hosts,
+    so hosts interleave along `data`/`fsdp`. A global batch is then the same rows as on one process, in another
+    order (the loss, a token-weighted mean, is unchanged). The processes are those of the mesh's devices, every
+    one checked: a multi-host topology compiled on one machine is refused exactly as its run would be."""
     devices = list(sharding.mesh.devices.flat)
     processes = process_indices(devices)
     count = len(processes)
@@ -168,16 +171,14 @@ def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
     shape = (global_rows,) + (1,) * (len(sharding.spec) - 1)
     for device, index in sharding.devices_indices_map(shape).items():
         held[device.process_index].update(range(*index[0].indices(global_rows)))
-    across = (
-        " Across slices: mesh.dcn_data, or mesh.dcn_fsdp with mesh.data=1." if num_slices(devices) > 1 else ""
-    )
+    across = " Across slices, mesh.dcn_data splits the batch between them." if num_slices(devices) > 1 else ""
     for rank, process in enumerate(processes):
         rows = held[process]
-        if rows != set(range(rank * local, (rank + 1) * local)):
+        if len(rows) != local:
             raise ValueError(
                 f"mesh {dict(sharding.mesh.shape)} with batch -> {sharding.spec[0]}: process {rank} of {count} "
-                f"loads rows {rank * local}..{(rank + 1) * local - 1} of each global batch but its devices would "
-                f"hold {len(rows)} rows ({min(rows, default=0)}..{max(rows, default=-1)}). Give the hosts "
-                "distinct parts of the batch axes (mesh.data or mesh.fsdp a multiple of the process count, "
-                "hosts outermost)." + across
+                f"loads {local} rows of each global batch but its devices would hold {len(rows)} "
+                f"({min(rows, default=0)}..{max(rows, default=-1)}): the batch would be replicated across hosts. "
+                "Give the hosts distinct parts of the batch axes (mesh.data x mesh.fsdp a multiple of the "
+                "process count)." + across
             )
