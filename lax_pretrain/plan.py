@@ -42,7 +42,7 @@ from lax_pretrain import cli
 from lax_pretrain.layers.crossing import KronGate
 from lax_pretrain.models.stats import abstract_model, model_stats
 from lax_pretrain.parallel import MESH_AXES, make_mesh, mesh_sizes, num_slices
-from lax_pretrain.parallel.comm import KINDS, comm_report
+from lax_pretrain.parallel.comm import KINDS, comm_report, walk
 from lax_pretrain.parallel.dcn import network_split
 from lax_pretrain.parallel.target import compiling_for
 from lax_pretrain.targets import Target, parse_target
@@ -186,7 +186,12 @@ def plan(
     memory = step_memory(compiled)
     analysis = compiled.memory_analysis()
     padding = max(0, int(analysis.argument_size_in_bytes) - memory.arguments)
-    out["memory"] = {**memory.to_json(), "argument_padding": padding, "peak": memory.peak + padding}
+    out["memory"] = {
+        **memory.to_json(),
+        "argument_bytes_compiler": int(analysis.argument_size_in_bytes),
+        "argument_padding": padding,
+        "peak": memory.peak + padding,
+    }
     hlo = compiled.as_text()
     comm = comm_report(compiled)
     cost = hlo_cost(hlo)
@@ -313,16 +318,30 @@ def target_domains(mesh, target: Target | None):
     return lambda p: devices[p].process_index
 
 
+# Instructions that launch nothing: values, views, control flow (whose bodies are walked), async completions.
+NOT_KERNELS = {
+    "parameter",
+    "constant",
+    "tuple",
+    "get-tuple-element",
+    "bitcast",
+    "while",
+    "conditional",
+    "call",
+    "after-all",
+    "opt-barrier",
+    "partition-id",
+    "replica-id",
+}
+
+
 def kernel_counts(hlo: str) -> dict[str, int]:
     """Kernels one step launches, by kind, from the compiled HLO's entry and loop bodies (each iteration)."""
-    from lax_pretrain.parallel.comm import walk
-
     counts: dict[str, int] = {}
     for ins, times, fused in walk(hlo):
-        if fused or ins.op in ("parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while"):
+        if fused or ins.op in NOT_KERNELS or ins.op.endswith("-done"):
             continue
-        key = ins.op if ins.op != "custom-call" else "custom-call"
-        counts[key] = counts.get(key, 0) + times
+        counts[ins.op] = counts.get(ins.op, 0) + times
     counts["total"] = sum(counts.values())
     return counts
 

@@ -106,6 +106,7 @@ def walk(hlo: str) -> Iterator[tuple[Instruction, int, bool]]:
     comps, entry = computations(hlo)
     if entry is None:
         return
+    by_name = {i.name: i for lines in comps.values() for i in map(instruction, lines) if i}
 
     def visit(name: str, times: int, fused: bool, stack: tuple[str, ...]):
         if name not in comps or name in stack:
@@ -118,7 +119,7 @@ def walk(hlo: str) -> Iterator[tuple[Instruction, int, bool]]:
             trips = 1
             if ins.op == "while":
                 t = _TRIP.search(line)
-                trips = int(t.group(1)) if t else 1
+                trips = int(t.group(1)) if t else _trips_from_condition(ins, comps, by_name)
             for attr, target in _CALLS.findall(line):
                 if attr == "to_apply" and _collective(ins.op) is not None:
                     continue  # the reduction computation of a collective
@@ -127,6 +128,35 @@ def walk(hlo: str) -> Iterator[tuple[Instruction, int, bool]]:
                     yield from visit(callee, times * (trips if attr == "body" else 1), inner, stack + (name,))
 
     yield from visit(entry, 1, False, ())
+
+
+def _trips_from_condition(
+    loop: Instruction, comps: dict[str, list[str]], by_name: dict[str, Instruction]
+) -> int:
+    """A while loop's trip count where XLA wrote none (the TPU compiler): its condition `i < N` with N a
+    constant, i the loop tuple's element whose initial value is a constant (0 for a scan). 1 if not that shape."""
+    cond = re.search(r"\bcondition=%?([\w.\-]+)", loop.line)
+    body = [i for i in map(instruction, comps.get(cond.group(1), []) if cond else []) if i]
+    root = next((i for i in body if i.line.lstrip().startswith("ROOT")), None)
+    if root is None or root.op != "compare" or "direction=LT" not in root.line:
+        return 1
+    local = {i.name: i for i in body}
+    index_of, limit = None, None
+    for name in re.findall(r"%([\w.\-]+)", root.args.split(")", 1)[0]):
+        operand = local.get(name)
+        if operand is not None and operand.op == "constant":
+            limit = int(re.match(r"\s*(-?\d+)", operand.args).group(1))
+        elif operand is not None and operand.op == "get-tuple-element":
+            index_of = int(re.search(r"index=(\d+)", operand.line).group(1))
+    if limit is None or index_of is None:
+        return 1
+    start = 0
+    init = by_name.get(re.findall(r"%([\w.\-]+)", loop.args.split(")", 1)[0])[0])
+    if init is not None and init.op == "tuple":
+        element = by_name.get(re.findall(r"%([\w.\-]+)", init.args.split(")", 1)[0])[index_of])
+        if element is not None and element.op == "constant":
+            start = int(re.match(r"\s*(-?\d+)", element.args).group(1))
+    return max(limit - start, 1)
 
 
 def collectives(hlo: str) -> Iterator[tuple[str, int, int, str]]:
