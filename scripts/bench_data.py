@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 
 from lax_pretrain import data as data_lib  # noqa: E402
-from lax_pretrain.bench.timing import machine_info  # noqa: E402
 from lax_pretrain.data import cache, files, tfds_io  # noqa: E402
 from lax_pretrain.data.config import default_data_config  # noqa: E402
 from lax_pretrain.data.stream import DocumentStream  # noqa: E402
 from lax_pretrain.data.tokenizer import load_tokenizer, train_t5_layout_sentencepiece  # noqa: E402
+from lax_pretrain.machine import machine_info  # noqa: E402
 
 SEQ = 256
 C4_MEAN_DOC_BYTES = 2200

@@ -29,6 +29,7 @@ from lax_pretrain.bench import models as bench_models
 from lax_pretrain.bench import reference as bench_reference
 from lax_pretrain.bench import report, timing
 from lax_pretrain.layers import make_linear
+from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.models import build, get_task
 from lax_pretrain.models.stats import model_stats
 
@@ -91,7 +92,7 @@ def test_models_rows_and_flops(tiny):
     _, data, _ = tiny
     suite = data["suites"]["models"]
     rows = suite["rows"]
-    names = [bench_models.variant_name(k, c) for k, c in bench_models.MODEL_VARIANTS]
+    names = [variant_name(k, c) for k, c in bench_models.MODEL_VARIANTS]
     assert [r["name"] for r in rows] == names
     assert names == ["dense", "svd", "svd+kron", "cola", "cola+kron", "tt", "tt+kron"]
     case = bench_models.default_cases(tiny=True)[0]
@@ -371,7 +372,7 @@ def test_loop_rows(tiny):
         (only,) = r["rounds"]
         assert r["ratio"] == only["ratio"] == only["loop"]["s"] / only["step"]["s"]
         assert r["step_s"] > 0 and r["loop_s"] > 0 and len(only["loop"]["windows_s"]) >= 1
-        assert f"| {r['case']} | {report.variant_name(r)} | {r['step_s'] * 1e3:.1f} |" in md
+        assert f"| {r['case']} | {report.row_variant_name(r)} | {r['step_s'] * 1e3:.1f} |" in md
     target = next(t for t in data["targets"] if t["target"].startswith("train() loop"))
     assert target["status"].startswith(("met", "missed"))
 

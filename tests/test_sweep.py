@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lax_pretrain.experiments import results, runner, sweep, wandb_sweep
+from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +206,10 @@ def test_helpers_and_names():
         f"--config.wandb.name={run.name}",
     ]
     assert run.tags == ["llama-nano", "kind=cola", "lax=kron", "optim.lr=0.001"]
-    assert run.variant == "cola+kron" and sweep.variant_name("dense", "none") == "dense"
+    assert run.variant == "cola+kron" and variant_name("dense", "none") == "dense"
+    # the benchmarks' forms of the same name: a kron implementation, a remat policy
+    assert variant_name("cola", "kron", kron_impl="gemm") == "cola+kron[gemm]"
+    assert variant_name("cola", "none", "cola_m") == "cola remat=cola_m"
     assert sweep.command(run, "w/x", "s", launcher="slurm", launcher_args=["--nodes=2"])[:4] == [
         "scripts/launch_slurm.sh",
         "--nodes=2",

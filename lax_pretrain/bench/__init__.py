@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from lax_pretrain.bench import device, layers, loop, memory, models, reference, report, timing
-from lax_pretrain.bench.timing import fast_compile, machine_info
+from lax_pretrain.bench.timing import fast_compile
+from lax_pretrain.machine import machine_info
 
 SUITES = report.SUITES
 ALL_SUITES = report.ALL_SUITES

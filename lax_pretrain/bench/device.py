@@ -41,9 +41,10 @@ import numpy as np
 
 from lax_pretrain.bench.layers import run_layers
 from lax_pretrain.bench.models import TINY, Stepper, model_config, step_program
-from lax_pretrain.bench.timing import fast_compile, loadavg, on_accelerator, time_interleaved
-from lax_pretrain.experiments.sweep import variant_name
+from lax_pretrain.bench.timing import fast_compile, on_accelerator, time_interleaved
 from lax_pretrain.layers.crossing import kron_impl_for
+from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.machine import loadavg
 from lax_pretrain.models.attention import attend, attention_impl, cudnn_unavailable
 from lax_pretrain.models.llama import head_dim
 from lax_pretrain.models.stats import model_stats

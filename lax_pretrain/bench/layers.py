@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lax_pretrain.bench.timing import loadavg, on_accelerator, paired_ratio, time_interleaved
+from lax_pretrain.bench.timing import on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.layers import make_linear, tt_shape
+from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.machine import loadavg
 from lax_pretrain.models.projections import dtype_of
 
 CROSSINGS = ("none", "identity", "kron", "dense")
@@ -96,14 +98,19 @@ def layer_variants(
         for order in tt_orders if kind == "tt" else (None,):
             stem = f"tt/{order}" if kind == "tt" else kind
             for crossing in crossings:
-                name = stem if crossing == "none" else f"{stem}+{crossing}"
                 spec = layer_spec(kind, d, crossing=crossing, tt_order=order)
                 if crossing != "kron" or tuple(kron_impls) == ("auto",):
-                    out.append(LayerVariant(name, kind, crossing, order, spec))
+                    out.append(LayerVariant(variant_name(stem, crossing), kind, crossing, order, spec))
                     continue
                 for impl in kron_impls:
                     out.append(
-                        LayerVariant(f"{name}[{impl}]", kind, crossing, order, {**spec, "kron_impl": impl})
+                        LayerVariant(
+                            variant_name(stem, crossing, kron_impl=impl),
+                            kind,
+                            crossing,
+                            order,
+                            {**spec, "kron_impl": impl},
+                        )
                     )
     return out
 

@@ -26,7 +26,8 @@ import jax
 
 from lax_pretrain import data as data_lib
 from lax_pretrain.bench.models import TINY, Case, model_config, parse_cases
-from lax_pretrain.bench.timing import loadavg
+from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.machine import loadavg
 from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train.loop import train
 from lax_pretrain.train.metrics import read_metrics
@@ -157,7 +158,7 @@ def run_loop(
                     {**timed, "ratio": timed["loop"]["s"] / timed["step"]["s"], "loadavg": loadavg()}
                 )
                 log(
-                    f"[loop] {case.label} {kind}+{crossing} round {r + 1}/{repeats}: step "
+                    f"[loop] {case.label} {variant_name(kind, crossing)} round {r + 1}/{repeats}: step "
                     f"{timed['step']['s'] * 1e3:.1f} ms, loop {timed['loop']['s'] * 1e3:.1f} ms, "
                     f"ratio {rounds[-1]['ratio']:.3f}"
                 )

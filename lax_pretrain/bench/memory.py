@@ -24,7 +24,8 @@ from typing import Any
 import jax
 
 from lax_pretrain.bench.models import TINY, model_config, step_program
-from lax_pretrain.bench.timing import loadavg
+from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.machine import loadavg
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.train.preflight import compiler_options
 
@@ -36,11 +37,6 @@ MEMORY_VARIANTS = (
     ("cola", "none", "full"),
 )
 EXTRA_VARIANTS = (("dense", "none", "full"), ("cola", "kron", "none"), ("cola", "kron", "cola_m"))
-
-
-def memory_variant_name(kind: str, crossing: str, remat: str) -> str:
-    name = kind if crossing == "none" else f"{kind}+{crossing}"
-    return name if remat == "none" else f"{name} remat={remat}"
 
 
 def parse_variants(text: str) -> tuple[tuple[str, str, str], ...]:
@@ -105,7 +101,7 @@ def run_memory(
     for preset in presets:
         for precision in precisions:
             for kind, crossing, remat in variants:
-                name = memory_variant_name(kind, crossing, remat) + (" bf16" if precision == "bf16" else "")
+                name = variant_name(kind, crossing, remat) + (" bf16" if precision == "bf16" else "")
                 compute = "bfloat16" if precision == "bf16" else dtype
                 config = model_config(
                     "llama",
@@ -163,7 +159,7 @@ def run_memory(
             seq_len=seq_len,
             dtype=dtype,
             precisions=list(precisions),
-            variants=[memory_variant_name(*v) for v in variants],
+            variants=[variant_name(*v) for v in variants],
             shrunk=shrink,
             compiler_options=options,
             unit="bytes per device from compiled.memory_analysis() of the jitted train step "

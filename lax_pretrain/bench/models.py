@@ -24,9 +24,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lax_pretrain.bench.timing import loadavg, on_accelerator, paired_ratio, time_interleaved
+from lax_pretrain.bench.timing import on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.config import RECIPES
-from lax_pretrain.experiments.sweep import TINY_MODEL, TINY_RANK, variant_name
+from lax_pretrain.experiments.sweep import TINY_MODEL, TINY_RANK
+from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.machine import loadavg
 from lax_pretrain.models import TASKS, get_task
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.parallel import make_mesh
@@ -170,11 +172,6 @@ def expand_kron_impls(variants, kron_impls: tuple[str, ...]) -> list[tuple[str, 
     return out
 
 
-def row_name(kind: str, crossing: str, kron_impl: str | None) -> str:
-    name = variant_name(kind, crossing)
-    return name if kron_impl is None else f"{name}[{kron_impl}]"
-
-
 def run_case(
     case: Case,
     *,
@@ -191,7 +188,7 @@ def run_case(
     n_dev = 1  # one device runs the step (no mesh): per-device numbers
     steppers, meta = {}, {}
     for kind, crossing, kron_impl in expand_kron_impls(variants, kron_impls):
-        name = row_name(kind, crossing, kron_impl)
+        name = variant_name(kind, crossing, kron_impl=kron_impl)
         config = model_config(case.family, case.preset, kind, crossing, dtype=dtype, shrink=case.shrink)
         if kron_impl is not None:
             config.model.linear.kron_impl = kron_impl
@@ -307,7 +304,7 @@ def run_models(
         "suite": "models",
         "settings": dict(
             cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
-            variants=[row_name(*v) for v in expand_kron_impls(variants, kron_impls)],
+            variants=[variant_name(k, c, kron_impl=i) for k, c, i in expand_kron_impls(variants, kron_impls)],
             repeats=repeats,
             warmup=warmup,
             min_sample_s=min_sample_s,

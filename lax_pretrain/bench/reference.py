@@ -24,7 +24,8 @@ import optax
 from flax import nnx
 
 from lax_pretrain.bench.models import TINY, Case, Stepper, model_config, step_program
-from lax_pretrain.bench.timing import loadavg, paired_ratio, time_interleaved
+from lax_pretrain.bench.timing import paired_ratio, time_interleaved
+from lax_pretrain.machine import loadavg
 from lax_pretrain.models import get_task
 from lax_pretrain.optim import make_optimizer
 

@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lax_pretrain.experiments.report import machine_line, markdown_table, num, percent
+from lax_pretrain.experiments.report import markdown_table, num, percent
+from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.machine import machine_line
 from lax_pretrain.models.tasks import get_task
 
 JSON_NAME = "bench.json"
@@ -147,10 +149,10 @@ def _loop_over_step(loop: dict | None, target: dict) -> dict:
     rows = (loop or {}).get("rows", [])
     if not rows:
         return _target(name, "not measurable here", "no loop suite")
-    values = {f"{r['case']} {variant_name(r)}": round(r["ratio"], 3) for r in rows}
+    values = {f"{r['case']} {row_variant_name(r)}": round(r["ratio"], 3) for r in rows}
     worst = max(rows, key=lambda r: r["ratio"])
     detail = ", ".join(
-        f"{variant_name(r)} {r['case']}: {r['ratio']:.3f}x [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
+        f"{row_variant_name(r)} {r['case']}: {r['ratio']:.3f}x [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
         for r in rows
     )
     if worst["ratio"] <= limit:
@@ -158,8 +160,9 @@ def _loop_over_step(loop: dict | None, target: dict) -> dict:
     return _target(name, f"missed (worst {worst['ratio']:.3f}x)", detail, values)
 
 
-def variant_name(row: dict) -> str:
-    return row["kind"] if row["crossing"] == "none" else f"{row['kind']}+{row['crossing']}"
+def row_variant_name(row: dict) -> str:
+    """The variant of a suite row that keeps its kind and crossing apart."""
+    return variant_name(row["kind"], row["crossing"])
 
 
 def _device(device: dict | None, t: dict) -> list[dict]:
@@ -620,7 +623,7 @@ def render_loop(suite: dict) -> list[str]:
             [
                 [
                     r["case"],
-                    variant_name(r),
+                    row_variant_name(r),
                     num(r["step_s"] * 1e3, ".1f"),
                     num(r["loop_s"] * 1e3, ".1f"),
                     num(r["ratio"], ".3f"),

@@ -1,4 +1,5 @@
-"""Timing methodology shared by the suites, and the machine record written next to every result.
+"""Timing methodology shared by the suites (the machine record written next to every result is
+`lax_pretrain.machine`).
 
 Every candidate is a zero-argument callable that runs one unit of work (one jitted call, or one train step that
 carries its own state) and returns something to block on. `time_interleaved`:
@@ -15,12 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import math
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -116,51 +113,6 @@ def paired_ratio(a: TimingStats, b: TimingStats) -> float:
             f"paired_ratio needs samples of the same rounds, got {len(a.samples)} and {len(b.samples)}"
         )
     return statistics.median(x / y for x, y in zip(a.samples, b.samples))
-
-
-def machine_info() -> dict[str, Any]:
-    """What ran the benchmark: backend, device kind and count, CPUs, load, library versions."""
-    import flax
-    import jaxlib
-
-    dev = jax.devices()[0]
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        affinity = os.cpu_count()
-    return {
-        "backend": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "platform": dev.platform,
-        "device_count": jax.device_count(),
-        "local_device_count": jax.local_device_count(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "cpu_model": _cpu_model(),
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": sys.version.split()[0],
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "platform_string": platform.platform(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def loadavg() -> list[float] | None:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def on_accelerator() -> bool:

@@ -1,6 +1,7 @@
-"""The one writer of experiment reports: markdown tables and the number formats they share, the machine line,
-and the matplotlib figures of runs. `experiments.compare` (and through it scripts/reproduce.py) and the
-benchmark report (`lax_pretrain.bench.report`) all write through it.
+"""The one writer of experiment reports: markdown tables and the number formats they share, and the matplotlib
+figures of runs. `experiments.compare` (and through it scripts/reproduce.py) and the benchmark report
+(`lax_pretrain.bench.report`) all write through it; the machine line they print is
+`lax_pretrain.machine.machine_line`.
 
 Figures are drawn by Agg without pyplot: no global backend switch, so a notebook's own plotting is left alone.
 """
@@ -76,22 +77,6 @@ def metric(value: float | None, key: str | None, *, signed: bool = False, differ
         return "-"
     return num(scale * value, ("+" if signed else "") + spec) + (
         difference_unit if signed or difference else unit
-    )
-
-
-def machine_line(machine: dict[str, Any], load: dict[str, Any], command: str) -> str:
-    """What ran it: device, CPUs, jax, the load average (1/5/15 min) before and after, the time, the
-    command."""
-    m = machine
-
-    def loads(v: Sequence[float] | None) -> str:
-        return "/".join(f"{x:.1f}" for x in v) if v else "n/a"
-
-    return (
-        f"Machine: {m.get('device_kind')} ({m.get('backend')}, {m.get('device_count')} device(s)), "
-        f"{m.get('cpu_count')} CPUs ({m.get('cpu_model', '')}), jax {m.get('jax')}; load average "
-        f"(1/5/15 min) before {loads(load.get('before'))}, after {loads(load.get('after'))}; "
-        f"{m.get('time_utc', '')}. Command: `{command}`"
     )
 
 

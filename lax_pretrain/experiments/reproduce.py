@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from lax_pretrain import cli
-from lax_pretrain.bench.timing import loadavg, machine_info
 from lax_pretrain.experiments import compare, report, results, runner, sweep
+from lax_pretrain.machine import loadavg, machine_info, machine_line
 from lax_pretrain.models.tasks import get_task
 
 SWEEP_FILE = Path("configs/sweeps/cpu.py")
@@ -157,7 +157,7 @@ def run_suite(
         f"Budget per run: {budget_text(runs[0], extra)}; seeds 0..{max(seeds, 1) - 1} for every variant.",
         f"Metric: {task.headline_label} after the last step "
         f"({'higher' if task.higher_is_better else 'lower'} is better).",
-        report.machine_line(machine, load, command)
+        machine_line(machine, load, command)
         + f" Wall time of this command: {wall_s / 60:.1f} min; the {len(rows)} runs' training steps took "
         f"{train_s / 60:.1f} min in all (earlier invocations of a resumed suite included; start-up and "
         "evaluation not).",

@@ -38,7 +38,8 @@ from typing import Any
 import ml_collections
 
 from lax_pretrain.experiments import runner
-from lax_pretrain.experiments.sweep import Run, variant_name
+from lax_pretrain.experiments.sweep import Run
+from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.models.tasks import TASKS, Task
 from lax_pretrain.train.metrics import METRICS_FILE, read_metrics
 

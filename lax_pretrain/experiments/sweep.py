@@ -16,7 +16,8 @@ Names, the one scheme every table, legend and run directory uses:
            `_key=value` for each other override of the run, sorted by key; characters other than letters,
            digits and `._=+-` become '-'. The same overrides always give the same name, whatever else is in
            the sweep: `llama-60m_kind=cola_lax=kron`, `vit-tiny_kind=tt_lax=kron_rank=16_optim.lr=0.001`.
-  variant  the kind, `+crossing` when there is one: `dense`, `cola`, `cola+kron` (`variant_name`).
+  variant  the kind, `+crossing` when there is one: `dense`, `cola`, `cola+kron`
+           (`lax_pretrain.layers.variants.variant_name`).
 
     python -m lax_pretrain.experiments.sweep --sweep=configs/sweeps/cpu.py --workdir=runs/sweep_cpu \
         [--dry_run] [--only=REGEX] [--parallel=N] [--launcher=local|tpu|slurm] [--launcher_args='...'] \
@@ -44,6 +45,7 @@ from typing import Any
 
 from lax_pretrain import cli
 from lax_pretrain.experiments import runner, wandb_sweep
+from lax_pretrain.layers.variants import variant_name
 
 LAUNCHERS = {"local": None, "tpu": "scripts/launch_tpu_pod.sh", "slurm": "scripts/launch_slurm.sh"}
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._=+\-]")
@@ -54,10 +56,6 @@ SHARED_KEY = "shared"
 # the recipe's model config has it, so one dict serves every family.
 TINY_MODEL = {"d_model": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2, "ffn_dim": 64, "mlp_dim": 64}
 TINY_RANK = 8
-
-
-def variant_name(kind: str, crossing: str) -> str:
-    return kind if crossing == "none" else f"{kind}+{crossing}"
 
 
 # ------------------------------------------------------------------------------------- building sweeps
