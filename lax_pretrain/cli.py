@@ -38,6 +38,8 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections.config_flags.config_flags import is_config_flag
 
+from lax_pretrain import extensions
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 HELP = ("--help", "-h", "--helpshort", "--helpfull")
 
@@ -47,7 +49,20 @@ def new_flags() -> flags.FlagValues:
     flags.DEFINE_bool(
         "verbose", False, "Show the full traceback of a configuration or data error.", flag_values=fv
     )
+    flags.DEFINE_multi_string(
+        "import",
+        [],
+        "A module (dotted name, or a .py path) that registers kinds, gates, optimizers or metrics; imported "
+        "before the config is read and recorded in the run's config. Repeatable.",
+        flag_values=fv,
+    )
     return fv
+
+
+def _import_extensions(argv: Sequence[str]) -> None:
+    """Installed extensions (entry points) and the --import modules, before the config file is loaded."""
+    extensions.load_entry_points()
+    extensions.import_extensions(extensions.from_argv(argv[1:]))
 
 
 def run(
@@ -82,6 +97,12 @@ def _parse_and_work(
     if any(a in HELP for a in argv[1:]):
         print(_help(work, fv))
         return 0
+    try:
+        _import_extensions(argv)
+    except ValueError as e:
+        if "--verbose" in argv:
+            raise
+        return _fail(e)
     try:
         args = _parse(fv, argv)
         if commands and (len(args) != 1 or args[0] not in commands):
@@ -183,6 +204,13 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument(
         "--verbose", action="store_true", help="show the traceback of a configuration or data error"
     )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        help="a module (dotted name or .py path) that registers kinds, gates, optimizers or metrics",
+    )
     return p
 
 
@@ -194,7 +222,8 @@ def run_parsed(
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = p.parse_intermixed_args(argv)
-    except _BadArguments as e:
+        _import_extensions(["", *(f"--import={m}" for m in args.imports)])
+    except (_BadArguments, ValueError) as e:
         return _fail(e)
     except SystemExit as e:  # --help: printed; a status to return rather than this process's end
         return int(e.code or 0)

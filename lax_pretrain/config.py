@@ -8,8 +8,8 @@ Recipes are keyword functions:
 The compact string `PRESET[,key=value...]` of the command line (`--config=configs/llama.py:60m,kind=cola`) is
 parsed once, at the config-file boundary (`from_compact`, called by each configs/<family>.py `get_config`).
 Compact keys (everything else: `--config.x.y=...` on the command line):
-  kind      dense | svd | cola | tt                      (model.linear.kind)
-  lax       none | identity | dense | kron               (model.linear.crossing)
+  kind      dense | svd | cola | tt, or a registered kind (model.linear.kind)
+  lax       none | identity | dense | kron, or a registered gate (model.linear.crossing)
   rank      latent width of svd/cola, middle TT rank      (default: the paper's rank of the preset)
   intra     0 | 1 | gate: TT intra-layer LaX on q, k, v, o (model.proj.<p>.intra, .intra_gate); ViT TT + LaX
             defaults to 1 as in the authors' TT + LaX configs, everything else to 0
@@ -37,7 +37,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from lax_pretrain import extensions
 from lax_pretrain.data.config import default_data_config
+from lax_pretrain.layers import KINDS, linear_config_fields
 from lax_pretrain.optim import optimizer_sections
 
 PRECISIONS = ("fp32", "bf16")
@@ -230,14 +232,11 @@ def _intra(intra: bool | str | None, default: bool) -> tuple[bool, bool]:
     return (default if intra is None else bool(intra)), False
 
 
-def _tt_override(in_modes, out_modes, ranks) -> dict[str, Any]:
-    return {"tt_in_modes": list(in_modes), "tt_out_modes": list(out_modes), "tt_ranks": list(ranks)}
-
-
 def base_config() -> ml_collections.ConfigDict:
     """Every section and key other tools rely on, with defaults; recipes fill model/data/optim."""
     c = ml_collections.ConfigDict()
     c.name = ""
+    c.extensions = extensions.imported()  # the --import modules that registered what this config names
     c.train = dict(
         steps=1000,
         batch_size=32,
@@ -285,11 +284,9 @@ def _linear(
 ) -> dict:
     return dict(
         kind=kind,
-        rank=None,
+        **linear_config_fields(),  # every registered kind's own keys at their defaults (rank, intra, ...)
         crossing=lax,
         latent_norm=norm,
-        intra=False,
-        intra_gate=False,
         activation=act,
         latent_act=_latent_act(latent_act),
         use_bias=use_bias,
@@ -299,25 +296,11 @@ def _linear(
     )
 
 
-def _projection_overrides(
-    kind: str, rank: int, names: tuple[str, ...], intra: tuple[bool, bool], official_tt: dict | None
-) -> dict[str, dict]:
-    proj: dict[str, dict] = {}
-    for name in names:
-        if kind in ("svd", "cola"):
-            proj[name] = {"rank": rank}
-        elif kind == "tt":
-            # The official ViT shapes are fixed; otherwise the spec derives `tt_shape(d_in, d_out, rank)` from
-            # the widths it is built for, so width overrides need no TT overrides.
-            group = "attn" if name in ("q", "k", "v", "o") else name
-            proj[name] = (
-                _tt_override(*official_tt[group]) if official_tt and group in official_tt else {"rank": rank}
-            )
-            # Intra-layer LaX as released: the square attention projections only (n_2 == m_1, r_1 == r_3).
-            attention = name in ("q", "k", "v", "o")
-            proj[name]["intra"] = intra[0] and attention
-            proj[name]["intra_gate"] = intra[1] and attention
-    return proj
+def _projection_overrides(kind: str, rank: int, names: tuple[str, ...], **context: Any) -> dict[str, dict]:
+    """`model.proj.<p>` for a preset built with `kind=`, `rank=`: what the registered kind derives per projection
+    (context: what the family adds, e.g. the official TT shapes and intra-layer LaX flags of the ViT)."""
+    overrides = KINDS.get(kind, key="kind").overrides
+    return {name: o for name in names if (o := overrides(rank, name, **context))}
 
 
 def _preset(presets: dict[str, Any], preset: str, family: str) -> Any:
@@ -380,8 +363,7 @@ def llama_config(
             kind,
             p.rank if rank is None else rank,
             ("q", "k", "v", "o", "gate", "up", "down"),
-            _intra(intra, False),
-            None,
+            intra=_intra(intra, False),
         ),
     )
     c.data = default_data_config(p.data)
@@ -454,8 +436,8 @@ def vit_config(
             kind,
             p.rank if rank is None else rank,
             ("q", "k", "v", "o", "fc1", "fc2"),
-            intra_flags,
-            p.tt if rank in (None, p.rank) else None,
+            intra=intra_flags,
+            official_tt=p.tt if rank in (None, p.rank) else None,
         ),
     )
     c.data = default_data_config(p.data)

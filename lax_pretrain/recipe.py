@@ -14,6 +14,9 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
+from lax_pretrain.layers import KINDS
+from lax_pretrain.optim import OPTIMIZERS, optimizer_name, own_section
+
 # Per family: the presets the papers define (nano, tiny and s16 are ours), and
 # the sources of the per-projection rows.
 PAPER_PRESETS = {"llama": ("60m", "130m", "350m", "1b", "7b"), "vit": ("b16", "l16")}
@@ -133,14 +136,25 @@ def _projection_rows(config: Any) -> list[RecipeRow]:
         SHAPE_SOURCES[m.family] if m.preset in PAPER_PRESETS[m.family] else OURS_CPU.format(preset=m.preset)
     )
     rows = []
+    own_fields = KINDS.get(m.linear.kind, key="model.linear.kind").fields
     for name, spec in (m.get("proj") or {}).items():
-        for key in ("rank", "tt_in_modes", "tt_out_modes", "tt_ranks"):
-            if spec.get(key) is not None:
+        for key in own_fields:
+            if key == "intra":  # intra-layer LaX: a recipe choice of its own, shown on or off
+                rows.append(
+                    RecipeRow(f"model.proj.{name}.intra", bool(spec.get("intra")), INTRA_SOURCES[m.family])
+                )
+            elif key != "intra_gate" and spec.get(key) is not None:
                 rows.append(RecipeRow(f"model.proj.{name}.{key}", spec[key], shape_source))
-        if m.linear.kind == "tt":
-            rows.append(
-                RecipeRow(f"model.proj.{name}.intra", bool(spec.get("intra")), INTRA_SOURCES[m.family])
-            )
+    return rows
+
+
+def _optimizer_rows(config: Any) -> list[RecipeRow]:
+    """`optim.name` and the optimizer's own hyperparameters, with the sources its registry entry declares."""
+    name = optimizer_name(config.optim)
+    entry = OPTIMIZERS.get(name, key="optim.name")
+    rows = [RecipeRow("optim.name", name, entry.sources.get("optim.name", "ours: the default optimizer"))]
+    for key, value in own_section(config.optim, name).items():
+        rows.append(RecipeRow(f"optim.{name}.{key}", value, entry.sources.get(f"optim.{name}.{key}", "ours")))
     return rows
 
 
@@ -167,7 +181,7 @@ def recipe_rows(config: Any, overridden: Collection[str] = ()) -> list[RecipeRow
         elif source == "{precision}":
             source = _precision_source(config)
         rows.append(RecipeRow(key, _get(config, key), source.format(preset=preset.upper())))
-    rows += _projection_rows(config)
+    rows += _projection_rows(config) + _optimizer_rows(config)
     overridden = set(overridden)
     return [
         dataclasses.replace(r, source=f"command line (recipe: {r.source})") if r.key in overridden else r

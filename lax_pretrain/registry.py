@@ -16,8 +16,8 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Names -> entries of one kind of extension, in registration order (built-ins first)."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, what: str, error: type[Exception] = ValueError):
+        self.what, self.error = what, error  # error: what an unknown name raises (a ValueError subclass)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -37,7 +37,7 @@ class Registry(Generic[T]):
     def get(self, name: str, *, key: str) -> T:
         """The entry, or a one-line error naming the config key, the choices and how extensions come in."""
         if name not in self._entries:
-            raise ValueError(
+            raise self.error(
                 f"{key}={name!r} is not a registered {self.what}; choose one of {', '.join(self._entries)} "
                 "(or name the module that registers it with --import=MODULE)"
             )

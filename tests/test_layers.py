@@ -30,6 +30,7 @@ from lax_pretrain.layers import (
     validate,
 )
 from lax_pretrain.nnx_compat import logical_axes
+from lax_pretrain.layers.tt import sequential
 
 TOL = 2e-5
 D_IN, D_OUT, R = 24, 20, 8  # every factorized kind below has latent width R = 8 = 2 x 4 (kron f0 != f1)
@@ -506,7 +507,7 @@ def test_kron_gate_on_prime_rank_warns_and_works():
 def test_intra_layer_tt_matches_numpy(tt_order, crossing):
     prev = randomize(build("tt_intra", seed=1), 1)
     layer = randomize(build("tt_intra", seed=0, tt_order=tt_order, crossing=crossing, use_bias=True), 0)
-    assert layer.spec.sequential_tt
+    assert sequential(layer.spec)
     x = rand((6, D_IN), 5)
     z_prev = np.asarray(prev(jnp.asarray(rand((6, D_IN), 6)))[1]) if crossing != "none" else None
     y, z = layer(jnp.asarray(x), None if z_prev is None else jnp.asarray(z_prev))

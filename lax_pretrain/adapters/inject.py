@@ -41,7 +41,7 @@ from lax_pretrain.adapters.eigenlorax.module import EIGEN_ATTR
 from lax_pretrain.adapters.io import load_adapter_file, save_adapter_file
 from lax_pretrain.adapters.lora import LAX_GATES, LAX_LATENTS, LORA_INITS, LoRA
 from lax_pretrain.adapters.signature import signature, signature_diff
-from lax_pretrain.layers import DenseLinear, FactorizedLinear
+from lax_pretrain.layers.base import LinearBase
 from lax_pretrain.models.stack import BlockStack
 
 ADAPTER_KINDS = ("lora", "lax_lora", "eigenlorax")
@@ -149,7 +149,7 @@ def projections(model: nnx.Module) -> dict[str, nnx.Module]:
     """Every factory linear map of the model that is not inside an adapter, by dotted path."""
     out = {}
     for parts, module in nnx.iter_modules(model):
-        if isinstance(module, (DenseLinear, FactorizedLinear)) and (not parts or parts[-1] != "base"):
+        if isinstance(module, LinearBase) and (not parts or parts[-1] != "base"):
             out[_dotted(parts)] = module
     return out
 

@@ -33,10 +33,10 @@ from lax_pretrain.convert.export_dir import export_dir
 from lax_pretrain.convert.factor_layout import LAX_TENSORS, factor_params, factor_tensors
 from lax_pretrain.convert.hf_checkpoint import read_config, read_safetensors, write_config, write_safetensors
 from lax_pretrain.convert.hf_config import hf_config_from_model, model_config_from_hf, reject
-from lax_pretrain.convert.representable import check_lax, crossed
+from lax_pretrain.convert.representable import LAX_FORMAT_CROSSINGS, check_lax, crossed
 from lax_pretrain.convert.weights import model_from_params
 from lax_pretrain.layers.crossing import LATENT_NORM_EPS
-from lax_pretrain.layers.spec import ACTIVATIONS, CROSSINGS, LATENT_NORMS
+from lax_pretrain.layers.spec import ACTIVATIONS, LATENT_NORMS
 from lax_pretrain.models.llama import PROJECTIONS, Llama
 
 MODEL_TYPE = "lax_llama"
@@ -76,7 +76,7 @@ def model_config_from_lax(hf: Mapping[str, Any], *, scan_layers: bool = False) -
         raise ValueError(f"config.json: {missing[0]!r} is missing (a lax_llama config names every LaX key)")
     reject(hf, "lax_format_version", (FORMAT_VERSION,), f"this converter reads version {FORMAT_VERSION}")
     reject(hf, "lax_latent_act", (*ACTIVATIONS, None), "not a latent activation we implement")
-    reject(hf, "lax_crossing", CROSSINGS, "not a LaX crossing we implement")
+    reject(hf, "lax_crossing", LAX_FORMAT_CROSSINGS, "not a LaX crossing we implement")
     reject(hf, "lax_latent_norm", LATENT_NORMS, "not a latent norm we implement")
     reject(hf, "lax_latent_norm_eps", (LATENT_NORM_EPS,), f"the latent norm's eps is {LATENT_NORM_EPS}")
     act = hf["lax_latent_act"]

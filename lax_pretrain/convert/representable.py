@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lax_pretrain.layers import LinearSpec, validate
+from lax_pretrain.layers import KINDS, LinearSpec, validate
 from lax_pretrain.models import get_task
 from lax_pretrain.models.llama import PROJECTIONS, Llama, head_dim
 from lax_pretrain.models.projections import projection_spec
 
 FORMATS = ("hf_llama", "cola", "lax")
+# The gates the lax format's PyTorch modeling file implements (modeling_lax_llama.py).
+LAX_FORMAT_CROSSINGS = ("none", "identity", "dense", "kron")
 # Spec fields that change a two-factor projection's function; the cola and lax formats hold one value of each
 # for every projection (the rank may differ per projection in lax).
 FUNCTION_FIELDS = ("kind", "crossing", "latent_norm", "activation", "latent_act", "use_bias")
@@ -63,11 +65,16 @@ def _key(model_cfg: Any, name: str, key: str, spec: LinearSpec) -> str:
     return f"{config_key(model_cfg, name, key)}={getattr(spec, key)!r}"
 
 
-def _tt_crossing(model_cfg: Any, name: str, spec: LinearSpec) -> ValueError:
+def exports(spec: LinearSpec, fmt: str) -> bool:
+    """Whether the projection's kind says `fmt`'s layout can hold it (its registered `exports`)."""
+    return fmt in KINDS.get(spec.kind, key="kind").exports
+
+
+def _unfactored_crossing(model_cfg: Any, name: str, spec: LinearSpec) -> ValueError:
     return ValueError(
         f"{_key(model_cfg, name, 'kind', spec)} with {_key(model_cfg, name, 'crossing', spec)} cannot be "
         "written as a Hugging Face checkpoint: LlamaForCausalLM has no latent to cross, and the cola and lax "
-        "formats hold two factors per projection (cola_a, cola_b), not TT cores"
+        f"formats hold two factors per projection (cola_a, cola_b), which kind {spec.kind!r} does not have"
     )
 
 
@@ -78,18 +85,19 @@ def check_linear(model_cfg: Any) -> None:
     if model_cfg.only_lr_act:
         raise ValueError("model.only_lr_act=True drops the SwiGLU's SiLU: no LLaMA equivalent")
     for name, spec in specs.items():
-        if spec.kind not in ("dense", "svd", "tt"):
+        if not exports(spec, "hf_llama"):
             raise ValueError(
-                f"{_key(model_cfg, name, 'kind', spec)} is not a linear map (CoLA's latent activation is "
-                "nonlinear), so it has no dense weight to export as LlamaForCausalLM"
+                f"{_key(model_cfg, name, 'kind', spec)} is not a linear map with a kernel to materialize (its "
+                "kind's `exports`; CoLA's latent activation is nonlinear), so it has no dense weight to export "
+                "as LlamaForCausalLM"
             )
         if spec.use_bias:
             raise ValueError(
                 f"{config_key(model_cfg, name, 'use_bias')}=True: LLaMA projections have no bias"
             )
         if crossed(model_cfg, spec):
-            if spec.kind == "tt":
-                raise _tt_crossing(model_cfg, name, spec)
+            if not (exports(spec, "lax") or exports(spec, "cola")):
+                raise _unfactored_crossing(model_cfg, name, spec)
             raise ValueError(
                 f"{_key(model_cfg, name, 'crossing', spec)}: LaX crossing feeds the previous block's latent "
                 "in, which LlamaForCausalLM cannot express (the lax format can)"
@@ -115,12 +123,18 @@ def _two_factor_specs(model_cfg: Any, fmt: str) -> dict[str, LinearSpec]:
                 f"{config_key(model_cfg, name, 'intra')}=True: TT intra-layer LaX cannot be written as a "
                 f"Hugging Face checkpoint (the {fmt} format holds two factors per projection, not TT cores)"
             )
-        if spec.kind == "tt" and crossed(model_cfg, spec):
-            raise _tt_crossing(model_cfg, name, spec)
-        if spec.kind not in ("svd", "cola"):
+        if not exports(spec, fmt):
+            if crossed(model_cfg, spec):
+                raise _unfactored_crossing(model_cfg, name, spec)
+            also = " (export it as hf_llama)" if exports(spec, "hf_llama") else ""
             raise ValueError(
                 f"{_key(model_cfg, name, 'kind', spec)} cannot be written in the {fmt} format, which holds "
-                "two factors per projection (cola_a, cola_b); export it as hf_llama"
+                f"two factors per projection (cola_a, cola_b){also}"
+            )
+        if fmt == "lax" and spec.crossing not in LAX_FORMAT_CROSSINGS:
+            raise ValueError(
+                f"{_key(model_cfg, name, 'crossing', spec)}: the lax format's modeling file implements the "
+                f"crossings {', '.join(LAX_FORMAT_CROSSINGS)} only"
             )
         if spec.use_bias:
             raise ValueError(
@@ -190,5 +204,5 @@ def choose_format(model_cfg: Any, requested: str = "auto") -> str:
         except ValueError as e:
             errors[fmt] = e
     # The reason of the format closest to the model: LlamaForCausalLM for linear kinds, else lax.
-    linear = all(s.kind in ("dense", "tt") for s in later_specs(model_cfg).values())
+    linear = all(not exports(s, "lax") for s in later_specs(model_cfg).values())
     raise errors["hf_llama" if linear else "lax"]

@@ -7,6 +7,8 @@ The latent passed on (z) is taken after the norm and the activation. Block 0 has
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -14,6 +16,7 @@ from flax import nnx
 from lax_pretrain.layers import init
 from lax_pretrain.layers.broadcast import trailing
 from lax_pretrain.layers.norm import Norm
+from lax_pretrain.layers.registry import GATES, Gate, register_gate
 from lax_pretrain.layers.spec import LinearSpec, balanced_factors
 from lax_pretrain.nnx_compat import param
 from lax_pretrain.parallel.target import compile_platform
@@ -110,19 +113,39 @@ class DenseGate(nnx.Module):
         return 2 * self.in_width * self.width
 
 
-def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> KronGate | DenseGate | None:
-    """The gate of a crossing layer; None for the identity crossing (u + z, no parameters)."""
-    width = spec.latent_dim
-    if spec.crossing == "kron":
-        return KronGate(width, impl=spec.kron_impl, rngs=rngs, param_dtype=param_dtype)
-    if spec.crossing == "dense":
-        return DenseGate(
-            spec.latent_in_dim if spec.latent_in_dim is not None else width,
-            width,
-            rngs=rngs,
-            param_dtype=param_dtype,
-        )
+def _kron(spec: LinearSpec, in_width: int, width: int, *, rngs: nnx.Rngs, param_dtype) -> KronGate:
+    return KronGate(width, impl=spec.kron_impl, rngs=rngs, param_dtype=param_dtype)
+
+
+def _dense(spec: LinearSpec, in_width: int, width: int, *, rngs: nnx.Rngs, param_dtype) -> DenseGate:
+    return DenseGate(in_width, width, rngs=rngs, param_dtype=param_dtype)
+
+
+def _identity(spec: LinearSpec, in_width: int, width: int, *, rngs: nnx.Rngs, param_dtype) -> None:
     return None
+
+
+def _warn_prime_width(spec: LinearSpec, where: str) -> None:
+    f0, _ = balanced_factors(spec.latent_dim)
+    if f0 == 1:
+        warnings.warn(
+            f"{where}: kron gate on prime latent width {spec.latent_dim} degenerates to a dense "
+            f"{spec.latent_dim}x{spec.latent_dim} map",
+            stacklevel=4,
+        )
+
+
+register_gate("identity", Gate(build=_identity))  # u + z: no parameters
+register_gate("dense", Gate(build=_dense, same_width=False))
+register_gate("kron", Gate(build=_kron, check=_warn_prime_width))
+
+
+def make_gate(spec: LinearSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32) -> nnx.Module | None:
+    """The gate of a crossing layer (its registered `build`); None for a parameter-free crossing."""
+    width = spec.latent_dim
+    in_width = spec.latent_in_dim if spec.latent_in_dim is not None else width
+    gate = GATES.get(spec.crossing, key="crossing")
+    return gate.build(spec, in_width, width, rngs=rngs, param_dtype=param_dtype)
 
 
 def make_latent_norm(spec: LinearSpec, *, param_dtype=jnp.float32) -> Norm | None:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from lax_pretrain.layers import init
 from lax_pretrain.layers.base import LinearBase
+from lax_pretrain.layers.registry import Kind, register_kind
 from lax_pretrain.layers.spec import LinearSpec
 from lax_pretrain.nnx_compat import param
 
@@ -49,3 +50,6 @@ class DenseLinear(LinearBase):
     @property
     def flops_per_token(self) -> int:
         return 2 * self.d_in * self.d_out
+
+
+register_kind("dense", Kind(layer=DenseLinear, exports=frozenset({"hf_llama"})))

@@ -1,85 +1,85 @@
-"""The spec of one linear map: what kind, how factorized, how crossed. Validated before anything is built.
+"""The spec of one linear map: what kind, how crossed, the fields its kind owns. Validated before anything is built.
 
 A spec is given as a dict or ConfigDict (e.g. `config.model.attn`) and normalised into a frozen
 `LinearSpec`. Every error names the offending key, prefixed by where the spec lives (`where`), so a bad
 `--config.model.mlp.rank=0` is reported as `model.mlp.rank` before any compilation.
+
+The spec keeps the fields every kind shares (kind, crossing, latent norm, activation, init scheme, bias); the
+fields of one kind (svd/cola `rank`, the TT shape, ...) are declared by that kind (layers/registry.py) and held
+in `own`, read as attributes (`spec.rank`). A field of another kind reads as its default, so code that asks
+`spec.intra` of any spec keeps working.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("dense", "svd", "cola", "tt")
-CROSSINGS = ("none", "identity", "dense", "kron")
+from lax_pretrain.layers.registry import GATES, KINDS, NO_CROSSING, SpecError, crossings, kind_field_defaults
+
 LATENT_NORMS = ("layernorm", "rmsnorm", "none")
 ACTIVATIONS = ("silu", "gelu", "relu")
 INITS = ("lax", "cola", "tt_variance")
 BIAS_INITS = ("zeros", "normal")
-TT_ORDERS = ("auto", "factor_first", "sequential")
 KRON_IMPLS = ("auto", "factored", "gemm")
-
-
-class SpecError(ValueError):
-    """A linear-map spec that cannot be built; the message starts with the offending key."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearSpec:
     """One projection's factorization and crossing.
 
-    kind: 'dense' | 'svd' (x A B) | 'cola' (act(x A) B) | 'tt' (tensor-train, input modes then output modes).
-    rank: latent width r of svd/cola; for tt without explicit modes, the latent bond of `tt_shape(d_in, d_out,
-        rank)` (so a TT config follows width overrides).
-    tt_in_modes, tt_out_modes, tt_ranks: TT shape; prod(in) = d_in, prod(out) = d_out, ranks include the
-        leading and trailing 1 (len = len(in) + len(out) + 1). The bond after the last input core is the latent.
-    crossing: LaX gate applied to the previous block's latent: 'none' | 'identity' | 'dense' | 'kron'.
+    kind: a registered factorization kind ('dense', 'svd' (x A B), 'cola' (act(x A) B), 'tt' (tensor-train), or
+        one registered from outside the package); its own fields (e.g. `rank`) are in `own`.
+    crossing: LaX gate applied to the previous block's latent: 'none' or a registered gate ('identity', 'dense',
+        'kron').
     latent_norm: norm over the latent after the crossing (crossing layers only): 'layernorm' | 'rmsnorm' | 'none'.
-    intra: TT intra-layer LaX (4 cores): the first input intermediate is added after the first output core.
-    intra_gate: the official `IntraResGate`: the intermediate (N, n_2, r_1) passes through a mode gate (n_2, m_1)
-        and a rank gate (r_1, r_3) before it is added (needs intra).
     activation: the latent activation when one is applied ('silu' for LLaMA, exact 'gelu' for ViT, 'relu').
-    latent_act: apply `activation` to the latent (the official `LatentAct`); None = only for cola, whose
-        definition it is. svd or tt with latent_act=True are no longer linear maps (no `materialize()`).
+    latent_act: apply `activation` to the latent (the official `LatentAct`); None = the kind's default (on for
+        cola, whose definition it is). svd or tt with latent_act=True are no longer linear maps.
     use_bias: output bias.
     init: 'lax' (official LaX ViT code), 'cola' (official CoLA LLaMA code), 'tt_variance' (variance-correct
         product init: every factor gets std sigma^(1/d) * (prod internal ranks)^(-1/(2d))).
     init_std: dense kernel std ('lax': 0.02 truncated, 'cola': 0.02) or target std sigma of the represented
         matrix for 'tt_variance' (default 1/sqrt(d_in)).
     bias_init: 'zeros', or 'normal' = the official LaX code's N(0, 1) factorized-layer bias (a quirk).
-    tt_order: TT contraction order; 'auto' = factor-first unless intra-layer LaX needs per-token intermediates.
-    latent_in_dim: width of the incoming latent (default: this layer's latent width); only a dense gate maps
-        between different widths.
+    latent_in_dim: width of the incoming latent (default: this layer's latent width); only a gate that is not
+        `same_width` (dense) maps between different widths.
     kron_impl: how the kron gate computes z @ kron(g1, g0): 'factored' (two small contractions), 'gemm' (one
         r x r matmul, the Kronecker product formed once per call) or 'auto' (per shape and backend,
         `layers.crossing.kron_impl_for`). The same parameters and function either way.
+    own: the kind's own fields as sorted (key, value) pairs (hashable: a spec is static module metadata).
     """
 
     kind: str = "dense"
-    rank: int | None = None
-    tt_in_modes: tuple[int, ...] = ()
-    tt_out_modes: tuple[int, ...] = ()
-    tt_ranks: tuple[int, ...] = ()
-    crossing: str = "none"
+    crossing: str = NO_CROSSING
     latent_norm: str = "layernorm"
-    intra: bool = False
-    intra_gate: bool = False
     activation: str = "silu"
     latent_act: bool | None = None
     use_bias: bool = False
     init: str = "lax"
     init_std: float | None = None
     bias_init: str = "zeros"
-    tt_order: str = "auto"
     latent_in_dim: int | None = None
     kron_impl: str = "auto"
+    own: tuple[tuple[str, Any], ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when `name` is not a shared field: the kind's own fields, then any kind's default.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        for key, value in object.__getattribute__(self, "own"):
+            if key == name:
+                return value
+        defaults = kind_field_defaults()
+        if name in defaults:
+            return defaults[name]
+        raise AttributeError(f"LinearSpec has no field {name!r}")
 
     @property
     def crossed(self) -> bool:
-        return self.crossing != "none"
+        return self.crossing != NO_CROSSING
 
     @property
     def is_linear(self) -> bool:
@@ -88,31 +88,28 @@ class LinearSpec:
 
     @property
     def latent_dim(self) -> int | None:
-        """Width of this layer's latent (None for dense)."""
-        if self.kind in ("svd", "cola"):
-            return self.rank
-        if self.kind == "tt":
-            return self.tt_ranks[len(self.tt_in_modes)]
-        return None
-
-    @property
-    def sequential_tt(self) -> bool:
-        """Whether a TT layer contracts core by core (needed for intra-layer LaX)."""
-        if self.tt_order == "auto":
-            return self.intra
-        return self.tt_order == "sequential"
+        """Width of this layer's latent (None when its kind has none)."""
+        return KINDS.get(self.kind, key="kind").latent_dim(self)
 
     def replace(self, **changes: Any) -> LinearSpec:
-        return dataclasses.replace(self, **changes)
+        shared = {k: v for k, v in changes.items() if k in SHARED_FIELDS}
+        own = dict(self.own)
+        own.update({k: v for k, v in changes.items() if k not in SHARED_FIELDS})
+        return dataclasses.replace(self, **shared, own=tuple(sorted(own.items())))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat key -> value form a config holds (shared fields and the kind's own)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "own"}
+        out.update(self.own)
+        return out
 
 
-_FIELDS = {f.name for f in dataclasses.fields(LinearSpec)}
-_TUPLE_FIELDS = ("tt_in_modes", "tt_out_modes", "tt_ranks")
+SHARED_FIELDS = {f.name for f in dataclasses.fields(LinearSpec)} - {"own"}
 
 
 def _as_dict(spec: Any) -> dict[str, Any]:
     if isinstance(spec, LinearSpec):
-        return dataclasses.asdict(spec)
+        return spec.as_dict()
     if hasattr(spec, "to_dict"):  # ml_collections.ConfigDict
         return dict(spec.to_dict())
     if isinstance(spec, Mapping):
@@ -131,169 +128,70 @@ def balanced_factors(n: int) -> tuple[int, int]:
     return f0, n // f0
 
 
-def cap_tt_ranks(
-    in_modes: tuple[int, ...], out_modes: tuple[int, ...], ranks: tuple[int, ...]
-) -> tuple[int, ...]:
-    """Caps each TT bond by the largest rank it can carry: r_k <= r_{k-1} s_k (left sweep) and
-    r_k <= s_{k+1} r_{k+1} (right sweep), which also bounds it by the unfolding sizes. More adds nothing."""
-    modes = tuple(in_modes) + tuple(out_modes)
-    capped = [1, *ranks[1:-1], 1]
-    for k in range(1, len(modes)):
-        capped[k] = min(capped[k], capped[k - 1] * modes[k - 1])
-    for k in range(len(modes) - 1, 0, -1):
-        capped[k] = min(capped[k], modes[k] * capped[k + 1])
-    return tuple(capped)
-
-
-def tt_shape(d_in: int, d_out: int, r_mid: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """A 4-core TT shape in the official layout: input modes descending, output ascending (768 -> [32, 24 | 24, 32]),
-    outer ranks as large as the unfoldings allow, the latent bond `r_mid`."""
-    f0, f1 = balanced_factors(d_in)
-    g0, g1 = balanced_factors(d_out)
-    in_modes, out_modes = (f1, f0), (g0, g1)
-    return in_modes, out_modes, cap_tt_ranks(in_modes, out_modes, (1, f1, r_mid, g1, 1))
+def _own_fields(raw: dict[str, Any], kind_name: str, where: str) -> dict[str, Any]:
+    """Takes the kind's own fields out of `raw`; a field of another kind may only be at its default."""
+    kind = KINDS.get(kind_name, key=f"{where}.kind")
+    own = {k: raw.pop(k, d) for k, d in kind.fields.items()}
+    others = kind_field_defaults()
+    for key in sorted(set(raw) - SHARED_FIELDS):
+        value = raw.pop(key)
+        if key not in others:
+            known = sorted(SHARED_FIELDS | set(others))
+            raise SpecError(f"{where}.{key} is not a linear-spec key (known: {', '.join(known)})")
+        if value is not None and value != others[key] and not (value == () and others[key] in ((), None)):
+            owners = [n for n, k in KINDS.items() if key in k.fields]
+            raise SpecError(
+                f"{where}.{key}={value!r} is a field of kind {' / '.join(map(repr, owners))}, not of {kind_name!r}"
+            )
+    return own
 
 
 def validate(spec: Any, d_in: int, d_out: int, *, where: str = "spec") -> LinearSpec:
     """Normalises a dict/ConfigDict into a LinearSpec for a (d_in -> d_out) map, or raises SpecError."""
     raw = _as_dict(spec)
-    unknown = sorted(set(raw) - _FIELDS)
-    if unknown:
-        raise SpecError(
-            f"{where}.{unknown[0]} is not a linear-spec key (known: {', '.join(sorted(_FIELDS))})"
-        )
-    for key in _TUPLE_FIELDS:
-        if raw.get(key) is not None:
-            raw[key] = tuple(int(v) for v in raw[key])
+    kind_name = raw.get("kind", "dense")
+    own = _own_fields(raw, kind_name, where)
     s = LinearSpec(
-        **{
-            k: v
-            for k, v in raw.items()
-            if v is not None or k in ("rank", "init_std", "latent_in_dim", "latent_act")
-        }
+        **{k: v for k, v in raw.items() if v is not None or k in ("init_std", "latent_in_dim", "latent_act")},
+        own=tuple(sorted(own.items())),
     )
 
-    _choice(where, "kind", s.kind, KINDS)
-    _choice(where, "crossing", s.crossing, CROSSINGS)
+    _choice(where, "crossing", s.crossing, crossings())
     _choice(where, "latent_norm", s.latent_norm, LATENT_NORMS)
     _choice(where, "activation", s.activation, ACTIVATIONS)
     _choice(where, "init", s.init, INITS)
     _choice(where, "bias_init", s.bias_init, BIAS_INITS)
-    _choice(where, "tt_order", s.tt_order, TT_ORDERS)
     _choice(where, "kron_impl", s.kron_impl, KRON_IMPLS)
     if d_in < 1 or d_out < 1:
         raise SpecError(f"{where}: a linear map needs positive widths, got {d_in} -> {d_out}")
-
-    if s.kind == "dense" and s.crossing != "none":
-        raise SpecError(f"{where}.crossing={s.crossing!r}: a dense layer has no latent to cross; use 'none'")
-    if s.kind in ("svd", "cola"):
-        if s.rank is None or int(s.rank) < 1:
-            raise SpecError(f"{where}.rank must be an integer >= 1 for kind {s.kind!r}, got {s.rank!r}")
-        if s.rank > min(d_in, d_out):
-            raise SpecError(
-                f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}, the full rank of the "
-                f"{d_in} -> {d_out} map: a factorization wider than that only adds parameters"
-            )
-    if s.kind == "tt":
-        if not s.tt_in_modes and not s.tt_out_modes and not s.tt_ranks:
-            if s.rank is None or int(s.rank) < 1:
-                raise SpecError(
-                    f"{where}.rank={s.rank!r}: kind 'tt' needs tt_in_modes/tt_out_modes/tt_ranks or a "
-                    "rank >= 1 (the latent bond of the default 4-core `tt_shape`)"
-                )
-            if s.rank > min(d_in, d_out):
-                raise SpecError(
-                    f"{where}.rank={s.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}: the latent TT bond "
-                    "splits the input modes from the output modes, whose unfolding has at most that rank"
-                )
-            in_modes, out_modes, ranks = tt_shape(d_in, d_out, int(s.rank))
-            s = s.replace(tt_in_modes=in_modes, tt_out_modes=out_modes, tt_ranks=ranks)
-        _validate_tt(s, d_in, d_out, where)
-    if s.latent_act is None:
-        s = s.replace(latent_act=s.kind == "cola")
-    elif not isinstance(s.latent_act, bool):
+    if s.latent_act is not None and not isinstance(s.latent_act, bool):
         raise SpecError(f"{where}.latent_act={s.latent_act!r} must be true, false or unset")
-    if s.kind == "cola" and not s.latent_act:
-        raise SpecError(f"{where}.latent_act=False: CoLA is defined by its latent activation; use kind 'svd'")
-    if s.kind == "dense" and s.latent_act:
-        raise SpecError(f"{where}.latent_act=True: a dense layer has no latent to activate")
-    if s.intra_gate and not s.intra:
-        raise SpecError(f"{where}.intra_gate=True gates the intra-layer skip: it needs intra=True")
-    if s.intra and s.kind != "tt":
-        raise SpecError(f"{where}.intra=True needs kind 'tt' (intra-layer LaX crosses TT core intermediates)")
-    if s.intra and s.tt_order == "factor_first":
-        raise SpecError(
-            f"{where}.intra=True needs per-token intermediates: tt_order must be 'sequential' or 'auto'"
-        )
+
+    kind = KINDS.get(s.kind, key=f"{where}.kind")
+    if not kind.has_latent:
+        if s.crossed:
+            raise SpecError(
+                f"{where}.crossing={s.crossing!r}: a {s.kind} layer has no latent to cross; use 'none'"
+            )
+        if s.latent_act:
+            raise SpecError(f"{where}.latent_act=True: a {s.kind} layer has no latent to activate")
+    if s.latent_act is None:
+        s = dataclasses.replace(s, latent_act=kind.latent_act)
+    if kind.check is not None:
+        s = kind.check(s, d_in, d_out, where)
 
     if s.latent_in_dim is not None and (not isinstance(s.latent_in_dim, int) or s.latent_in_dim < 1):
         raise SpecError(f"{where}.latent_in_dim must be an integer >= 1 (or unset), got {s.latent_in_dim!r}")
     if s.crossed:
         width = s.latent_dim
         in_width = s.latent_in_dim if s.latent_in_dim is not None else width
-        if s.crossing in ("identity", "kron") and in_width != width:
+        if GATES.get(s.crossing, key=f"{where}.crossing").same_width and in_width != width:
+            same = [n for n, g in GATES.items() if not g.same_width]
             raise SpecError(
                 f"{where}.latent_in_dim={in_width} differs from the latent width {width}: "
-                f"crossing {s.crossing!r} needs equal widths (use crossing='dense')"
+                f"crossing {s.crossing!r} needs equal widths (use crossing={' or '.join(map(repr, same))})"
             )
-        if s.crossing == "kron":
-            f0, _ = balanced_factors(width)
-            if f0 == 1:
-                warnings.warn(
-                    f"{where}: kron gate on prime latent width {width} degenerates to a dense "
-                    f"{width}x{width} map",
-                    stacklevel=3,
-                )
+        gate = GATES.get(s.crossing, key=f"{where}.crossing")
+        if gate.check is not None:
+            gate.check(s, where)
     return s
-
-
-def _validate_tt(s: LinearSpec, d_in: int, d_out: int, where: str) -> None:
-    if not s.tt_in_modes or not s.tt_out_modes:
-        raise SpecError(f"{where}.tt_in_modes/tt_out_modes must be given for kind 'tt'")
-    for key, modes in (("tt_in_modes", s.tt_in_modes), ("tt_out_modes", s.tt_out_modes)):
-        if any(m < 1 for m in modes):
-            raise SpecError(f"{where}.{key}={list(modes)} must be positive")
-    if math.prod(s.tt_in_modes) != d_in:
-        raise SpecError(
-            f"{where}.tt_in_modes={list(s.tt_in_modes)} multiply to {math.prod(s.tt_in_modes)}, "
-            f"not d_in={d_in}"
-        )
-    if math.prod(s.tt_out_modes) != d_out:
-        raise SpecError(
-            f"{where}.tt_out_modes={list(s.tt_out_modes)} multiply to {math.prod(s.tt_out_modes)}, "
-            f"not d_out={d_out}"
-        )
-    n_cores = len(s.tt_in_modes) + len(s.tt_out_modes)
-    if len(s.tt_ranks) != n_cores + 1:
-        raise SpecError(
-            f"{where}.tt_ranks={list(s.tt_ranks)} must have {n_cores + 1} entries (one per bond of "
-            f"{n_cores} cores, including the leading and trailing 1)"
-        )
-    if s.tt_ranks[0] != 1 or s.tt_ranks[-1] != 1:
-        raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must start and end with 1")
-    if any(r < 1 for r in s.tt_ranks):
-        raise SpecError(f"{where}.tt_ranks={list(s.tt_ranks)} must be positive")
-    modes = (*s.tt_in_modes, *s.tt_out_modes)
-    for k in range(1, n_cores):
-        # Bond k joins cores 0..k-1 to cores k..; the unfolding it factorizes is that big, so a wider bond
-        # only adds parameters.
-        full = min(math.prod(modes[:k]), math.prod(modes[k:]))
-        if s.tt_ranks[k] > full:
-            raise SpecError(
-                f"{where}.tt_ranks={list(s.tt_ranks)}: bond {k} ({s.tt_ranks[k]}) is wider than the full rank "
-                f"{full} of the unfolding it splits (modes {list(modes[:k])} | {list(modes[k:])})"
-            )
-    if s.intra:
-        p = len(s.tt_in_modes)
-        if p != 2 or len(s.tt_out_modes) != 2:
-            raise SpecError(
-                f"{where}.intra=True needs 4 TT cores (2 input + 2 output modes), got "
-                f"{list(s.tt_in_modes)} | {list(s.tt_out_modes)}"
-            )
-        n2, m1 = s.tt_in_modes[1], s.tt_out_modes[0]
-        r1, r3 = s.tt_ranks[1], s.tt_ranks[3]
-        if n2 != m1 or r1 != r3:
-            raise SpecError(
-                f"{where}.intra=True needs tt_in_modes[1] == tt_out_modes[0] and "
-                f"tt_ranks[1] == tt_ranks[3], got {n2} vs {m1} and {r1} vs {r3}"
-            )

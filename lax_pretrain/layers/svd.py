@@ -10,8 +10,36 @@ from flax import nnx
 
 from lax_pretrain.layers import init
 from lax_pretrain.layers.base import FactorizedLinear
-from lax_pretrain.layers.spec import LinearSpec
+from lax_pretrain.layers.registry import Kind, register_kind
+from lax_pretrain.layers.spec import LinearSpec, SpecError
 from lax_pretrain.nnx_compat import param
+
+
+def check_rank(spec: LinearSpec, d_in: int, d_out: int, where: str) -> LinearSpec:
+    """The latent width r of a two-factor kind: an integer in [1, min(d_in, d_out)]."""
+    if spec.rank is None or not isinstance(spec.rank, int) or spec.rank < 1:
+        raise SpecError(f"{where}.rank must be an integer >= 1 for kind {spec.kind!r}, got {spec.rank!r}")
+    if spec.rank > min(d_in, d_out):
+        raise SpecError(
+            f"{where}.rank={spec.rank} exceeds min(d_in, d_out)={min(d_in, d_out)}, the full rank of the "
+            f"{d_in} -> {d_out} map: a factorization wider than that only adds parameters"
+        )
+    return spec
+
+
+def rank_override(rank: int, projection: str, **context: Any) -> dict[str, Any]:
+    """A preset's `rank=` becomes every projection's rank."""
+    return {"rank": rank}
+
+
+def low_rank_kind(layer: type, **changes: Any) -> Kind:
+    """The entry of a kind with two factors x A -> B and a latent of width `rank` (svd, cola)."""
+    defaults = dict(fields={"rank": None}, check=check_rank, latent_dim=_rank, overrides=rank_override)
+    return Kind(layer=layer, **{**defaults, **changes})
+
+
+def _rank(spec: LinearSpec) -> int:
+    return spec.rank
 
 
 class LowRank(FactorizedLinear):
@@ -63,3 +91,6 @@ class SVDLinear(LowRank):
                 "it has no kernel to materialize"
             )
         return self.down[...] @ self.up[...]
+
+
+register_kind("svd", low_rank_kind(SVDLinear, exports=frozenset({"hf_llama", "cola", "lax"})))

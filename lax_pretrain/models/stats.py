@@ -14,8 +14,7 @@ from typing import Any
 
 from flax import nnx
 
-from lax_pretrain.layers.base import FactorizedLinear
-from lax_pretrain.layers.dense import DenseLinear
+from lax_pretrain.layers.base import FactorizedLinear, LinearBase
 from lax_pretrain.models.tasks import get_task
 
 
@@ -61,7 +60,7 @@ def model_stats(model_cfg: Any, seq_len: int = 256) -> ModelStats:
     rows: dict[str, ModuleRow] = {}
     lax_total = 0
     for path, module in nnx.iter_modules(model):
-        if not isinstance(module, (FactorizedLinear, DenseLinear)):
+        if not isinstance(module, LinearBase):  # every kind's layer, registered ones included
             continue
         # A scanned stack holds blocks 1..L-1 as one module with stacked parameters.
         copies = rest if (model_cfg.scan_layers and "rest" in path) else 1

@@ -23,4 +23,6 @@ def build_adamw(optim_cfg: Any, schedule: optax.Schedule) -> optax.GradientTrans
     )
 
 
-register_optimizer("adamw", Optimizer(build=build_adamw))
+register_optimizer(
+    "adamw", Optimizer(build=build_adamw, sources={"optim.name": "CoLA and LaX codes: torch.optim.AdamW"})
+)
