@@ -29,8 +29,8 @@ from lax_pretrain.layers import (
     make_linear,
     validate,
 )
-from lax_pretrain.nnx_compat import logical_axes
 from lax_pretrain.layers.tt import sequential
+from lax_pretrain.nnx_compat import logical_axes
 
 TOL = 2e-5
 D_IN, D_OUT, R = 24, 20, 8  # every factorized kind below has latent width R = 8 = 2 x 4 (kron f0 != f1)
