@@ -193,9 +193,9 @@ def _train(
                     tflops = stats.train_flops_per_token * tokens_per_s / 1e12
                     record = {
                         "step": step,
-                        "loss": float(host["loss"]),
-                        "lr": float(host["lr"]),
-                        "grad_norm": float(host["grad_norm"]),
+                        # Every key the step returns (loss, grad_norm, lr, each training metric), as it is:
+                        # a new metric needs no change here (models/metrics.py).
+                        **{name: float(value) for name, value in host.items()},
                         "tflops_per_s": tflops,
                         "mfu": tflops * 1e12 / (peak * n_dev) if peak else None,
                         "time": time.time(),
