@@ -2,7 +2,9 @@
 # One command for the first session with a GPU: install, then measure the paper presets in bf16 on one device
 # (lax_pretrain/bench/device.py: dense, cola, cola+LaX at 1b, 60m, 350m; the largest batch that fits; step
 # time, tokens/s, TFLOP/s, MFU, planner vs measured peak memory; jax.devices(); cuDNN vs XLA attention) and
-# write OUT/bench.json + OUT/bench.md, all inside 8 minutes on one H100/H200.
+# write OUT/bench.json + OUT/bench.md, all inside 8 minutes on one H100/H200. Then the measured peaks beside
+# the target-compiled plans of the same configs (scripts/plan_vs_measured.py: lax-plan --target=<gpu>x1, the
+# GPU compiler run deviceless as on a CPU host; measured / plan = the plan's error): OUT/plan_vs_measured.md.
 #
 #   scripts/device_check.sh [--out=DIR] [--budget_s=S]   install + measure (default out docs/benchmarks/device)
 #   scripts/device_check.sh --dry_run [--out=DIR]        no install: the same code on CPU at tiny sizes (CI)
@@ -56,7 +58,10 @@ fi
 
 if [[ $DRY == 1 ]]; then
   PY=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
-  exec env JAX_PLATFORMS=cpu "$PY" scripts/bench.py --suite=device --tiny --out="$OUT" ${PASS[@]+"${PASS[@]}"}
+  env JAX_PLATFORMS=cpu "$PY" scripts/bench.py --suite=device --tiny --out="$OUT" ${PASS[@]+"${PASS[@]}"}
+  # One row against its plan: the plan venv's GPU compiler when `make install-plan` has run (else the row
+  # names that step).
+  exec "$PY" scripts/plan_vs_measured.py --bench="$OUT/bench.json" --max_rows=1
 fi
 
 PY=${PYTHON:-python3}
@@ -79,7 +84,11 @@ fi
   || { echo "error: jax sees no accelerator here (use --dry_run for the CPU smoke run)" >&2; exit 2; }
 
 ELAPSED=$(( $(date +%s) - START ))
-BUDGET=${BUDGET:-$(( TOTAL_S - ELAPSED - 30 ))}  # 30 s for writing and exiting
+BUDGET=${BUDGET:-$(( TOTAL_S - ELAPSED - 120 ))}  # 30 s for writing and exiting, 90 s for the plans
 echo "install took ${ELAPSED}s; measuring for at most ${BUDGET}s"
 PYTHONUNBUFFERED=1 "$PY" scripts/bench.py --suite=device --out="$OUT" --budget_s="$BUDGET" ${PASS[@]+"${PASS[@]}"}
-echo "device check done in $(( $(date +%s) - START ))s: $OUT/bench.md"
+# The 1b rows (they run first) against their target-compiled plans, compiled here by this python's CUDA plugin
+# without touching the GPU (the plan's subprocess runs with JAX_PLATFORMS=cpu).
+LAX_PLAN_PYTHON=$(command -v "$PY") "$PY" scripts/plan_vs_measured.py --bench="$OUT/bench.json" --max_rows=3 \
+  || echo "plan_vs_measured failed: the measurements in $OUT/bench.json stand"
+echo "device check done in $(( $(date +%s) - START ))s: $OUT/bench.md, $OUT/plan_vs_measured.md"

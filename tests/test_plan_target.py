@@ -17,6 +17,9 @@ import contextlib
 import io
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -31,6 +34,7 @@ from lax_pretrain.targets import parse_target
 from lax_pretrain.targets.compilers import compiler_present, plan_python
 from lax_pretrain.train.roofline import hlo_cost
 
+ROOT = Path(__file__).resolve().parents[1]
 BATCH, SEQ, SHARDS = 8, 256, 4
 CASES = {  # name -> (compact config argument, overrides)
     "nano": ("nano", ()),
@@ -232,3 +236,35 @@ ENTRY %main (q: {q}, k: {q}, v: {q}) -> {q} {{
 }}
 """
     assert hlo_cost(hlo).flops == (4 + 8) * b * t * h * t * e
+
+
+@needs_plan_venv
+def test_plan_vs_measured_puts_a_measured_peak_beside_the_target_plan(tmp_path):
+    """scripts/plan_vs_measured.py (device_check.sh's last step) on one device-suite row: the plan is
+    lax-plan --target=h100x1 of that row's config, the ratio measured / plan."""
+    row = {
+        "row": "step",
+        "status": "ok",
+        "preset": "nano",
+        "shrunk": True,
+        "name": "cola+kron",
+        "kind": "cola",
+        "crossing": "kron",
+        "dtype": "bfloat16",
+        "batch_size": 2,
+        "seq_len": 32,
+        "device_kind": "NVIDIA H100 80GB HBM3",
+        "measured_peak_bytes": 3 * 2**20,
+        "planner_peak_bytes": 2**20,
+    }
+    (tmp_path / "bench.json").write_text(json.dumps({"suites": {"device": {"rows": [row, {"row": "kron"}]}}}))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plan_vs_measured.py"), f"--bench={tmp_path / 'bench.json'}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (result,) = json.loads((tmp_path / "plan_vs_measured.json").read_text())
+    assert result["target"] == "h100x1" and result["plan_error"] is None
+    assert result["measured_over_plan"] == pytest.approx(3 * 2**20 / result["plan_peak_bytes"])
+    assert "| nano | cola+kron | 2x32 |" in done.stdout
