@@ -274,21 +274,3 @@ def crosses_domains(
     (TPU slices, GPU hosts): such a collective moves its bytes over DCN / the network, not ICI / NVLink."""
     members = groups or [list(range(num_partitions))]
     return any(len({domain_of(d) for d in g}) > 1 for g in members)
-
-
-def link_split(hlo: str, domain_of: Callable[[int], int]) -> dict[str, dict[str, int]]:
-    """{'ici' | 'dcn': {kind: bytes, 'total': bytes}}: the collective bytes per step and device that stay inside
-    one domain of `domain_of` (partition index -> slice or host) and those that cross domains."""
-    n = num_partitions(hlo)
-    out = {link: {**{k: 0 for k in KINDS}, "total": 0} for link in ("ici", "dcn")}
-    for kind, nbytes, times, line in collectives(hlo):
-        link = "dcn" if crosses_domains(replica_groups(line), domain_of, n) else "ici"
-        out[link][kind] += times * nbytes
-        out[link]["total"] += times * nbytes
-    return out
-
-
-def num_partitions(hlo: str) -> int:
-    """The module's partition count (its devices under SPMD), 1 where the header names none."""
-    m = re.search(r"\bnum_partitions=(\d+)", hlo)
-    return int(m.group(1)) if m else 1
