@@ -23,6 +23,7 @@ LEVELS = [
     ("lax_pretrain.cli", 0),
     ("lax_pretrain.registry", 0),
     ("lax_pretrain.machine", 0),
+    ("lax_pretrain.extensions", 0),
     # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
     ("lax_pretrain.parallel", 1),
     ("lax_pretrain.layers", 2),
@@ -33,6 +34,7 @@ LEVELS = [
     ("lax_pretrain.recipe", 4),
     ("lax_pretrain.adapters", 5),
     ("lax_pretrain.train", 6),
+    ("lax_pretrain.targets", 6),  # target descriptions and the target compile (lax-plan --target)
     ("lax_pretrain.bench", 7),
     ("lax_pretrain.experiments", 7),
     ("lax_pretrain.convert", 7),  # an import is a training workdir: it writes checkpoints (train level 6)
