@@ -42,7 +42,7 @@ from lax_pretrain import cli
 from lax_pretrain.layers.crossing import KronGate
 from lax_pretrain.models.stats import abstract_model, model_stats
 from lax_pretrain.parallel import MESH_AXES, make_mesh, mesh_sizes, num_slices
-from lax_pretrain.parallel.comm import KINDS, comm_report, walk
+from lax_pretrain.parallel.comm import KINDS, comm_report
 from lax_pretrain.parallel.dcn import network_split
 from lax_pretrain.parallel.target import compiling_for
 from lax_pretrain.targets import Target, parse_target
@@ -54,6 +54,7 @@ from lax_pretrain.targets.compilers import (
     plan_python,
     run_in_plan_venv,
 )
+from lax_pretrain.targets.kernels import kernel_counts, lax_kernels
 from lax_pretrain.train.accelerators import GIB, accelerator
 from lax_pretrain.train.preflight import compiler_options, step_memory
 from lax_pretrain.train.program import build_program
@@ -212,6 +213,7 @@ def plan(
             "total_collective_bytes": comm["total_collective_bytes"],
             "collective_links": network_split(hlo, [domain(p) for p in range(n)]) if domain else None,
             "kernels": kernel_counts(hlo),
+            "lax_kernels": lax_kernels(hlo),
             "accelerators": [],
         }
     )
@@ -318,34 +320,6 @@ def target_domains(mesh, target: Target | None):
     return lambda p: devices[p].process_index
 
 
-# Instructions that launch nothing: values, views, control flow (whose bodies are walked), async completions.
-NOT_KERNELS = {
-    "parameter",
-    "constant",
-    "tuple",
-    "get-tuple-element",
-    "bitcast",
-    "while",
-    "conditional",
-    "call",
-    "after-all",
-    "opt-barrier",
-    "partition-id",
-    "replica-id",
-}
-
-
-def kernel_counts(hlo: str) -> dict[str, int]:
-    """Kernels one step launches, by kind, from the compiled HLO's entry and loop bodies (each iteration)."""
-    counts: dict[str, int] = {}
-    for ins, times, fused in walk(hlo):
-        if fused or ins.op in NOT_KERNELS or ins.op.endswith("-done"):
-            continue
-        counts[ins.op] = counts.get(ins.op, 0) + times
-    counts["total"] = sum(counts.values())
-    return counts
-
-
 def _size(b: float) -> str:
     return f"{b / GIB:8.2f} GiB" if abs(b) >= GIB else f"{b / 2**20:8.1f} MiB"
 
@@ -406,7 +380,13 @@ def format_report(r: dict[str, Any]) -> str:
         f"  HBM traffic  {_size(r['hbm_bytes']['compiled']).strip()} (from the "
         + ("CPU fusions: runs high)" if on_cpu else f"{t['platform'].upper()} compiler's fusions)"),
         f"  kernels      {r['kernels']['total']:,} per step (fusions {r['kernels'].get('fusion', 0):,}, custom "
-        f"calls {r['kernels'].get('custom-call', 0):,})",
+        f"calls {r['kernels'].get('custom-call', 0):,})"
+        + (
+            f"; the LaX gate in {lk['gate']:,}, the latent norm in {lk['latent_norm']:,}, both in "
+            f"{lk['gate_and_latent_norm']:,}"
+            if (lk := r["lax_kernels"])["gate"] or lk["latent_norm"]
+            else ""
+        ),
         "  collectives  "
         + (
             ", ".join(
