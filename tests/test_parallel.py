@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lax_pretrain.config import from_compact, llama_config
 from lax_pretrain.data import tfds_io
@@ -45,6 +46,7 @@ from lax_pretrain.parallel import (
     sharding_context,
 )
 from lax_pretrain.parallel.comm import _ARRAY, _array_bytes, comm_report, count_collectives
+from lax_pretrain.parallel.dcn import network_split
 from lax_pretrain.train import train
 from lax_pretrain.train.metrics import read_metrics
 from lax_pretrain.train.program import compile_block_step
@@ -468,6 +470,53 @@ def test_hosts_may_hold_interleaved_batch_rows():
     # fsdp across slices with data inside them: slice 0 holds rows 0, 1, 4, 5 of 8; allowed the same way.
     mesh = make_mesh(mesh_config(data=2, fsdp=2, dcn_fsdp=2), devices=fake_devices(2, 1, 4))
     check_process_rows(batch_sharding(mesh, 2, DEFAULT_RULES), 8)
+
+
+def test_network_split_of_a_program_over_every_device():
+    """XLA:CPU (like XLA:GPU over hosts) compiles one program over all 8 devices: a reduction over the outer
+    mesh axis has replica groups {0,4}, {1,5}, ... that span two 'slices' of 4; one over the inner axis stays."""
+    mesh = jax.make_mesh((2, 4), ("outer", "inner"), devices=jax.devices()[:8])
+    x = jax.ShapeDtypeStruct(
+        (8, 8), np.float32, sharding=NamedSharding(mesh, PartitionSpec("outer", "inner"))
+    )
+    replicated = NamedSharding(mesh, PartitionSpec())
+    slices = [i // 4 for i in range(8)]
+    for axis, net in ((0, "dcn"), (1, "ici")):
+        step = jax.jit(lambda a, axis=axis: a.sum(axis=axis), out_shardings=replicated)
+        split = network_split(step.lower(x).compile().as_text(), slices)
+        assert split[net]["total"] > 0 and split["dcn" if net == "ici" else "ici"]["all-reduce"] == 0, split
+
+
+MEGASCALE_HLO = """HloModule jit_step, num_partitions=4
+
+ENTRY %main (p: f32[4,32]) -> f32[8,32] {
+  %p = f32[4,32]{1,0} parameter(0)
+  %ar = f32[4,32]{1,0} all-reduce(%p), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
+  %after-all.1 = token[] after-all(), frontend_attributes={MegascaleRendezvousKeyName="all-gather.7_0"}
+  %send.1 = (f32[4,32]{1,0}, u32[], token[]) send(%ar, %after-all.1), channel_id=2, is_host_transfer=true, \
+frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",\
+_xla_host_transfer_rendezvous="all-gather.7_0",_xla_megascale_target="{1,2}x{0:3}",\
+_xla_megascale_transfer_type="ALL_GATHER"}
+  %recv.1 = (f32[8,32]{1,0}, u32[], token[]) recv(%after-all.1), channel_id=3, is_host_transfer=true, \
+frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",\
+_xla_host_transfer_rendezvous="all-gather.7_0",_xla_megascale_target="{1,2}x{0:3}",\
+_xla_megascale_transfer_type="ALL_GATHER"}
+  %send-done.1 = token[] send-done(%send.1), channel_id=2, is_host_transfer=true, \
+frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime"}
+  %recv-done.1 = (f32[8,32]{1,0}, token[]) recv-done(%recv.1), channel_id=3, is_host_transfer=true, \
+frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime"}
+  ROOT %out = f32[8,32]{1,0} get-tuple-element(%recv-done.1), index=0
+}
+"""  # a backslash-newline joins the lines: each instruction is one line, as in compiled.as_text()
+
+
+def test_network_split_reads_libtpu_megascale_transfers():
+    """libtpu's per-slice program (4 partitions of an 8-chip, two-slice mesh): its all-reduce stays in the
+    slice, and the all-gather it hands to the MegaScale runtime (a send of 512 B, a recv of the gathered
+    1 KiB) is DCN, counted once at the gathered size."""
+    split = network_split(MEGASCALE_HLO, [0, 0, 0, 0, 1, 1, 1, 1])
+    assert split["ici"]["all-reduce"] == split["ici"]["total"] == 4 * 32 * 4
+    assert split["dcn"]["all-gather"] == split["dcn"]["total"] == 8 * 32 * 4
 
 
 # ------------------------------------------------------------------------------------------------ launchers

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from lax_pretrain.parallel.comm import KINDS, collectives, replica_groups, shape_bytes, walk
+from lax_pretrain.parallel.comm import KINDS, collectives, crosses_domains, replica_groups, shape_bytes, walk
 
 NETWORKS = ("ici", "dcn")
 MEGASCALE_HANDLER = '_xla_host_transfer_handler_name="xla_megascale_runtime"'
@@ -66,14 +66,6 @@ def collective_groups(line: str) -> list[list[int]] | None:
     return replica_groups(line) or None
 
 
-def crosses_domains(line: str, domain_of: Sequence[int]) -> bool:
-    """Whether a collective of a program over every device of the mesh has a group spanning two domains."""
-    groups = collective_groups(line)
-    if groups is None:
-        return len(set(domain_of)) > 1
-    return any(len({domain_of[i] for i in group}) > 1 for group in groups)
-
-
 def network_split(hlo: str, domain_of: Sequence[int]) -> dict[str, dict[str, int]]:
     """{'ici' | 'dcn': {kind: bytes, 'total': bytes}}: one step's collective bytes per device (optimized HLO
     text) that stay inside a domain and those that cross domains. `domain_of[p]`: the domain of partition `p` of
@@ -87,7 +79,10 @@ def network_split(hlo: str, domain_of: Sequence[int]) -> dict[str, dict[str, int
     partitions = _PARTITIONS.search(hlo)
     whole_mesh = partitions is not None and int(partitions.group(1)) == len(domain_of)
     for kind, nbytes, times, line in collectives(hlo):
-        add("dcn" if whole_mesh and crosses_domains(line, domain_of) else "ici", kind, times * nbytes)
+        crosses = whole_mesh and crosses_domains(
+            collective_groups(line), domain_of.__getitem__, len(domain_of)
+        )
+        add("dcn" if crosses else "ici", kind, times * nbytes)
     for kind, nbytes, times in megascale_transfers(hlo).values():
         add("dcn", kind, times * nbytes)
     return split
