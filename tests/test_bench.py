@@ -92,7 +92,7 @@ def test_models_rows_and_flops(tiny):
     _, data, _ = tiny
     suite = data["suites"]["models"]
     rows = suite["rows"]
-    names = [variant_name(k, c) for k, c in bench_models.MODEL_VARIANTS]
+    names = [variant_name(k, c) for k, c in bench_models.model_variants()]
     assert [r["name"] for r in rows] == names
     assert names == ["dense", "svd", "svd+kron", "cola", "cola+kron", "tt", "tt+kron"]
     case = bench_models.default_cases(tiny=True)[0]

@@ -41,8 +41,8 @@ import dataclasses
 import math
 
 from lax_pretrain.experiments.sweep import recipes, shrink, variants
+from lax_pretrain.layers import KINDS
 
-KINDS = ("dense", "svd", "cola", "tt")
 CROSSINGS = ("none", "kron")
 
 
@@ -138,7 +138,9 @@ def get_sweep(suite: str | None = None, seeds: int = 2, steps: int | None = None
                 shared={**s.shared, **TINY["shared"]},
             )
         shared = {**budget(steps or s.steps, s.batch_size, s.evals), **s.shared}
-        seed0 = recipes(s.recipe, [s.preset], variants(KINDS, CROSSINGS, ranks=(s.rank,)), shared=shared)
+        seed0 = recipes(
+            s.recipe, [s.preset], variants(KINDS.names(), CROSSINGS, ranks=(s.rank,)), shared=shared
+        )
         if tiny:
             seed0 = [shrink(spec) for spec in seed0]
         # Seed-major: an interrupted suite has every variant at its first seeds before any at the next one.

@@ -14,9 +14,10 @@ Expected (published C4 validation perplexity, 60M / 130M / 350M / 1B): full rank
 """
 
 from lax_pretrain.experiments.sweep import recipes, variants
+from lax_pretrain.layers import KINDS
 
 SCALES = ("60m", "130m", "350m", "1b")
 
 
 def get_sweep():
-    return recipes("configs/llama.py", SCALES, variants(("dense", "svd", "cola", "tt"), ("none", "kron")))
+    return recipes("configs/llama.py", SCALES, variants(KINDS.names(), ("none", "kron")))

@@ -13,9 +13,10 @@ Expected (LaX paper): low-rank + LaX matches the full-rank ViT-B top-1 with 44.2
 """
 
 from lax_pretrain.experiments.sweep import recipes, variants
+from lax_pretrain.layers import KINDS
 
 SIZES = ("b16", "l16")
 
 
 def get_sweep():
-    return recipes("configs/vit.py", SIZES, variants(("dense", "svd", "cola", "tt"), ("none", "kron")))
+    return recipes("configs/vit.py", SIZES, variants(KINDS.names(), ("none", "kron")))

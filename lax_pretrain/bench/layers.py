@@ -24,13 +24,12 @@ import numpy as np
 from flax import nnx
 
 from lax_pretrain.bench.timing import on_accelerator, paired_ratio, time_interleaved
-from lax_pretrain.layers import make_linear, tt_shape
+from lax_pretrain.layers import KINDS, make_linear
+from lax_pretrain.layers import crossings as registered_crossings
 from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.machine import loadavg
 from lax_pretrain.models.projections import dtype_of
 
-CROSSINGS = ("none", "identity", "kron", "dense")
-KINDS = ("dense", "svd", "cola", "tt")
 TT_ORDERS = ("factor_first", "sequential")
 CPU_WIDTHS = (512, 1024, 2048)
 ACCELERATOR_WIDTHS = (512, 1024, 2048, 4096)
@@ -61,43 +60,38 @@ def default_widths() -> tuple[int, ...]:
 def layer_spec(
     kind: str, d: int, *, crossing: str = "none", tt_order: str | None = None, rank: int | None = None
 ) -> dict[str, Any]:
-    """The spec of a square d -> d projection of `kind` at rank d/4 (or `rank`)."""
+    """The spec of a square d -> d projection of `kind` at rank d/4 (or `rank`): what the registered kind sets
+    for a preset's rank (svd/cola rank, the TT latent bond of the default 4-core shape)."""
     r = rank if rank is not None else max(d // 4, 1)
-    if kind == "dense":
-        return {"kind": "dense"}
-    if kind in ("svd", "cola"):
-        return {"kind": kind, "rank": r, "crossing": crossing}
-    if kind == "tt":
-        in_modes, out_modes, ranks = tt_shape(d, d, r)
-        return {
-            "kind": "tt",
-            "tt_in_modes": list(in_modes),
-            "tt_out_modes": list(out_modes),
-            "tt_ranks": list(ranks),
-            "crossing": crossing,
-            "tt_order": tt_order or "factor_first",
-        }
-    raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    entry = KINDS.get(kind, key="kind")
+    spec = {"kind": kind, **entry.overrides(r, "layer")}
+    if entry.has_latent:
+        spec["crossing"] = crossing
+    if "tt_order" in entry.fields:
+        spec["tt_order"] = tt_order or "factor_first"
+    return spec
 
 
 def layer_variants(
     d: int,
     *,
-    crossings: tuple[str, ...] = CROSSINGS,
-    kinds: tuple[str, ...] = KINDS,
+    crossings: tuple[str, ...] | None = None,
+    kinds: tuple[str, ...] | None = None,
     tt_orders: tuple[str, ...] = TT_ORDERS,
     kron_impls: tuple[str, ...] = ("auto",),
 ) -> list[LayerVariant]:
     """Every kind x TT order x crossing; a kron crossing once per `kron_impls` entry ('cola+kron[gemm]'), unless
     that is just ('auto',)."""
     out = []
-    for kind in kinds:
-        if kind == "dense":
-            out.append(LayerVariant("dense", "dense", "none", None, layer_spec("dense", d)))
+    for kind in kinds or KINDS.names():  # default: every registered kind and gate
+        entry = KINDS.get(kind, key="kind")
+        if not entry.has_latent:
+            out.append(LayerVariant(kind, kind, "none", None, layer_spec(kind, d)))
             continue
-        for order in tt_orders if kind == "tt" else (None,):
-            stem = f"tt/{order}" if kind == "tt" else kind
-            for crossing in crossings:
+        orders = tt_orders if "tt_order" in entry.fields else (None,)
+        for order in orders:
+            stem = f"{kind}/{order}" if order else kind
+            for crossing in crossings or registered_crossings():
                 spec = layer_spec(kind, d, crossing=crossing, tt_order=order)
                 if crossing != "kron" or tuple(kron_impls) == ("auto",):
                     out.append(LayerVariant(variant_name(stem, crossing), kind, crossing, order, spec))
@@ -159,8 +153,8 @@ def run_layers(
     warmup: int = 1,
     min_sample_s: float = 0.05,
     dtype: str = "float32",
-    crossings: tuple[str, ...] = CROSSINGS,
-    kinds: tuple[str, ...] = KINDS,
+    crossings: tuple[str, ...] | None = None,
+    kinds: tuple[str, ...] | None = None,
     tt_orders: tuple[str, ...] = TT_ORDERS,
     kron_impls: tuple[str, ...] = ("auto",),
     seed: int = 0,
@@ -168,6 +162,7 @@ def run_layers(
 ) -> dict[str, Any]:
     """Runs the suite; returns the JSON-ready result {'suite', 'settings', 'rows', 'load'}."""
     widths = tuple(widths or default_widths())
+    kinds, crossings = tuple(kinds or KINDS.names()), tuple(crossings or registered_crossings())
     rows: list[dict[str, Any]] = []
     load_before = loadavg()
     for d in widths:

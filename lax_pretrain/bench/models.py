@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from lax_pretrain.bench.timing import on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.config import RECIPES
 from lax_pretrain.experiments.sweep import TINY_MODEL, TINY_RANK
+from lax_pretrain.layers import KINDS
 from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.machine import loadavg
 from lax_pretrain.models import TASKS, get_task
@@ -35,16 +36,14 @@ from lax_pretrain.parallel import make_mesh
 from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.program import Program, build_program
 
-# (kind, crossing): every kind, low-rank ones with and without LaX (kron).
-MODEL_VARIANTS = (
-    ("dense", "none"),
-    ("svd", "none"),
-    ("svd", "kron"),
-    ("cola", "none"),
-    ("cola", "kron"),
-    ("tt", "none"),
-    ("tt", "kron"),
-)
+
+def model_variants() -> tuple[tuple[str, str], ...]:
+    """(kind, crossing): every registered kind, those with a latent with and without LaX (kron)."""
+    return tuple(
+        (name, crossing)
+        for name, kind in KINDS.items()
+        for crossing in (("none", "kron") if kind.has_latent else ("none",))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +106,13 @@ def shrink_model(config, *, d_model: int, num_layers: int, num_heads: int, rank:
     m.d_model, m.num_layers, m.num_heads = d_model, num_layers, num_heads
     widths.setdefault("num_kv_heads", num_heads)  # plain multi-head attention unless asked otherwise
     m.update({k: v for k, v in widths.items() if v and k in m})
-    if m.linear.kind != "dense":  # svd/cola rank, TT latent bond (the spec derives the TT shape per width)
-        for name in list(m.proj):
-            intra = bool(m.proj[name].get("intra", False))
-            m.proj[name] = {"rank": rank, "intra": intra} if m.linear.kind == "tt" else {"rank": rank}
+    # What the kind sets for a preset's rank (svd/cola rank, TT latent bond: the spec derives the TT shape per
+    # width), keeping the preset's intra-layer LaX choice.
+    overrides = KINDS.get(m.linear.kind, key="model.linear.kind").overrides
+    for name in list(m.proj):
+        old = m.proj[name]
+        intra = (bool(old.get("intra", False)), bool(old.get("intra_gate", False)))
+        m.proj[name] = overrides(rank, name, intra=intra)
     return config
 
 
@@ -175,7 +177,7 @@ def expand_kron_impls(variants, kron_impls: tuple[str, ...]) -> list[tuple[str, 
 def run_case(
     case: Case,
     *,
-    variants=MODEL_VARIANTS,
+    variants: tuple[tuple[str, str], ...] | None = None,
     kron_impls: tuple[str, ...] = ("auto",),
     repeats: int = 3,
     warmup: int = 1,
@@ -187,7 +189,7 @@ def run_case(
     peak, device_kind = device_peak_flops()
     n_dev = 1  # one device runs the step (no mesh): per-device numbers
     steppers, meta = {}, {}
-    for kind, crossing, kron_impl in expand_kron_impls(variants, kron_impls):
+    for kind, crossing, kron_impl in expand_kron_impls(variants or model_variants(), kron_impls):
         name = variant_name(kind, crossing, kron_impl=kron_impl)
         config = model_config(case.family, case.preset, kind, crossing, dtype=dtype, shrink=case.shrink)
         if kron_impl is not None:
@@ -262,7 +264,7 @@ def run_case(
 def run_models(
     *,
     cases: list[Case] | None = None,
-    variants=MODEL_VARIANTS,
+    variants: tuple[tuple[str, str], ...] | None = None,
     kron_impls: tuple[str, ...] = ("auto",),
     repeats: int = 3,
     warmup: int = 1,
@@ -304,7 +306,10 @@ def run_models(
         "suite": "models",
         "settings": dict(
             cases=[dataclasses.asdict(c) | {"label": c.label} for c in cases],
-            variants=[variant_name(k, c, kron_impl=i) for k, c, i in expand_kron_impls(variants, kron_impls)],
+            variants=[
+                variant_name(k, c, kron_impl=i)
+                for k, c, i in expand_kron_impls(variants or model_variants(), kron_impls)
+            ],
             repeats=repeats,
             warmup=warmup,
             min_sample_s=min_sample_s,

@@ -26,6 +26,7 @@ from typing import Any
 
 from lax_pretrain import cli
 from lax_pretrain.experiments import compare, report, results, runner, sweep
+from lax_pretrain.layers import KINDS
 from lax_pretrain.machine import loadavg, machine_info, machine_line
 from lax_pretrain.models.tasks import get_task
 
@@ -49,7 +50,9 @@ def budget_text(run: sweep.Run, extra: dict[str, Any]) -> str:
     return f"{steps} steps x {batch} examples x {tokens} tokens = {steps * batch * tokens:,} tokens"
 
 
-LOW_RANK_KINDS = ("svd", "cola", "tt")
+def low_rank_kinds() -> tuple[str, ...]:
+    """The registered kinds that have a latent (so a LaX variant): svd, cola, tt and any registered since."""
+    return tuple(name for name, kind in KINDS.items() if kind.has_latent)
 
 
 def _verdict(better_by: float, noise_level: float | None) -> str:
@@ -101,13 +104,13 @@ def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
             f"{'yes' if holds else 'no'} |"
         )
 
-    for kind in LOW_RANK_KINDS:
+    for kind in low_rank_kinds():
         row("LaX: low-rank + LaX matches or beats full rank at 2-3x fewer parameters", f"{kind}+kron")
     row("CoLA: matches full rank at about 2x less compute", "cola")
     gains = [
         f"{kind}: {fmt(summary[f'{kind}+kron']['lax_gain'])}{units(summary[f'{kind}+kron']['lax_gain'])}, "
         + _verdict(summary[f"{kind}+kron"]["lax_gain"], noise_level)
-        for kind in LOW_RANK_KINDS
+        for kind in low_rank_kinds()
         if summary.get(f"{kind}+kron", {}).get("lax_gain") is not None
     ]
     if gains:

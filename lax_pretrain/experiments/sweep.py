@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lax_pretrain import cli
+from lax_pretrain import cli, extensions
 from lax_pretrain.experiments import runner, wandb_sweep
+from lax_pretrain.layers import KINDS
 from lax_pretrain.layers.variants import variant_name
 
 LAUNCHERS = {"local": None, "tpu": "scripts/launch_tpu_pod.sh", "slurm": "scripts/launch_slurm.sh"}
@@ -91,12 +92,13 @@ def _merge(dicts: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def variants(
     kinds: Sequence[str], crossings: Sequence[str] = ("none",), ranks: Sequence[int | None] = (None,)
 ) -> list[str]:
-    """Compact options for kinds x crossings x ranks: 'kind=cola,lax=kron,rank=64'. Dense has neither a
-    crossing nor a rank, so it appears once (as 'kind=dense'); rank None leaves the preset's rank."""
+    """Compact options for kinds x crossings x ranks: 'kind=cola,lax=kron,rank=64'. A kind without a latent
+    (dense) has neither a crossing nor a rank, so it appears once ('kind=dense'); rank None leaves the preset's
+    rank."""
     out = []
     for kind in kinds:
-        if kind == "dense":
-            out.append("kind=dense")
+        if not KINDS.get(kind, key="kind").has_latent:
+            out.append(f"kind={kind}")
             continue
         for lax, rank in itertools.product(crossings, ranks):
             out.append(f"kind={kind},lax={lax}" + (f",rank={rank}" if rank is not None else ""))
@@ -265,9 +267,10 @@ def target_steps(run: Run, extra: dict[str, Any] | None = None) -> int:
 def train_args(
     run: Run, workdir: str | Path | None, sweep_name: str, extra: dict[str, Any] | None = None
 ) -> list[str]:
-    """The trainer's arguments (no interpreter): --config, --workdir (unless None), overrides, the W&B group
-    and name."""
-    args = [f"--config={run.config}"] + ([f"--workdir={workdir}"] if workdir is not None else [])
+    """The trainer's arguments (no interpreter): the sweep's own --import modules, --config, --workdir (unless
+    None), overrides, the W&B group and name."""
+    args = [f"--import={m}" for m in extensions.imported()]
+    args += [f"--config={run.config}"] + ([f"--workdir={workdir}"] if workdir is not None else [])
     args += [f"--config.{k}={cli_value(v)}" for k, v in run.all_overrides(extra).items()]
     return args + [f"--config.wandb.group={sweep_name}", f"--config.wandb.name={run.name}"]
 

@@ -128,10 +128,15 @@ def balanced_factors(n: int) -> tuple[int, int]:
     return f0, n // f0
 
 
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _own_fields(raw: dict[str, Any], kind_name: str, where: str) -> dict[str, Any]:
     """Takes the kind's own fields out of `raw`; a field of another kind may only be at its default."""
     kind = KINDS.get(kind_name, key=f"{where}.kind")
-    own = {k: raw.pop(k, d) for k, d in kind.fields.items()}
+    # Lists (a config's TT modes) become tuples: a spec is hashable module metadata.
+    own = {k: _frozen(raw.pop(k, d)) for k, d in kind.fields.items()}
     others = kind_field_defaults()
     for key in sorted(set(raw) - SHARED_FIELDS):
         value = raw.pop(key)
