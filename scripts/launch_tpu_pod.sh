@@ -3,14 +3,15 @@
 # training command on all of them (one JAX process per host; LAX_DISTRIBUTED=1 makes each call
 # jax.distributed.initialize(), which finds the pod through the TPU metadata server).
 #
-#   scripts/launch_tpu_pod.sh --tpu=my-v4-32 --zone=us-central2-b --workdir=/mnt/lax/runs/llama-1b \
+#   scripts/launch_tpu_pod.sh --tpu=my-v4-32 --zone=us-central2-b --workdir=gs://my-bucket/runs/llama-1b \
 #       [--project=P] [--repo=https://github.com/org/lax-pretrain.git --ref=main | (default) copy this tree] \
 #       [--bucket=my-bucket --mount=/mnt/lax] [--remote_dir=lax-pretrain] [--slices=N] [--dry_run] \
 #       -- --config=configs/llama.py:1b,kind=cola,lax=kron --config.mesh.fsdp=-1 --config.mesh.data=1
 #
-# Resume-safe: --workdir must be storage every worker shares (a gcsfuse mount of --bucket at --mount, or a
-# Filestore/NFS path; orbax writes each host's shards there). Re-running the same command re-installs
-# idempotently (git fetch + checkout, `make install` is stamped) and the run resumes from the newest checkpoint.
+# Resume-safe: --workdir must be storage every worker shares: a gs:// URL (orbax writes each host's shards to
+# the bucket itself; metrics and configs go there too), a gcsfuse mount of --bucket at --mount, or a
+# Filestore/NFS path. Re-running the same command re-installs idempotently (git fetch + checkout, `make
+# install` is stamped) and the run resumes from the newest checkpoint.
 # --slices=N: a multi-slice TPU (slices joined by the data-centre network, DCN), made as a queued resource with
 # --node-count=N --node-prefix=NAME: --tpu=NAME, nodes NAME-0 .. NAME-(N-1). Every step runs on every node's
 # workers, the run on all nodes at once; Cloud TPU gives each worker its MEGASCALE_* slice variables, which
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 TPU="" ZONE="" PROJECT="" WORKDIR="" REPO="" REF="main" BUCKET="" MOUNT="" REMOTE_DIR="lax-pretrain" SLICES=1 DRY_RUN=0
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --tpu=*) TPU="${1#*=}" ;;
@@ -46,7 +47,7 @@ die() { echo "launch_tpu_pod.sh: $*" >&2; exit 2; }
 [[ -n "$TPU" ]] || die "--tpu=NAME is required"
 [[ -n "$ZONE" ]] || die "--zone=ZONE is required"
 [[ -n "$WORKDIR" ]] || die "--workdir is required (shared storage: the run resumes from it)"
-[[ "$WORKDIR" != gs://* ]] || die "--workdir=$WORKDIR: mount the bucket (--bucket=... --mount=/mnt/x) and give a path under it"
+[[ "$WORKDIR" != *://* || "$WORKDIR" == gs://* ]] || die "--workdir=$WORKDIR: give a gs:// URL, or a path on storage every worker shares"
 [[ -z "$BUCKET" || -n "$MOUNT" ]] || die "--bucket needs --mount=/mnt/PATH (where gcsfuse mounts it on every worker)"
 for arg in "${TRAIN_ARGS[@]}"; do
   [[ "$arg" != --workdir=* && "$arg" != --workdir ]] || die "give the workdir as a launcher option (--workdir=...), not after --"

@@ -591,7 +591,7 @@ def test_tpu_pod_launcher_dry_run():
             "scripts/launch_tpu_pod.sh",
             "--tpu=pod",
             "--zone=z",
-            "--workdir=gs://b/r",
+            "--workdir=s3://b/r",
             "--dry_run",
             "--",
             "--config=x",
@@ -600,7 +600,7 @@ def test_tpu_pod_launcher_dry_run():
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "mount the bucket" in bad.stderr
+    assert bad.returncode == 2 and "give a gs:// URL" in bad.stderr  # gs:// itself: tests/test_bucket.py
 
 
 def test_tpu_pod_launcher_dry_run_over_two_slices():

@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from lax_pretrain.train.storage import (
+    AnyPath,
+    file_sizes,
+    make_dirs,
+    move_tree,
+    resolved,
+    scheme,
+    workdir_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,9 @@ COMMIT_MARKER = "commit_success.txt"  # orbax's per-item (and, on buckets, per-s
 # tensorstore's status codes for stored bytes that are wrong or missing, as opposed to a read that failed.
 DAMAGE_STATUSES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
 DAMAGED_SUFFIX = ".damaged"
+# URL schemes orbax writes arrays to (TensorStore's gcs driver); for any other URL (s3://) it builds a local
+# file path and fails mid-save, so such a workdir is refused before anything is written.
+CHECKPOINT_URL_SCHEMES = ("gs",)
 
 
 class CheckpointReadError(ValueError):
@@ -55,8 +67,11 @@ class Checkpointer:
     """`read_only`: opens an existing directory without creating, cleaning or moving anything (the pre-flight
     checks, sampling, export)."""
 
-    def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True, read_only: bool = False):
-        self.directory = Path(directory).resolve()
+    def __init__(
+        self, directory: str | os.PathLike, *, keep: int, async_save: bool = True, read_only: bool = False
+    ):
+        check_checkpoint_location(directory)
+        self.directory = resolved(directory)
         self.read_only = read_only
         # Not orbax's read_only mode, which warns on every open; this class never saves or moves when read-only,
         # and a manager that does not create its directory writes nothing until it saves (checked).
@@ -113,9 +128,9 @@ class Checkpointer:
         step_dir = self._step_dir(step)
         if not ocp.step.is_checkpoint_finalized(step_dir):
             return "not finalized"
-        empty = [f for f in step_dir.rglob("*") if f.is_file() and f.stat().st_size == 0]
+        empty = sorted(name for name, size in file_sizes(step_dir).items() if size == 0)
         if empty:
-            return f"{empty[0].relative_to(step_dir)} is empty"
+            return f"{empty[0]} is empty"
         try:
             training = (step_dir / "meta" / COMMIT_MARKER).is_file() and not self.params_only(step)
             for item in ("meta", "params", *(("opt_state", "data") if training else ())):
@@ -134,7 +149,7 @@ class Checkpointer:
             ) from e
         return None
 
-    def _step_dir(self, step: int) -> Path:
+    def _step_dir(self, step: int) -> AnyPath:
         return self.directory / str(step)
 
     # ----------------------------------------------------------------------------------------------- restore
@@ -182,8 +197,8 @@ class Checkpointer:
         while aside.exists():  # a step damaged twice keeps both copies
             aside = aside.with_name(aside.name + "+")
         if jax.process_index() == 0:
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(self._step_dir(step), aside)
+            make_dirs(aside.parent)
+            move_tree(self._step_dir(step), aside)
         _sync(f"checkpoint_set_aside_{step}")
         self.manager.reload()
         log.warning(
@@ -254,8 +269,18 @@ def abstract_like(state: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / RUN_CONFIG
+def check_checkpoint_location(path: str | os.PathLike) -> None:
+    """Raises ValueError (one line) for a URL whose scheme orbax cannot write checkpoint arrays to."""
+    kind = scheme(path)
+    if kind is not None and kind not in CHECKPOINT_URL_SCHEMES:
+        raise ValueError(
+            f"{path}: orbax-checkpoint {ocp.__version__} writes checkpoints to a local path or gs:// only, not "
+            f"{kind}://; mount the bucket (e.g. mountpoint-s3) and give a path under the mount"
+        )
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    path = workdir_path(workdir) / RUN_CONFIG
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: --workdir must be a training run or an import (`lax-convert import --out=...`)"
@@ -269,10 +294,10 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
         ) from e
 
 
-def read_params(workdir: str | Path, abstract_params: Any) -> tuple[int, Any]:
+def read_params(workdir: str | os.PathLike, abstract_params: Any) -> tuple[int, Any]:
     """(step, parameters) of the newest intact checkpoint in `workdir`, restored into `abstract_params`'
     shardings; nothing in the workdir is moved or written."""
-    directory = Path(workdir) / "checkpoints"
+    directory = workdir_path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint in {directory}")
     checkpointer = Checkpointer(directory, keep=1, async_save=False, read_only=True)
@@ -285,7 +310,7 @@ def read_params(workdir: str | Path, abstract_params: Any) -> tuple[int, Any]:
     return restored[0], restored[1]["params"]
 
 
-def load_trained_model(workdir: str | Path) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
+def load_trained_model(workdir: str | os.PathLike) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
     """(model with the newest checkpoint's parameters, its config, the step) from a training workdir."""
     from lax_pretrain.models import build
 

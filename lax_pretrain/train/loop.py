@@ -35,6 +35,7 @@ from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.preflight import check_fits
 from lax_pretrain.train.program import ModelFactory, Program, build_program
 from lax_pretrain.train.resume import check_init_from, check_resume
+from lax_pretrain.train.storage import workdir_path
 from lax_pretrain.train.validate import check_workdir, prepare_workdir, validate_config
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def train(
     `init_values` (flat state path -> host array, e.g. a pretrained base under adapters) replace the factory's
     initial values at those paths; they are placed straight into their shardings (`place_values`) and never
     become constants of a jitted function. Frozen values are not checkpointed: pass them again on resume."""
-    workdir = Path(workdir)
+    workdir = workdir_path(workdir)  # a local path, or a gs:// URL (train/storage.py)
     mesh = make_mesh(config.mesh)
     data_info = validate_config(config, mesh)  # every config error before anything is read
     check_workdir(workdir)

@@ -11,6 +11,11 @@ One history per run, however often it is killed and resumed:
   yet, up to ~15 s of data). So `wandb sync <workdir>/wandb` uploads each step once. Online, a resumed run
   rewinds the W&B run to step s (`resume_from`); where the server refuses a rewind, it continues the run
   (`resume="allow"`) and logs only the steps the server does not hold yet.
+
+A workdir in a bucket (train/storage.py): metrics.jsonl is one object, rewritten whole (an object cannot be
+appended to) at most once a second, and at once for a step a checkpoint is saved at, so a checkpoint never
+exists without the records of its steps. W&B writes to a local directory (its files are not written through
+fsspec): `$WANDB_DIR/<run id>` if WANDB_DIR is set, else ~/.cache/lax-pretrain/wandb/<run id>.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from typing import Any
 
 import jax
 
+from lax_pretrain.train.storage import Appender, is_bucket, replace_text, resolved, workdir_path
+
 log = logging.getLogger(__name__)
 
 WANDB_MODES = ("online", "offline", "disabled")
 METRICS_FILE = "metrics.jsonl"
 DISCARDED_FILE = "metrics.discarded.jsonl"
 SUPERSEDED_WANDB_DIR = "wandb_superseded"
+LOCAL_WANDB_ROOT = Path("~/.cache/lax-pretrain/wandb")  # W&B's files of a run in a bucket (unless WANDB_DIR)
 
 
 def _plain(value: Any) -> Any:
@@ -42,16 +50,20 @@ def _plain(value: Any) -> Any:
 class MetricWriter:
     """Writes the records of a run that starts (or resumes) after step `resume_step` (0: a fresh start)."""
 
-    def __init__(self, workdir: str | Path, config: Any, *, run_name: str, resume_step: int):
+    def __init__(self, workdir: str | os.PathLike, config: Any, *, run_name: str, resume_step: int):
         self.is_main = jax.process_index() == 0
-        self.path = Path(workdir) / METRICS_FILE
+        self.path = workdir_path(workdir) / METRICS_FILE
         self.wandb_run = None
+        self.out: Appender | None = None
+        # The steps a checkpoint is saved at: their records go to storage at once (a bucket holds back others).
+        self.checkpoint_every, self.last_step = int(config.train.checkpoint_every), int(config.train.steps)
         mode = config.wandb.mode
         if mode not in WANDB_MODES:
             raise ValueError(f"wandb.mode={mode!r} is not one of {', '.join(WANDB_MODES)}")
         if not self.is_main:
             return
         kept = truncate_history(workdir, resume_step)
+        self.out = Appender(self.path)
         if mode != "disabled":
             self.wandb_run = _start_wandb(workdir, config, run_name, resume_step)
             # W&B gets the kept records it does not hold yet (offline: all of them), one row per step.
@@ -66,8 +78,8 @@ class MetricWriter:
         if not self.is_main or not records:
             return
         records = [{k: _plain(v) for k, v in r.items() if v is not None} for r in records]
-        with self.path.open("a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
+        durable = any(r["step"] % self.checkpoint_every == 0 or r["step"] >= self.last_step for r in records)
+        self.out.append("".join(json.dumps(r) + "\n" for r in records), durable=durable)
         if self.wandb_run is not None:
             self._log_wandb(records)
 
@@ -79,17 +91,19 @@ class MetricWriter:
         self.wandb_run.log(row, step=step, commit=True)
 
     def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
 
 
-def truncate_history(workdir: str | Path, resume_step: int) -> list[dict]:
+def truncate_history(workdir: str | os.PathLike, resume_step: int) -> list[dict]:
     """Keeps the records of steps up to `resume_step` (none for a fresh start, which writes step 0 again) in
     metrics.jsonl and moves every other line, a line cut short by a kill included, to metrics.discarded.jsonl.
     Returns the kept records. The discarded lines are appended first and metrics.jsonl is replaced atomically,
     so a crash in between leaves a duplicate in the side file, never a lost record."""
-    path = Path(workdir) / METRICS_FILE
+    path = workdir_path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     text = path.read_text()
@@ -104,12 +118,10 @@ def truncate_history(workdir: str | Path, resume_step: int) -> list[dict]:
     if not discarded and (not text or text.endswith("\n")):
         return kept
     if discarded:
-        with (Path(workdir) / DISCARDED_FILE).open("a") as f:
-            stamp = {"resumed_from_step": resume_step, "time": time.time()}
-            f.write("".join(json.dumps({**stamp, **d}) + "\n" for d in discarded))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept_lines))
-    os.replace(tmp, path)
+        side = Appender(path.with_name(DISCARDED_FILE))
+        stamp = {"resumed_from_step": resume_step, "time": time.time()}
+        side.append("".join(json.dumps({**stamp, **d}) + "\n" for d in discarded), durable=True)
+    replace_text(path, "".join(line + "\n" for line in kept_lines))
     log.info(
         "metrics.jsonl: %d record(s) after step %d moved to %s", len(discarded), resume_step, DISCARDED_FILE
     )
@@ -124,16 +136,29 @@ def _parse(line: str) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
-def wandb_run_id(workdir: str | Path) -> str:
+def wandb_run_id(workdir: str | os.PathLike) -> str:
     """Derived from the workdir, so that every start of a run continues the same W&B run."""
-    return "".join(c if c.isalnum() else "-" for c in str(Path(workdir).resolve()))[-64:].strip("-")
+    return "".join(c if c.isalnum() else "-" for c in str(resolved(workdir)))[-64:].strip("-")
 
 
-def _start_wandb(workdir: str | Path, config: Any, run_name: str, resume_step: int):
+def wandb_dir(workdir: str | os.PathLike) -> Path:
+    """Where W&B writes a run's files: the workdir itself, or for a workdir in a bucket a local directory of
+    this run's own (W&B writes with plain file I/O)."""
+    if not is_bucket(workdir):
+        return Path(workdir)
+    root = Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else LOCAL_WANDB_ROOT.expanduser()
+    return root / wandb_run_id(workdir)
+
+
+def _start_wandb(workdir: str | os.PathLike, config: Any, run_name: str, resume_step: int):
     import wandb
 
     wb = config.wandb
     run_id = wandb_run_id(workdir)
+    local_dir = wandb_dir(workdir)
+    if is_bucket(workdir):
+        local_dir.mkdir(parents=True, exist_ok=True)
+        log.info("W&B files of %s are written to %s (a local directory)", workdir, local_dir)
     os.environ.setdefault("WANDB_SILENT", "true")
     init = dict(
         project=wb.project,
@@ -142,12 +167,12 @@ def _start_wandb(workdir: str | Path, config: Any, run_name: str, resume_step: i
         tags=list(wb.tags) or None,
         name=wb.name or run_name,
         mode=wb.mode,
-        dir=str(workdir),
+        dir=str(local_dir),
         config=json.loads(config.to_json_best_effort()),
         settings=wandb.Settings(console="off"),
     )
     if wb.mode == "offline":
-        _supersede_offline_runs(Path(workdir), run_id)
+        _supersede_offline_runs(local_dir, run_id)
         return wandb.init(id=run_id, **init)
     if resume_step > 0:
         try:
@@ -171,11 +196,11 @@ def _supersede_offline_runs(workdir: Path, run_id: str) -> None:
         shutil.move(str(log_file.parent), str(target / log_file.parent.name))
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of `<workdir>/metrics.jsonl`, [] if there is none. The writer appends one JSON object per
     line, so a kill mid-write can leave a last line cut short (a resumed run moves it aside first): a line that
     is not one JSON object is skipped."""
-    path = Path(workdir) / METRICS_FILE
+    path = workdir_path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     records = []

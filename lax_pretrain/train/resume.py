@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -38,6 +37,7 @@ import ml_collections
 from lax_pretrain.models import get_task
 from lax_pretrain.models.projections import projection_spec
 from lax_pretrain.train.checkpoint import RUN_CONFIG, Checkpointer, flat_tree, load_config
+from lax_pretrain.train.storage import AnyPath, make_dirs, workdir_path
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def flat_config(tree: dict) -> dict[str, Any]:
     return out
 
 
-def read_run_config(workdir: Path) -> dict | None:
+def read_run_config(workdir: AnyPath) -> dict | None:
     """The workdir's config.json as a dict (None if there is none); a damaged one is named in one line."""
     return load_config(workdir).to_dict() if (workdir / RUN_CONFIG).exists() else None
 
@@ -133,7 +133,7 @@ def _shape_dtype(x: Any) -> tuple[tuple[int, ...], str]:
     return tuple(x.shape), str(x.dtype)
 
 
-def _newest_intact(workdir: Path) -> tuple[int, bool, dict[str, dict]] | None:
+def _newest_intact(workdir: AnyPath) -> tuple[int, bool, dict[str, dict]] | None:
     """(step, parameters only?, {item: its saved tree}) of the workdir's newest intact checkpoint, or None."""
     directory = workdir / "checkpoints"
     if not directory.is_dir():
@@ -150,7 +150,7 @@ def _newest_intact(workdir: Path) -> tuple[int, bool, dict[str, dict]] | None:
         ckpt.close()
 
 
-def check_resume(workdir: Path, config: Any, abstract_params: Any, abstract_opt_state: Any) -> list[str]:
+def check_resume(workdir: AnyPath, config: Any, abstract_params: Any, abstract_opt_state: Any) -> list[str]:
     """Raises ValueError (one line) if `workdir` holds a different run than `config`; otherwise returns the
     allowed changes against the workdir's config ('key old -> new'), empty for a fresh workdir."""
     saved_config = read_run_config(workdir)
@@ -200,7 +200,7 @@ def check_init_from(config: Any, abstract_params: Any) -> int | None:
     source = config.train.get("init_from", "")
     if not source:
         return None
-    newest = _newest_intact(Path(source))
+    newest = _newest_intact(workdir_path(source))
     if newest is None:
         raise FileNotFoundError(f"train.init_from={source!r} holds no intact checkpoint (checkpoints/<step>)")
     step, _, saved_trees = newest
@@ -213,7 +213,7 @@ def check_init_from(config: Any, abstract_params: Any) -> int | None:
     return step
 
 
-def record_launch(workdir: Path, config: Any, changes: list[str]) -> None:
+def record_launch(workdir: AnyPath, config: Any, changes: list[str]) -> None:
     """config.json := this launch's config, and a copy under configs/<UTC launch time>.json (process 0)."""
     if changes:
         log.warning("resuming %s with changed config: %s", workdir, "; ".join(changes))
@@ -227,7 +227,7 @@ def record_launch(workdir: Path, config: Any, changes: list[str]) -> None:
         return
     text = json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n"
     launches = workdir / LAUNCHES_DIR
-    launches.mkdir(exist_ok=True)
+    make_dirs(launches)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path, n = launches / f"{stamp}.json", 1
     while path.exists():  # two launches within a second

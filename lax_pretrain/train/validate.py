@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 from flax import nnx
@@ -19,8 +18,10 @@ from lax_pretrain.models import build, get_task
 from lax_pretrain.optim import validate_optimizer
 from lax_pretrain.parallel.constraints import check_tp_impl
 from lax_pretrain.parallel.mesh import process_indices
+from lax_pretrain.train.checkpoint import check_checkpoint_location
 from lax_pretrain.train.metrics import WANDB_MODES
 from lax_pretrain.train.resume import record_launch
+from lax_pretrain.train.storage import AnyPath, is_bucket, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +115,33 @@ def check_optimizer(optim: Any, steps: int) -> None:
         )
 
 
-def check_workdir(workdir: Path) -> None:
+def check_workdir(workdir: AnyPath) -> None:
     """The workdir errors that need no write, so they come before anything compiles."""
+    try:
+        check_checkpoint_location(workdir)
+    except ValueError as e:
+        raise ValueError(f"--workdir={e}") from None
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir={workdir} exists and is not a directory")
 
 
-def prepare_workdir(workdir: Path, config: Any, changes: list[str]) -> None:
-    """Creates the workdir and records this launch's config (train/resume.py); `changes`: the allowed changes
-    against the run's earlier config."""
+def prepare_workdir(workdir: AnyPath, config: Any, changes: list[str]) -> None:
+    """Creates the workdir (in a bucket: checks that it can be written to; a missing bucket is never created)
+    and records this launch's config (train/resume.py); `changes`: the allowed changes against the run's
+    earlier config."""
     check_workdir(workdir)
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        make_dirs(workdir)
         probe = workdir / ".write_test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"--workdir={workdir} is not writable: {e}") from e
+        missing = (
+            " (does the bucket exist?)" if is_bucket(workdir) and isinstance(e, FileNotFoundError) else ""
+        )
+        raise ValueError(f"--workdir={workdir} is not writable{missing}: {_first_line(e)}") from e
     record_launch(workdir, config, changes)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
