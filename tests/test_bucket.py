@@ -28,14 +28,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as cc
 
 from lax_pretrain.config import from_compact
 from lax_pretrain.data import tfds_io
 from lax_pretrain.train import __main__ as train_cli
 from lax_pretrain.train import train
-from lax_pretrain.train.checkpoint import Checkpointer, abstract_like
-from lax_pretrain.train.metrics import DISCARDED_FILE, MetricWriter, read_metrics, truncate_history
+from lax_pretrain.train.checkpoint import Checkpointer, abstract_like, load_trained_model
+from lax_pretrain.train.metrics import (
+    DISCARDED_FILE,
+    MetricWriter,
+    read_metrics,
+    truncate_history,
+    wandb_dir,
+    wandb_run_id,
+)
 from lax_pretrain.train.resume import LAUNCHES_DIR, record_launch
 from lax_pretrain.train.storage import file_sizes, move_tree, workdir_path
 
@@ -299,7 +307,26 @@ def test_killed_run_in_a_bucket_resumes_with_one_history(killed_and_resumed, ref
     assert len(gcs.ls(f"{BUCKET}/runs/tiny/{LAUNCHES_DIR}")) == 2
     config = json.loads((workdir_path(url) / "config.json").read_text())
     assert config == json.loads((ref_dir / "config.json").read_text())
-    assert not gcs.exists(f"{BUCKET}/runs/tiny/.write_test")
+    assert not gcs.glob(f"{BUCKET}/runs/tiny/.write_test*")
+    # The loader of lax-sample and lax-convert export reads the bucket: the newest step, the same parameters.
+    model, _, step = load_trained_model(url)
+    assert step == STEPS
+    np.testing.assert_equal(host(nnx.state(model, nnx.Param)), host(summary["final_params"]))
+
+
+def test_a_missing_bucket_is_refused_not_created(data_dir, gcs):
+    with pytest.raises(
+        ValueError, match=r"--workdir=gs://no-such-bucket/run is not writable \(does the bucket"
+    ):
+        train(tiny(data_dir), "gs://no-such-bucket/run")
+    assert not gcs.exists("no-such-bucket")
+
+
+def test_wandb_files_of_a_bucket_run_stay_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    assert wandb_dir("gs://b/runs/x") == tmp_path / wandb_run_id("gs://b/runs/x")
+    assert wandb_run_id("gs://b/runs/x") == "gs---b-runs-x"
+    assert wandb_dir(tmp_path / "run") == tmp_path / "run"  # a local workdir holds its own, as always
 
 
 def test_a_different_run_is_refused_and_the_bucket_is_untouched(killed_and_resumed, data_dir, gcs):

@@ -13,6 +13,13 @@ aside to `<checkpoints>.damaged/<step>` with a warning that names it (nothing is
 step is restored. Any other failure (a transient read error on a bucket, an out-of-memory during restore)
 stops with `CheckpointReadError`, one line, and changes nothing. A checkpoint whose tree differs from the model's
 is a different run, refused before any restore (train/resume.py), never treated as damage.
+
+The directory may be a gs:// URL (train/storage.py): orbax writes the arrays through TensorStore's gcs driver
+and everything else through etils epath. GCS has no rename, so orbax writes a step in place and marks it
+finished with `<step>/commit_success.txt`; a step killed mid-save has none, is never listed (like a local
+`<step>.orbax-checkpoint-tmp`), and orbax clears it when that step is saved again. Moving a damaged step aside
+copies its objects, then deletes them. orbax 0.12.8 builds a local file path for any other URL (s3:// fails
+mid-save), so such a directory is refused up front (`check_checkpoint_location`).
 """
 
 from __future__ import annotations

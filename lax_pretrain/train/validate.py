@@ -10,6 +10,7 @@ import logging
 import math
 from typing import Any
 
+import jax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -132,7 +133,7 @@ def prepare_workdir(workdir: AnyPath, config: Any, changes: list[str]) -> None:
     check_workdir(workdir)
     try:
         make_dirs(workdir)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{jax.process_index()}"  # one per process: none removes another's
         probe.write_text("")
         probe.unlink()
     except OSError as e:
