@@ -144,7 +144,7 @@ def plan(
     with target_tracing(target):
         lowered = program.lower_train_step()
     t1 = time.perf_counter()
-    compiled, oom = compile_for_target(lowered, options)
+    compiled, oom, options = compile_for_target(lowered, options)
     t2 = time.perf_counter()
 
     seq_len = config.data.get("seq_len", 0)
@@ -213,6 +213,7 @@ def plan(
             "total_collective_bytes": comm["total_collective_bytes"],
             "collective_links": network_split(hlo, [domain(p) for p in range(n)]) if domain else None,
             "kernels": kernel_counts(hlo),
+            "attention_compiled": "cudnn" if "__cudnn$fmha" in hlo else "xla",
             "lax_kernels": lax_kernels(hlo),
             "accelerators": [],
         }
@@ -289,6 +290,8 @@ def xla_record(target: Target | None, options: dict[str, Any]) -> dict[str, Any]
     if target is None:
         notes.append("compiled by XLA:CPU on fake devices: an estimate of the accelerator's program")
     elif target.platform == "gpu":
+        if options.get("xla_gpu_enable_triton_gemm") is False:
+            notes.append("Triton's default GEMM tiling failed without autotuning: GEMMs compiled with cuBLAS")
         notes.append(
             "compiled without a GPU: no autotuning (default GEMM and fusion configurations), cuDNN "
             "attention's workspace not sized; set XLA_PYTHON_CLIENT_MEM_FRACTION so that the fraction of "

@@ -5,7 +5,8 @@
 
 Each row runs `lax-plan --json` twice, as a user would: with `--target=SYSTEM` (the target's compiler, in the
 plan venv) and with `--devices=N` on fake CPU devices (the estimate lax-plan gave before targets; skipped above
-64 devices, where the CPU compile takes minutes). Results go to OUT/<row>.json as they finish (a rerun skips
+64 devices, where the CPU compile takes minutes; OUT/cpu_estimates.json, the estimates of the table lax-plan
+gave before it compiled for targets, is shown where it has the row). Results go to OUT/<row>.json as they finish (a rerun skips
 rows that have one), then OUT/table.md (and OUT/lax.md for --report=lax) is written from every JSON in OUT.
 Settings: each recipe's batch (LLaMA 512 x 256 tokens, ViT 1024 images), `precision=bf16`, no remat,
 grad_accum 1, FSDP over every device (`--mesh=1,N,1`).
@@ -90,14 +91,22 @@ def _largest(memory: dict) -> str:
     return ", ".join(f"{k} {v / GIB:.2f}" for k, v in ranked)
 
 
-def table(rows: list[dict]) -> str:
+def old_cpu_estimate(row: dict, estimates: dict) -> float | None:
+    """Peak bytes lax-plan estimated on fake CPU devices before targets (cpu_estimates.json), else this run's."""
+    gib = estimates.get(row["model"], {}).get(row["mesh"])
+    if gib is not None:
+        return gib * GIB
+    return row["cpu_report"]["memory"]["peak"] if row.get("cpu_report") else None
+
+
+def table(rows: list[dict], estimates: dict) -> str:
     lines = [
         "| model | target | mesh | fits | peak GiB/device (target) | CPU estimate GiB | CPU / target | "
         "biggest terms (GiB) | compile s | attention, kron |",
         "|---|---|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
-        t, cpu = r.get("target_report"), r.get("cpu_report")
+        t = r.get("target_report")
         if t is None:
             lines.append(
                 f"| {r['model']} | {r['target']} | {r['mesh']} | error: {r['target_error'][:80]} |||||||"
@@ -105,7 +114,7 @@ def table(rows: list[dict]) -> str:
             continue
         fits = all(a["fits"] for a in t["accelerators"])
         m = t["memory"]
-        cpu_peak = cpu["memory"]["peak"] if cpu else None
+        cpu_peak = old_cpu_estimate(r, estimates)
         if "out_of_memory" in t:
             oom = t["out_of_memory"]
             peak = f"> {_gib(oom['available_bytes'])} ({oom['what']} {_gib(oom['required_bytes'])})"
@@ -114,7 +123,8 @@ def table(rows: list[dict]) -> str:
             peak = _gib(m["peak"])
             ratio = f"{cpu_peak / m['peak']:.2f}" if cpu_peak else "-"
             terms = _largest(m)
-        choices = f"{'/'.join(t['choices']['attention'])}, {'/'.join(t['choices']['kron_impl']) or '-'}"
+        attention = t.get("attention_compiled") or "/".join(t["choices"]["attention"])
+        choices = f"{attention}, {'/'.join(t['choices']['kron_impl']) or '-'}"
         lines.append(
             f"| {r['model']} | {r['target']} | {r['mesh']} | {'yes' if fits else 'NO'} | {peak} | "
             f"{_gib(cpu_peak)} | {ratio} | {terms} | {t['compile_s']['compile']:.0f} | {choices} |"
@@ -173,7 +183,9 @@ def main() -> int:
                 if not only or any(s in name for s in only):
                     run_row(name, config, target, n, out, a.skip_cpu or a.report == "lax", None)
     prefix = "lax-" if a.report == "lax" else ""
-    rows = [json.loads(f.read_text()) for f in sorted(out.glob("*.json"))]
+    rows = [json.loads(f.read_text()) for f in sorted(out.glob("*@*.json"))]
+    estimates_file = out / "cpu_estimates.json"
+    estimates = json.loads(estimates_file.read_text())["peak_gib"] if estimates_file.exists() else {}
     rows = [r for r in rows if r["model"].startswith("lax-") == bool(prefix)]
     order = {name: i for i, (name, _) in enumerate(models)}
     rows.sort(
@@ -182,7 +194,7 @@ def main() -> int:
             order.get(r["model"], 99),
         )
     )
-    md = lax_table(rows) if a.report == "lax" else table(rows)
+    md = lax_table(rows) if a.report == "lax" else table(rows, estimates)
     (out / ("lax.md" if a.report == "lax" else "table.md")).write_text(md + "\n")
     print(md)
     return 0

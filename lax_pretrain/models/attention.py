@@ -7,6 +7,8 @@
   xla    XLA's attention: any backend and dtype
   cudnn  cuDNN flash attention; where it cannot run that is a config error naming `model.attention`
 
+An odd sequence length (ViT's 196 patches + 1 class token) runs XLA's attention whatever the choice: cuDNN's
+training kernels refuse it ("Unsupported sequence length Q 197, KV 197"; found by lax-plan --target=h100x8).
 The choice is made when the model is built (so a bad value fails before anything compiles) and stored as a
 plain string on the module. Both implementations compute softmax(q k^T / sqrt(E)) v with float32 logits.
 """
@@ -86,6 +88,8 @@ def attend(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(E)) v -> (B, T, H, E); grouped-query when K < H (query head h reads kv head
     h // (H/K)). `mask` (True = attend) broadcasts over the heads."""
+    if impl == "cudnn" and (q_BxTxHxE.shape[1] % 2 or k_BxSxKxE.shape[1] % 2):
+        impl = "xla"  # cuDNN's training kernels refuse odd lengths (ViT's 197 tokens), jax 0.10.2
     return jax.nn.dot_product_attention(
         q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_Bx1xTxS, is_causal=causal, implementation=impl
     )

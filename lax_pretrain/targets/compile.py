@@ -53,15 +53,28 @@ def parse_out_of_memory(text: str) -> OutOfMemory | None:
     return OutOfMemory(message, what, float(req) * _UNIT[req_unit], float(avail) * _UNIT[avail_unit])
 
 
-def compile_for_target(lowered: Any, options: dict[str, Any] | None = None) -> tuple[Any, OutOfMemory | None]:
-    """(compiled, None), or (None, the compiler's out-of-memory verdict). Other compile errors propagate."""
+# Without a device XLA:GPU does not autotune, and its default Triton GEMM tiling fails for some shapes (ViT's
+# 1024 x 197 tokens: "Couldn't find output tile sizes that satisfy hlo"); a real GPU would autotune past it.
+# The plan then compiles the GEMMs with cuBLAS, and records that it did.
+TRITON_TILING_FAILED = "Couldn't find output tile sizes"
+CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def compile_for_target(
+    lowered: Any, options: dict[str, Any] | None = None
+) -> tuple[Any, OutOfMemory | None, dict[str, Any]]:
+    """(compiled, None, the options used), or (None, the compiler's out-of-memory verdict, options). Other
+    compile errors propagate."""
+    options = dict(options or {})
     try:
-        return lowered.compile(compiler_options=options or None), None
-    except Exception as e:  # noqa: BLE001 - jaxlib's XlaRuntimeError; anything else is re-raised below
+        return lowered.compile(compiler_options=options or None), None, options
+    except Exception as e:  # noqa: BLE001 - jaxlib's JaxRuntimeError; anything else is re-raised below
+        if TRITON_TILING_FAILED in str(e) and options.get("xla_gpu_enable_triton_gemm", True) is not False:
+            return compile_for_target(lowered, {**options, **CUBLAS_GEMMS})
         oom = parse_out_of_memory(str(e))
         if oom is None:
             raise
-        return None, oom
+        return None, oom, options
 
 
 def gpu_versions(description: str) -> tuple[int, tuple[int, int]]:

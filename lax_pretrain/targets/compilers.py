@@ -88,8 +88,8 @@ def run_in_plan_venv(python: Path, argv: list[str]) -> tuple[int, str, str]:
         check=False,
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    if proc.returncode in (0, 1):
-        shown = ""
+    if proc.returncode in (0, 1) and proc.stdout.strip():
+        shown = ""  # a plan (1: it does not fit)
     elif errors:
         shown = "\n".join(errors[-1:])  # a bad input: its one line
     else:

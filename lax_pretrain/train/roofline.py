@@ -171,7 +171,7 @@ def _custom_call_flops(ins: Instruction, shapes: dict[str, str]) -> float:
     target = _CUSTOM_TARGET.search(ins.line)
     name = target.group(1) if target else ""
     operands = [_dims(shapes.get(o, "")) for o in _operands(ins)]
-    if "gemm" in name.lower() and operands:
+    if name.startswith("__cublas") and operands:
         numbers = _backend_config(ins.line).get("gemm_backend_config", {})
         contracting = numbers.get("dot_dimension_numbers", {}).get("lhs_contracting_dimensions", [])
         k = math.prod(operands[0][int(i)] for i in contracting) if contracting else 1
