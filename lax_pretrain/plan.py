@@ -186,7 +186,10 @@ def plan(
 
     memory = step_memory(compiled)
     analysis = compiled.memory_analysis()
-    padding = max(0, int(analysis.argument_size_in_bytes) - memory.arguments)
+    # The compiler's argument buffers beyond the logical bytes of the state and batch and the int32 step counter:
+    # the TPU's tiled layouts (0 on CPU and GPU). The peak counts them.
+    step_counter = jax.tree.leaves(compiled.args_info[0][4])[0]._aval.dtype.itemsize
+    padding = max(0, int(analysis.argument_size_in_bytes) - memory.arguments - step_counter)
     out["memory"] = {
         **memory.to_json(),
         "argument_bytes_compiler": int(analysis.argument_size_in_bytes),
