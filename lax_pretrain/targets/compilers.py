@@ -40,9 +40,17 @@ def plan_python() -> Path | None:
 
 def plan_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a target compile runs in: JAX on CPU only (no chip to initialise: the target's devices
-    come from a topology description), no TPU metadata server to ask, and no fake CPU device count."""
+    come from a topology description), no TPU metadata server to ask, no TPU lock, no fake CPU device count."""
     env = dict(os.environ if base is None else base)
-    env.update(JAX_PLATFORMS="cpu", TPU_SKIP_MDS_QUERY="1", TF_CPP_MIN_LOG_LEVEL="3", **{CHILD_VAR: "1"})
+    env.update(
+        JAX_PLATFORMS="cpu",
+        TPU_SKIP_MDS_QUERY="1",
+        # libtpu takes /tmp/libtpu_lockfile so that one process owns a host's TPUs; compiling for a topology
+        # owns none, and plans (tests, the table script) may run side by side.
+        ALLOW_MULTIPLE_LIBTPU_LOAD="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        **{CHILD_VAR: "1"},
+    )
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags)
     return env
