@@ -299,6 +299,8 @@ def _linear(
 def _projection_overrides(kind: str, rank: int, names: tuple[str, ...], **context: Any) -> dict[str, dict]:
     """`model.proj.<p>` for a preset built with `kind=`, `rank=`: what the registered kind derives per projection
     (context: what the family adds, e.g. the official TT shapes and intra-layer LaX flags of the ViT)."""
+    if kind not in KINDS:  # refused where every spec is validated, naming model.proj.<p>.kind
+        return {}
     overrides = KINDS.get(kind, key="kind").overrides
     return {name: o for name in names if (o := overrides(rank, name, **context))}
 

@@ -90,7 +90,7 @@ BAD_CALLS = {
     "train_bad_kind": (
         train_cli.main,
         ["--config=configs/llama.py:nano,kind=foo", "--workdir={tmp}/run"],
-        "model.proj.q.kind='foo'",
+        "model.proj.q.kind='foo' is not a registered factorization kind",
         ValueError,
     ),
     "train_missing_override_key": (
@@ -193,7 +193,10 @@ def test_train_console_script_bad_config_is_one_line(scripts, script_dir):
     run = scripts["train_bad_kind"]
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
-    assert run.stderr.splitlines() == ["error: model.proj.q.kind='foo' is not one of dense, svd, cola, tt"]
+    assert run.stderr.splitlines() == [
+        "error: model.proj.q.kind='foo' is not a registered factorization kind; choose one of dense, svd, cola, tt "
+        "(or name the module that registers it with --import=MODULE)"
+    ]
     assert run.stdout == ""
     assert not (script_dir / "run").exists()
 
@@ -201,7 +204,7 @@ def test_train_console_script_bad_config_is_one_line(scripts, script_dir):
 # Refused before any dataset is built or any file is written: (config and overrides, text of the one line)
 NANO = "--config=configs/llama.py:nano"
 REFUSED_VALUES = {
-    "bad_kind": ([f"{NANO},kind=foo"], "model.proj.q.kind='foo'"),
+    "bad_kind": ([f"{NANO},kind=foo"], "model.proj.q.kind='foo' is not a registered factorization kind"),
     "rank_above_full_rank": ([f"{NANO},kind=cola,rank=2000"], "rank=2000 exceeds min(d_in, d_out)=256"),
     "tt_bond_above_full_rank": ([f"{NANO},kind=tt,rank=100000"], "rank=100000 exceeds min(d_in, d_out)=256"),
     "nan_lr": ([NANO, "--config.optim.lr=nan"], "optim.lr=nan must be finite"),
