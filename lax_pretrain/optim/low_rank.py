@@ -124,23 +124,20 @@ def low_rank_adamw(
         decayed = jax.tree.leaves(mask(params)) if mask is not None else None
         leaves, treedef = jax.tree.flatten(grads)
         plans = _plans(method, grads)
+        projectors = _refreshed(leaves, plans, jax.tree.leaves(state.projector), refresh, count)
         fields = zip(
             leaves,
             jax.tree.leaves(params),
-            *(jax.tree.leaves(x) for x in (state.mu, state.nu, state.projector, state.norm)),
+            *(jax.tree.leaves(x) for x in (state.mu, state.nu, state.norm)),
+            projectors,
             plans,
         )
         out = []
-        for index, (g, p, mu, nu, proj, norm, plan) in enumerate(fields):
+        for index, (g, p, mu, nu, norm, proj, plan) in enumerate(fields):
             if plan is None:
                 mu, nu = b1 * mu + (1.0 - b1) * g, b2 * nu + (1.0 - b2) * g * g
                 direction = mu / (jnp.sqrt(nu) + eps)
             else:
-                proj = jax.lax.cond(
-                    refresh,
-                    lambda g=g, plan=plan, i=index: _new_projector(g, plan, i, count),
-                    lambda p=proj: p,
-                )
                 r = project(g, proj, plan.left)
                 mu, nu = b1 * mu + (1.0 - b1) * r, b2 * nu + (1.0 - b2) * r * r
                 n = mu / (jnp.sqrt(nu) + eps)
@@ -151,6 +148,20 @@ def low_rank_adamw(
             out.append((u.astype(p.dtype), mu, nu, proj, norm))
         updates, mu, nu, proj, norm = (jax.tree.unflatten(treedef, list(f)) for f in zip(*out))
         return updates, LowRankAdamState(optax.safe_int32_increment(count), mu, nu, proj, norm)
+
+    def _refreshed(leaves, plans, projectors, refresh, count):
+        """Every projector, recomputed where `refresh`: one `lax.cond` for the whole step, so an ordinary step
+        runs no SVD and no random draw."""
+        index = [i for i, plan in enumerate(plans) if plan is not None]
+
+        def fresh():
+            return [_new_projector(leaves[i], plans[i], i, count) for i in index]
+
+        new = jax.lax.cond(refresh, fresh, lambda: [projectors[i] for i in index])
+        out = list(projectors)
+        for i, p in zip(index, new):
+            out[i] = p
+        return out
 
     def _new_projector(g, plan, index, count):
         if method.projection == "svd":

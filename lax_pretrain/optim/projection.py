@@ -87,9 +87,15 @@ def canonical_signs(p_KxR: jax.Array) -> jax.Array:
 
 def svd_projector(g: jax.Array, plan: LeafPlan) -> jax.Array:
     """GaLore's projector: the top-r left (or right) singular vectors of the gradient, from a float32 SVD,
-    cast back to the gradient's dtype. One batched SVD over the leading (layer) axes."""
-    u, _, vh = jnp.linalg.svd(g.astype(jnp.float32), full_matrices=False)
-    p = u[..., :, : plan.rank] if plan.left else jnp.swapaxes(vh[..., : plan.rank, :], -1, -2)
+    cast back to the gradient's dtype. One SVD per matrix of the leading (layer) axes, unrolled: a batched
+    SVD deadlocked XLA:CPU in a scanned model's step on 8 devices (a refresh is rare; the unrolled calls cost
+    compile time, not step time)."""
+    matrices = g.reshape(-1, *g.shape[-2:]).astype(jnp.float32)
+    projectors = []
+    for m in matrices:
+        u, _, vh = jnp.linalg.svd(m, full_matrices=False)
+        projectors.append(u[:, : plan.rank] if plan.left else vh[: plan.rank].T)
+    p = jnp.stack(projectors).reshape(plan.projector_shape(g.shape))
     return canonical_signs(p).astype(g.dtype)
 
 
