@@ -146,20 +146,23 @@ def test_the_target_decides_the_device_choices_and_the_report_is_well_formed(rep
     assert reports["nano", "h100x4"][1]["choices"]["attention"] == ["xla"]
     assert "no autotuning" in " ".join(reports["60m", "h100x4"][1]["xla"]["notes"])
     # The compiled matmuls (TPU convolutions, cuDNN attention counted as its matmuls) are the analytic count:
-    # no remat, and the dense model has no matmul the analytic count leaves out.
-    for target in TARGETS:
+    # no remat, and the dense model has no matmul the analytic count leaves out. Exactly on the TPU; the GPU
+    # compiler widens one small dot of the nano step (K 64 -> 68: +0.03%).
+    for target, rel in (("v5e:2x2", 1e-9), ("h100x4", 1e-3)):
         for case in CASES:
             flops = reports[case, target][1]["flops"]
-            assert flops["compiled"] == pytest.approx(flops["analytic"], rel=1e-6), (case, target)
+            assert flops["compiled"] == pytest.approx(flops["analytic"], rel=rel), (case, target)
+            assert flops["compiled"] >= flops["analytic"]
 
 
 @needs_plan_venv
 def test_a_step_past_a_v5e_is_refused_by_the_tpu_compiler():
-    status, r = run_plan(plan_args("60m", "--target=v5e:2x2", batch=512))
+    status, r = run_plan(plan_args("60m", "--target=v5e:2x2", batch=2048))
     assert status == 1
     oom = r["out_of_memory"]
     assert "RESOURCE_EXHAUSTED" in oom["message"]
-    assert oom["available_bytes"] < 16e9 < oom["required_bytes"] + r["memory"]["arguments"]
+    # XLA prints binary units: "exceeds available HBM (15.75G)" = 15.75 GiB of the chip's 16 GiB.
+    assert 15 * 2**30 < oom["available_bytes"] < 16 * 2**30 < oom["required_bytes"]
     (a,) = r["accelerators"]
     assert (
         a["fits"] is False and "does not fit" in a["verdict"] and a["limit_bytes"] == oom["available_bytes"]
