@@ -24,6 +24,7 @@ LEVELS = [
     ("lax_pretrain.registry", 0),
     ("lax_pretrain.machine", 0),
     ("lax_pretrain.extensions", 0),
+    ("lax_pretrain.timing", 0),
     # the leaf sharding package: mesh, rules, constraints, TP hooks, collectives
     ("lax_pretrain.parallel", 1),
     ("lax_pretrain.layers", 2),

@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lax_pretrain import timing
 from lax_pretrain.bench import device as bench_device
 from lax_pretrain.bench import layers as bench_layers
 from lax_pretrain.bench import loop as bench_loop
 from lax_pretrain.bench import memory as bench_memory
 from lax_pretrain.bench import models as bench_models
 from lax_pretrain.bench import reference as bench_reference
-from lax_pretrain.bench import report, timing
+from lax_pretrain.bench import report
 from lax_pretrain.layers import make_linear
 from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.models import build, get_task

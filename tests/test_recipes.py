@@ -22,8 +22,8 @@ from flax import nnx
 from lax_pretrain.config import from_compact, llama_config, vit_config
 from lax_pretrain.models import build
 from lax_pretrain.models.stats import model_stats
-from lax_pretrain.recipe import recipe_rows
 from lax_pretrain.optim import decay_mask, make_optimizer, path_names
+from lax_pretrain.recipe import recipe_rows
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("dense", "svd", "cola", "tt")
@@ -99,7 +99,9 @@ def test_mask_reaches_the_optimizer():
         *(jax.tree_util.tree_flatten_with_path(t)[0] for t in (updates, params, mask))
     ):
         expected = -lr * cfg.optim.weight_decay * np.asarray(p) if m else np.zeros_like(p)
-        np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-6, atol=1e-12, err_msg=str(path_names(path)))
+        np.testing.assert_allclose(
+            np.asarray(u), expected, rtol=1e-6, atol=1e-12, err_msg=str(path_names(path))
+        )
 
 
 @pytest.mark.parametrize("preset,total", [("b16", 41_447_903), ("l16", 102_100_742)])

@@ -15,7 +15,7 @@ Suites (each module's docstring has the details):
   loop     `train()` itself against its bare compiled step, steady state (`bench.loop.run_loop`).
   device   the paper presets on one accelerator in bf16 at the largest batch that fits, planner vs measured peak
            memory (`bench.device.run_device`; scripts/device_check.sh; not part of `all`).
-Timing methodology (`bench.timing`): AOT compile, warm-up, block_until_ready, repeats interleaved round-robin
+Timing methodology (`lax_pretrain.timing`): AOT compile, warm-up, block_until_ready, repeats interleaved round-robin
 across the candidates of one table, medians with min/max/IQR; machine, CPU count and load average recorded.
 `bench.report` writes OUT/bench.json and OUT/bench.md with a targets section.
 """
@@ -28,9 +28,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lax_pretrain.bench import device, layers, loop, memory, models, reference, report, timing
-from lax_pretrain.bench.timing import fast_compile
+from lax_pretrain.bench import device, layers, loop, memory, models, reference, report
 from lax_pretrain.machine import machine_info
+from lax_pretrain.timing import fast_compile
 
 SUITES = report.SUITES
 ALL_SUITES = report.ALL_SUITES
@@ -108,6 +108,5 @@ __all__ = [
     "reference",
     "report",
     "run",
-    "timing",
     "tiny_settings",
 ]

@@ -23,7 +23,7 @@ import jax
 
 from lax_pretrain import bench
 from lax_pretrain.bench import memory, models, reference
-from lax_pretrain.bench.timing import on_accelerator
+from lax_pretrain.timing import on_accelerator
 
 
 def _ints(flag: str, text: str) -> tuple[int, ...]:

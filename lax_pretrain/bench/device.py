@@ -41,13 +41,13 @@ import numpy as np
 
 from lax_pretrain.bench.layers import run_layers
 from lax_pretrain.bench.models import TINY, Stepper, model_config, step_program
-from lax_pretrain.bench.timing import fast_compile, on_accelerator, time_interleaved
 from lax_pretrain.layers.crossing import kron_impl_for
 from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.machine import loadavg
 from lax_pretrain.models.attention import attend, attention_impl, cudnn_unavailable
 from lax_pretrain.models.llama import head_dim
 from lax_pretrain.models.stats import model_stats
+from lax_pretrain.timing import fast_compile, on_accelerator, time_interleaved
 from lax_pretrain.train.checkpoint import abstract_like
 from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.preflight import step_memory

@@ -22,12 +22,12 @@ import numpy as np
 from flax import nnx
 
 from lax_pretrain import cli
-from lax_pretrain.bench.timing import time_interleaved
 from lax_pretrain.config import llama_config
 from lax_pretrain.experiments.report import markdown_table
 from lax_pretrain.machine import loadavg, machine_info, machine_line
 from lax_pretrain.models.generate import generate
 from lax_pretrain.models.llama import Llama
+from lax_pretrain.timing import time_interleaved
 
 
 def uncached_greedy(model: Llama, window: int) -> Callable[[list[int], int], list[int]]:

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lax_pretrain.bench.timing import on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.layers import KINDS, make_linear
 from lax_pretrain.layers import crossings as registered_crossings
 from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.machine import loadavg
 from lax_pretrain.models.projections import dtype_of
+from lax_pretrain.timing import on_accelerator, paired_ratio, time_interleaved
 
 TT_ORDERS = ("factor_first", "sequential")
 CPU_WIDTHS = (512, 1024, 2048)

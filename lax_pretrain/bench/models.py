@@ -24,7 +24,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lax_pretrain.bench.timing import on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.config import RECIPES
 from lax_pretrain.experiments.sweep import TINY_MODEL, TINY_RANK
 from lax_pretrain.layers import KINDS
@@ -33,6 +32,7 @@ from lax_pretrain.machine import loadavg
 from lax_pretrain.models import TASKS, get_task
 from lax_pretrain.models.stats import model_stats
 from lax_pretrain.parallel import make_mesh
+from lax_pretrain.timing import on_accelerator, paired_ratio, time_interleaved
 from lax_pretrain.train.mfu import device_peak_flops
 from lax_pretrain.train.program import Program, build_program
 

@@ -24,10 +24,10 @@ import optax
 from flax import nnx
 
 from lax_pretrain.bench.models import TINY, Case, Stepper, model_config, step_program
-from lax_pretrain.bench.timing import paired_ratio, time_interleaved
 from lax_pretrain.machine import loadavg
 from lax_pretrain.models import get_task
 from lax_pretrain.optim import make_optimizer
+from lax_pretrain.timing import paired_ratio, time_interleaved
 
 # XLA:CPU compile options the suite can time our step under (`--xla_options=NAME,...`): the candidates of
 # issue 17 (jaxlib 0.10.2 spellings; `XLA_FLAGS=--help` lists every flag).

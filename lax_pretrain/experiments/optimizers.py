@@ -7,7 +7,7 @@ beside full-rank AdamW, the cpu_llama suite's dense runs (read from that suite's
 Resumable: finished runs are skipped, an interrupted one resumes from its checkpoint (OUT/runs/<run name>).
 Per optimizer the report gives the validation perplexity (each seed, mean, spread), the optimizer state's
 bytes (from the state's shapes: what a checkpoint and a device hold), and the step time relative to AdamW,
-measured in this process, the programs side by side (bench.timing.time_interleaved, paired ratios): an
+measured in this process, the programs side by side (lax_pretrain.timing.time_interleaved, paired ratios): an
 ordinary step, a projector-refresh step and their mix at the method's update_proj_gap. Writes results.md,
 results.json and loss_curves.png to OUT. Exit status 0 when every run finished, 1 otherwise, 2 on bad input.
 """
@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lax_pretrain import cli
-from lax_pretrain.bench.timing import paired_ratio, time_interleaved
 from lax_pretrain.experiments import compare, report, results, runner, sweep
 from lax_pretrain.machine import loadavg, machine_info, machine_line
 from lax_pretrain.optim import optimizer_name, own_section
 from lax_pretrain.optim.low_rank import LowRankAdamState
+from lax_pretrain.timing import paired_ratio, time_interleaved
 
 SWEEP_FILE = Path("configs/sweeps/optimizers.py")
 REFERENCE = Path("docs/benchmarks/reproduce/cpu_llama/results.json")

@@ -21,6 +21,7 @@ from lax_pretrain.layers.dense import DenseLinear
 from lax_pretrain.layers.svd import SVDLinear
 from lax_pretrain.layers.cola import CoLALinear
 from lax_pretrain.layers.tt import TTLinear, cap_tt_ranks, tt_shape
+
 # isort: on
 from lax_pretrain.layers.base import LATENT_NAME, FactorizedLinear
 from lax_pretrain.layers.crossing import DenseGate, KronGate
