@@ -15,6 +15,9 @@ every step.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +34,11 @@ apollo_torch = pytest.importorskip("apollo_torch")
 from lax_pretrain.optim import OPTIMIZERS, low_rank, projection  # noqa: E402
 from lax_pretrain.optim.low_rank import LowRankAdamState  # noqa: E402
 
-LR, WD, B1, B2, EPS = 1e-2, 0.1, 0.9, 0.999, 1e-6
+# Weight decay large enough that decaying the pre-step parameter instead of the updated one (optax's order) is
+# outside the tolerance; the norm scale's and one kernel's gradients small enough (SMALL) that eps inside the bias
+# correction (optax's adam) instead of outside it is too.
+LR, WD, B1, B2, EPS = 1e-2, 1.0, 0.9, 0.999, 1e-6
+SMALL = {"final_norm/scale": 1e-4, "mlp/up/kernel": 1e-4}
 GAP, STEPS, RANK = 2, 5, 4
 RTOL, ATOL = 2e-5, 2e-6
 # name -> torch weight shape (d_out, d_in); "stacked" is two layers of one scanned kernel.
@@ -53,9 +60,12 @@ def model_params(seed: int = 0) -> dict:
 
 def gradients(params: dict, steps: int, seed: int = 1) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [
-        jax.tree.map(lambda p: rng.standard_normal(p.shape, dtype=np.float32), params) for _ in range(steps)
-    ]
+
+    def draw(path, p):
+        scale = SMALL.get("/".join(k.key for k in path), 1.0)
+        return (scale * rng.standard_normal(p.shape)).astype(np.float32)
+
+    return [jax.tree_util.tree_map_with_path(draw, params) for _ in range(steps)]
 
 
 def torch_leaves(tree: dict) -> dict[str, list]:
@@ -237,9 +247,9 @@ def test_matches_the_authors_package_across_projector_refreshes(name, signed_ref
             np.testing.assert_allclose(
                 value, theirs, rtol=RTOL, atol=ATOL, err_msg=f"{name} {leaf} step {step}"
             )
-            worst = max(worst, float(np.max(np.abs(value - theirs) / (ATOL + np.abs(theirs)))))
+            worst = max(worst, float(np.max(np.abs(value - theirs) / (ATOL + RTOL * np.abs(theirs)))))
         assert int(state.count) == step + 1
-    print(f"{name}: worst |ours - theirs| / (atol + |theirs|) over {STEPS} steps = {worst:.2e}")
+    print(f"{name}: at most {worst:.3f} of the tolerance used over {STEPS} steps")
 
 
 def test_refresh_changes_the_projector_only_every_gap_steps():
@@ -444,3 +454,54 @@ def test_resume_across_a_projector_refresh_is_exact(name, tmp_path, monkeypatch)
     assert ours.keys() == theirs.keys()
     for key in ours:
         np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+# ------------------------------------------------------------------------------------ the comparison
+
+
+def test_comparison_plans_the_cpu_llama_budget(monkeypatch):
+    """Every run of the optimizer sweep trains what the cpu_llama suite's dense runs train (model, data, budget,
+    schedule), only the optimizer, its rank and its learning rate differing; two seeds of each method, and one
+    AdamW control at the methods' learning rate."""
+    from lax_pretrain.experiments import sweep
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # recipe paths in sweep files are relative to the repository root
+    _, cpu_runs = sweep.load_sweep(root / "configs/sweeps/cpu.py", suite="cpu_llama")
+    (dense,) = [r for r in cpu_runs if r.variant == "dense" and "train.seed" not in r.overrides]
+    _, runs = sweep.load_sweep(root / "configs/sweeps/optimizers.py")
+    assert len(runs) == 9
+    for run in runs:
+        assert run.config == dense.config and run.shared == dense.shared
+        assert {k for k in run.overrides if not k.startswith("optim.")} <= {"train.seed"}
+    names = [r.overrides["optim.name"] for r in runs]
+    assert sorted(set(names)) == ["adamw", "apollo", "apollo_mini", "fira", "galore"]
+    assert all(names.count(n) == 2 for n in ("galore", "fira", "apollo", "apollo_mini"))
+
+
+@pytest.mark.slow
+def test_comparison_smoke(tmp_path):
+    """The comparison's --tiny version end to end, as its command runs it: the four methods train (update gap 1:
+    a refresh on both steps), and the report has each one's perplexity, measured state bytes below AdamW's and
+    its step-time ratios; running it again skips the finished runs."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    argv = [sys.executable, "-m", "lax_pretrain.experiments.optimizers", "--tiny", "--seeds=1"]
+    argv += [f"--out={tmp_path}", "--repeats=1"]
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["summary"]) == {"galore", "fira", "apollo", "apollo_mini"}
+    for name, s in data["summary"].items():
+        assert s["seeds"] == 1 and math.isfinite(s["mean"]), name
+        m = data["measured"][name]
+        assert m["state_bytes"] < data["measured"]["adamw"]["state_bytes"], name
+        assert m["step_ratio"] > 0 and m["refresh_ratio"] > 0, name
+    text = (tmp_path / "results.md").read_text()
+    assert "| GaLore | 1 |" in text and "| APOLLO-Mini | 1 |" in text and "step time vs AdamW" in text
+    again = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "4 finished already, 0 to run" in again.stdout, again.stdout[-2000:]
