@@ -19,20 +19,19 @@ import json
 import math
 from pathlib import Path
 
+import apollo_torch  # the authors' packages (requirements-test.txt): imported, not skipped
+import fira as fira_pkg
+import galore_torch
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-torch = pytest.importorskip("torch")
-galore_torch = pytest.importorskip("galore_torch")
-fira_pkg = pytest.importorskip("fira")
-apollo_torch = pytest.importorskip("apollo_torch")
-
-from lax_pretrain.optim import OPTIMIZERS, low_rank, projection  # noqa: E402
-from lax_pretrain.optim.low_rank import LowRankAdamState  # noqa: E402
+from lax_pretrain.optim import OPTIMIZERS, low_rank, projection
+from lax_pretrain.optim.low_rank import LowRankAdamState
 
 # Weight decay large enough that decaying the pre-step parameter instead of the updated one (optax's order) is
 # outside the tolerance; the norm scale's and one kernel's gradients small enough (SMALL) that eps inside the bias
