@@ -272,3 +272,33 @@ def test_plan_vs_measured_puts_a_measured_peak_beside_the_target_plan(tmp_path):
     assert result["target"] == "h100x1" and result["plan_error"] is None
     assert result["measured_over_plan"] == pytest.approx(3 * 2**20 / result["plan_peak_bytes"])
     assert "| nano | cola+kron | 2x32 |" in done.stdout
+
+
+def test_loops_without_a_trip_count_are_counted_from_their_condition():
+    """libtpu writes no known_trip_count: `i < 4` from 0 by 2 (a bidirectional windowed einsum) runs twice."""
+    hlo = """HloModule m, num_partitions=1
+%cond (p: (u32[], f32[8,8])) -> pred[] {
+  %p = (u32[], f32[8,8]) parameter(0)
+  %limit = u32[] constant(4)
+  %i = u32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %limit), direction=LT
+}
+%body (q: (u32[], f32[8,8])) -> (u32[], f32[8,8]) {
+  %q = (u32[], f32[8,8]) parameter(0)
+  %two = u32[] constant(2)
+  %j = u32[] get-tuple-element(%q), index=0
+  %x = f32[8,8] get-tuple-element(%q), index=1
+  %next = u32[] add(%j, %two)
+  %y = f32[8,8] dot(%x, %x), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %t = (u32[], f32[8,8]) tuple(%next, %y)
+}
+ENTRY %main (a: f32[8,8]) -> f32[8,8] {
+  %a = f32[8,8] parameter(0)
+  %zero = u32[] constant(0)
+  %start = u32[] copy(%zero)
+  %init = (u32[], f32[8,8]) tuple(%start, %a)
+  %w = (u32[], f32[8,8]) while(%init), condition=%cond, body=%body
+  ROOT %r = f32[8,8] get-tuple-element(%w), index=1
+}
+"""
+    assert hlo_cost(hlo).flops == 2 * (2 * 8 * 8 * 8)

@@ -134,29 +134,58 @@ def _trips_from_condition(
     loop: Instruction, comps: dict[str, list[str]], by_name: dict[str, Instruction]
 ) -> int:
     """A while loop's trip count where XLA wrote none (the TPU compiler): its condition `i < N` with N a
-    constant, i the loop tuple's element whose initial value is a constant (0 for a scan). 1 if not that shape."""
+    constant, i the loop tuple's element whose initial value is a constant (0 for a scan) and which the body
+    advances by a constant (1 for a scan, 2 for the TPU's bidirectional windowed einsums). 1 if not that shape."""
     cond = re.search(r"\bcondition=%?([\w.\-]+)", loop.line)
     body = [i for i in map(instruction, comps.get(cond.group(1), []) if cond else []) if i]
     root = next((i for i in body if i.line.lstrip().startswith("ROOT")), None)
     if root is None or root.op != "compare" or "direction=LT" not in root.line:
         return 1
-    local = {i.name: i for i in body}
     index_of, limit = None, None
-    for name in re.findall(r"%([\w.\-]+)", root.args.split(")", 1)[0]):
-        operand = local.get(name)
+    for name in _operand_names(root):
+        operand = by_name.get(name)
         if operand is not None and operand.op == "constant":
-            limit = int(re.match(r"\s*(-?\d+)", operand.args).group(1))
+            limit = _constant(operand)
         elif operand is not None and operand.op == "get-tuple-element":
             index_of = int(re.search(r"index=(\d+)", operand.line).group(1))
     if limit is None or index_of is None:
         return 1
-    start = 0
-    init = by_name.get(re.findall(r"%([\w.\-]+)", loop.args.split(")", 1)[0])[0])
-    if init is not None and init.op == "tuple":
-        element = by_name.get(re.findall(r"%([\w.\-]+)", init.args.split(")", 1)[0])[index_of])
-        if element is not None and element.op == "constant":
-            start = int(re.match(r"\s*(-?\d+)", element.args).group(1))
-    return max(limit - start, 1)
+    init = by_name.get(_operand_names(loop)[0])
+    start = _element_constant(init, index_of, by_name)
+    loop_body = re.search(r"\bbody=%?([\w.\-]+)", loop.line)
+    lines = comps.get(loop_body.group(1), []) if loop_body else []
+    body_root = next((i for i in map(instruction, lines) if i and i.line.lstrip().startswith("ROOT")), None)
+    step = 1
+    if body_root is not None and body_root.op == "tuple":
+        update = by_name.get(_operand_names(body_root)[index_of])
+        if update is not None and update.op == "add":
+            steps = [
+                _constant(by_name[n])
+                for n in _operand_names(update)
+                if by_name.get(n) and by_name[n].op == "constant"
+            ]
+            step = steps[0] if len(steps) == 1 and steps[0] > 0 else 1
+    return max(-(-(limit - (start or 0)) // step), 1)
+
+
+def _operand_names(ins: Instruction) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", ins.args.split(")", 1)[0])
+
+
+def _constant(ins: Instruction) -> int:
+    m = re.match(r"\s*(-?\d+)", ins.args)
+    return int(m.group(1)) if m else 0
+
+
+def _element_constant(tup: Instruction | None, index: int, by_name: dict[str, Instruction]) -> int | None:
+    """The constant a tuple holds at `index`, seen through copies; None if it is not one."""
+    if tup is None or tup.op != "tuple":
+        return None
+    names = _operand_names(tup)
+    element = by_name.get(names[index]) if index < len(names) else None
+    while element is not None and element.op in ("copy", "bitcast", "convert"):
+        element = by_name.get(_operand_names(element)[0])
+    return _constant(element) if element is not None and element.op == "constant" else None
 
 
 def collectives(hlo: str) -> Iterator[tuple[str, int, int, str]]:
