@@ -225,8 +225,9 @@ def plan(
     for acc in accelerators:
         limit = memory_limit if memory_limit is not None else device_memory(target, acc)
         where = f"--memory_gib={memory_limit / GIB:g}" if memory_limit is not None else f"{acc.name} HBM"
-        fits = peak <= limit
-        if target is not None and target.platform == "tpu" and memory_limit is None:
+        compiler_judged = target is not None and target.platform == "tpu" and memory_limit is None
+        fits = True if compiler_judged else peak <= limit  # libtpu refuses what does not fit (above)
+        if compiler_judged:
             verdict = (
                 f"the {target.name} compiler fits the step in HBM: {_size(peak).strip()} per device "
                 f"(largest: {', '.join(f'{k} {_size(v).strip()}' for k, v in memory.largest_terms())}; "
