@@ -165,20 +165,20 @@ def lax_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-MARK_START, MARK_END = "<!-- plan-table: scripts/plan_table.py --fill_docs -->", "<!-- /plan-table -->"
 DOCS = ("README.md", "docs/plan.md")
 
 
-def fill_docs(md: str) -> None:
-    """Puts the table between the markers of README.md and docs/plan.md."""
+def fill_docs(md: str, report: str) -> None:
+    """Puts the `report` table ('table' or 'lax') between its markers in README.md and docs/plan.md."""
+    start, end = f"<!-- {report}: scripts/plan_table.py --fill_docs -->", f"<!-- /{report} -->"
     for name in DOCS:
         path = ROOT / name
         text = path.read_text()
-        if MARK_START not in text:
+        if start not in text:
             continue
-        head, rest = text.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
-        path.write_text(f"{head}{MARK_START}\n{md}\n{MARK_END}{tail}")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        path.write_text(f"{head}{start}\n{md}\n{end}{tail}")
 
 
 def main() -> int:
@@ -226,8 +226,8 @@ def main() -> int:
     )
     md = lax_table(rows) if a.report == "lax" else table(rows, estimates)
     (out / ("lax.md" if a.report == "lax" else "table.md")).write_text(md + "\n")
-    if a.fill_docs and a.report == "table":
-        fill_docs(md)
+    if a.fill_docs:
+        fill_docs(md, a.report)
     print(md)
     return 0
 
