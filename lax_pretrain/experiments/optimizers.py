@@ -315,26 +315,36 @@ def run_comparison(
     steps: int | None = None,
     reference: Path = REFERENCE,
     repeats: int = 7,
+    train: bool = True,
+    timing_from: str | Path | None = None,
     command: str = "",
     log=print,
 ) -> tuple[dict[str, dict[str, Any]], Path]:
+    """Trains the unfinished runs (unless `train` is False: the report of the runs as they are) and writes the
+    report; `timing_from`: an earlier results.json whose measured state bytes and step times are reused
+    instead of measuring again. Returns the runs' statuses and the report's path."""
     out = Path(out_dir)
     name, runs = sweep.load_sweep(SWEEP_FILE, seeds=seeds, steps=steps, tiny=tiny)
     machine, start = machine_info(), time.perf_counter()
     jobs = sweep.jobs(
         runs, out / "runs", name, {}, env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"} if tiny else None
     )
-    statuses = runner.run_jobs(jobs, title=f"optimizers in {out}", log=log)
+    if train:
+        statuses = runner.run_jobs(jobs, title=f"optimizers in {out}", log=log)
+    else:
+        statuses = {job.name: {"status": runner.run_status(job.workdir, job.steps)} for job in jobs}
     groups: dict[str, list[results.RunResult]] = {}
     if not tiny and reference.is_file():
         groups[ADAMW] = reference_runs(reference)[:seeds]
     for run, job in zip(runs, jobs):
-        groups.setdefault(run.overrides["optim.name"], []).append(results.load_run(job.workdir))
-    configs = {
-        run.overrides["optim.name"]: run_config(run) for run in runs if "train.seed" not in run.overrides
-    }
-    configs = {ADAMW: run_config(adamw_run(runs[0])), **configs}
-    measured = measure(configs, repeats=2 if tiny else repeats, log=log)
+        groups.setdefault(group_of(run), []).append(results.load_run(job.workdir))
+    methods = [r for r in runs if "train.seed" not in r.overrides and group_of(r) != CONTROL]
+    configs = {ADAMW: run_config(adamw_run(methods[0])), **{group_of(r): run_config(r) for r in methods}}
+    if timing_from is not None:
+        measured = json.loads(Path(timing_from).read_text())["measured"]
+        log(f"[optimizers] state bytes and step times from {timing_from}")
+    else:
+        measured = measure(configs, repeats=2 if tiny else repeats, log=log)
     load = {"before": machine["loadavg"], "after": loadavg()}
     first_run = runs[0]
     notes = [
@@ -375,6 +385,16 @@ def _parser():
         "--reference", default=str(REFERENCE), help="the cpu_llama suite's results.json (AdamW rows)"
     )
     p.add_argument("--repeats", type=int, default=7, help="timing rounds (paired step-time ratios)")
+    p.add_argument(
+        "--timing_from",
+        default="",
+        help="reuse the state bytes and step times of an earlier results.json instead of measuring again",
+    )
+    p.add_argument(
+        "--report_only",
+        action="store_true",
+        help="report the runs as they are (train nothing; another sweep process may be training them)",
+    )
     return p
 
 
@@ -389,6 +409,8 @@ def _run(a) -> int:
         steps=a.steps,
         reference=Path(a.reference),
         repeats=a.repeats,
+        train=not a.report_only,
+        timing_from=a.timing_from or None,
         command=command,
     )
     return 0 if runner.all_done(statuses) else 1
