@@ -341,10 +341,13 @@ def run_comparison(
     methods = [r for r in runs if "train.seed" not in r.overrides and group_of(r) != CONTROL]
     configs = {ADAMW: run_config(adamw_run(methods[0])), **{group_of(r): run_config(r) for r in methods}}
     if timing_from is not None:
-        measured = json.loads(Path(timing_from).read_text())["measured"]
+        earlier = json.loads(Path(timing_from).read_text())
+        measured, timing = earlier["measured"], earlier.get("timing", {})
         log(f"[optimizers] state bytes and step times from {timing_from}")
     else:
+        load_before = loadavg()
         measured = measure(configs, repeats=2 if tiny else repeats, log=log)
+        timing = {"time": machine_info()["time_utc"], "load": {"before": load_before, "after": loadavg()}}
     load = {"before": machine["loadavg"], "after": loadavg()}
     first_run = runs[0]
     notes = [
@@ -362,6 +365,11 @@ def run_comparison(
         machine_line(machine, load, command)
         + f" Wall time of this command: {(time.perf_counter() - start) / 60:.1f} min.",
     ]
+    notes.append(
+        f"State bytes and step times measured {timing.get('time', 'earlier')} (load average 1/5/15 min "
+        f"before {timing.get('load', {}).get('before')}, after {timing.get('load', {}).get('after')})"
+        + (f", reused from {timing_from}." if timing_from is not None else ".")
+    )
     meta = {
         "tiny": tiny,
         "seeds": seeds,
@@ -369,6 +377,7 @@ def run_comparison(
         "command": command,
         "machine": machine,
         "load": load,
+        "timing": timing,
     }
     path = write_report(out, groups, measured, notes=notes, meta=meta)
     log(f"[optimizers] {len(runs)} runs -> {path}")
