@@ -19,6 +19,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+# HLO instructions that launch no kernel and move no data: values, views, control flow (whose bodies the walk
+# visits) and bookkeeping. The kernel count and the HBM-traffic estimate both skip them.
+LAUNCH_NOTHING = frozenset(
+    {
+        "parameter",
+        "constant",
+        "tuple",
+        "get-tuple-element",
+        "bitcast",
+        "while",
+        "conditional",
+        "call",
+        "after-all",
+        "opt-barrier",
+        "partition-id",
+        "replica-id",
+    }
+)
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 DTYPE_BYTES = {

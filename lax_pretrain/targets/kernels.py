@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from lax_pretrain.parallel.comm import walk
+from lax_pretrain.parallel.comm import LAUNCH_NOTHING, walk
 
 GATES = ("KronGate.__call__", "DenseGate.__call__")
 LATENT_NORM_CALLER = "FactorizedLinear.__call__"
@@ -80,21 +80,8 @@ def _roles(chain: tuple[str, ...]) -> set[str]:
     return roles
 
 
-# Instructions that launch nothing: values, views, control flow (whose bodies are walked), async completions.
-NOT_KERNELS = {
-    "parameter",
-    "constant",
-    "tuple",
-    "get-tuple-element",
-    "bitcast",
-    "while",
-    "conditional",
-    "call",
-    "after-all",
-    "opt-barrier",
-    "partition-id",
-    "replica-id",
-}
+# Instructions that launch nothing (async completions are excluded in is_kernel).
+NOT_KERNELS = LAUNCH_NOTHING
 
 
 def is_kernel(op: str) -> bool:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from lax_pretrain.parallel.comm import (
+    LAUNCH_NOTHING,
     Instruction,
     collectives,
     computations,
@@ -50,22 +51,8 @@ from lax_pretrain.parallel.comm import (
 )
 from lax_pretrain.train.accelerators import Accelerator
 
-# Ops that move no data of their own (views, bookkeeping, control flow whose bodies are counted themselves).
-_NO_TRAFFIC = {
-    "parameter",
-    "constant",
-    "tuple",
-    "get-tuple-element",
-    "bitcast",
-    "while",
-    "conditional",
-    "call",
-    "after-all",
-    "opt-barrier",
-    "partition-id",
-    "replica-id",
-    "iota",
-}
+# Ops that move no data of their own: those that launch nothing, and iota (it reads no input).
+_NO_TRAFFIC = LAUNCH_NOTHING | {"iota"}
 _OPERAND = re.compile(r"%([\w.\-]+)")
 _DIMS = re.compile(r"\[([0-9,]*)\]")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
