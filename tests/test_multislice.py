@@ -22,6 +22,7 @@ from lax_pretrain.models.stats import abstract_model
 from lax_pretrain.nnx_compat import logical_axes
 from lax_pretrain.parallel import DEFAULT_RULES, logical_to_spec
 from lax_pretrain.targets.compilers import plan_environment, plan_python
+from lax_pretrain.train.accelerators import accelerator
 
 pytestmark = pytest.mark.slow  # target compiles
 
@@ -85,6 +86,12 @@ def test_data_parallel_across_two_slices_syncs_gradients_over_dcn():
     assert ici["reduce-scatter"] > 0 and ici["all-gather"] > 0
     # The comm report's per-kind bytes are the in-slice collectives (the DCN transfers are not instructions).
     assert ici["total"] == sum(v["bytes"] for v in r["collectives"].values())
+    # The roofline prices the in-slice bytes at ICI and the MegaScale transfers at DCN (an all-reduce twice).
+    v5e = accelerator("v5e")
+    (est,) = r["accelerators"]
+    expected = sum((2 if k == "all-reduce" else 1) * b for k, b in ici.items() if k != "total") / v5e.ici_bytes_per_s
+    expected += 2 * dcn["all-reduce"] / v5e.dcn_bytes_per_s
+    assert est["name"] == "v5e" and est["collective_s"] == pytest.approx(expected, rel=1e-9)
 
 
 def sharded_parameter_bytes(mesh_shape: dict[str, int]) -> int:

@@ -15,9 +15,11 @@ writes only its update in place, inside a fusion too; tuples, bitcasts, paramete
 fusions that only re-type or relabel a value move nothing. The fusions are the CPU compiler's, which fuses less
 than the GPU and TPU compilers and computes bf16 work in f32: the estimate runs high, by up to a few times.
 
-Collectives: the comm report's bytes, each at the link its replica groups cross (`collective_seconds`:
-NVLink / ICI inside an 8-GPU node or a TPU slice, the scale-out network between them), an all-reduce counted
-twice (a ring's reduce-scatter + all-gather) and the ring's (n-1)/n taken as 1.
+Collectives: the comm report's bytes, each at the link its replica groups (a collective-permute's pairs)
+cross (`collective_seconds`: NVLink / ICI inside an 8-GPU node or a TPU slice, the scale-out network between
+them), an all-reduce counted twice (a ring's reduce-scatter + all-gather) and the ring's (n-1)/n taken as 1.
+A multi-slice TPU step also hands transfers to libtpu's MegaScale runtime (`parallel/dcn.py`): no collective
+instruction shows them, and they cross the data-centre network, so they are priced at its bandwidth.
 
 Step time, the roofline with perfect overlap: max(FLOPs / peak, HBM bytes / HBM bandwidth, collective time),
 a lower bound for these terms; `serial_s` (their sum, no overlap at all) is the upper bound beside it. As the
@@ -45,10 +47,10 @@ from lax_pretrain.parallel.comm import (
     computations,
     crosses_domains,
     instruction,
-    replica_groups,
     shape_bytes,
     walk,
 )
+from lax_pretrain.parallel.dcn import collective_groups, megascale_transfers
 from lax_pretrain.train.accelerators import Accelerator
 
 # Ops that move no data of their own: those that launch nothing, and iota (it reads no input).
@@ -67,6 +69,8 @@ class HloCost:
     hbm_bytes: float  # estimated HBM traffic per step and device
     # (kind, replica groups or None, bytes per step and device) of the collectives (the comm report's bytes)
     collectives: tuple[tuple[str, tuple[tuple[int, ...], ...] | None, float], ...] = ()
+    # (kind, bytes per step and device) handed to the MegaScale runtime: always across slices (DCN)
+    dcn_transfers: tuple[tuple[str, float], ...] = ()
 
 
 def _operands(ins: Instruction) -> list[str]:
@@ -237,7 +241,7 @@ def hlo_cost(hlo: str) -> HloCost:
     shapes = {i.name: i.result for body in parsed.values() for i in body}  # names are unique in a module
     traffic_by_group: dict[tuple, float] = {}
     for kind, nbytes, times, line in collectives(hlo):
-        groups = replica_groups(line)
+        groups = collective_groups(line)
         key = (kind, None if groups is None else tuple(map(tuple, groups)))
         traffic_by_group[key] = traffic_by_group.get(key, 0.0) + times * nbytes
     flops = hbm = 0.0
@@ -260,7 +264,8 @@ def hlo_cost(hlo: str) -> HloCost:
         else:
             traffic = shape_bytes(ins.result) + sum(shape_bytes(shapes.get(o, "")) for o in _operands(ins))
         hbm += times * traffic
-    return HloCost(flops, hbm, tuple((k, g, b) for (k, g), b in traffic_by_group.items()))
+    dcn = tuple((kind, float(times * nbytes)) for kind, nbytes, times in megascale_transfers(hlo).values())
+    return HloCost(flops, hbm, tuple((k, g, b) for (k, g), b in traffic_by_group.items()), dcn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,12 +292,15 @@ def collective_seconds(
     """The collectives' time at `acc`'s links: a collective whose replica groups each stay inside one domain
     moves at the ICI/NVLink bandwidth, one that crosses at the scale-out bandwidth; an all-reduce moves its
     buffer twice. Domains: `domain_of(partition)` (a target's slice or host, lax-plan --target), else partitions
-    i // ici_domain alike (make_mesh keeps the inner mesh axes node- or slice-local). None if a collective
-    crosses domains where the table has no scale-out bandwidth."""
+    i // ici_domain alike (make_mesh keeps the inner mesh axes node- or slice-local); the MegaScale transfers
+    cross by definition. None if something crosses domains where the table has no scale-out bandwidth."""
     domain = domain_of or (lambda d: d // acc.ici_domain)
+    links = [
+        (kind, crosses_domains(groups and [list(g) for g in groups], domain, num_devices), nbytes)
+        for kind, groups, nbytes in cost.collectives
+    ] + [(kind, True, nbytes) for kind, nbytes in cost.dcn_transfers]
     total = 0.0
-    for kind, groups, nbytes in cost.collectives:
-        crosses = crosses_domains(groups and [list(g) for g in groups], domain, num_devices)
+    for kind, crosses, nbytes in links:
         bandwidth = acc.dcn_bytes_per_s if crosses else acc.ici_bytes_per_s
         if bandwidth is None:
             return None
