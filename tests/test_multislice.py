@@ -89,7 +89,9 @@ def test_data_parallel_across_two_slices_syncs_gradients_over_dcn():
     # The roofline prices the in-slice bytes at ICI and the MegaScale transfers at DCN (an all-reduce twice).
     v5e = accelerator("v5e")
     (est,) = r["accelerators"]
-    expected = sum((2 if k == "all-reduce" else 1) * b for k, b in ici.items() if k != "total") / v5e.ici_bytes_per_s
+    expected = (
+        sum((2 if k == "all-reduce" else 1) * b for k, b in ici.items() if k != "total") / v5e.ici_bytes_per_s
+    )
     expected += 2 * dcn["all-reduce"] / v5e.dcn_bytes_per_s
     assert est["name"] == "v5e" and est["collective_s"] == pytest.approx(expected, rel=1e-9)
 
