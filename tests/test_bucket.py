@@ -10,6 +10,8 @@ metadata, metrics.jsonl, config.json) and to TensorStore (orbax's arrays); nothi
 - S3 (moto's server): the run's files go through the same helpers; a workdir whose checkpoints orbax cannot
   write (s3://) is refused on the command line before anything is written.
 - The TPU pod launcher takes a gs:// workdir without a gcsfuse mount.
+- A sweep into gs://: its runs train into the bucket, a second launch skips them, and the results loader reads
+  them back (a sweep directory and a glob in the bucket).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from jax.experimental.compilation_cache import compilation_cache as cc
 
 from lax_pretrain.config import from_compact
 from lax_pretrain.data import tfds_io
+from lax_pretrain.experiments import results, runner
+from lax_pretrain.experiments import sweep as sweep_cli
 from lax_pretrain.train import __main__ as train_cli
 from lax_pretrain.train import train
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like, load_trained_model
@@ -392,6 +396,56 @@ def test_tpu_pod_launcher_takes_a_gs_workdir():
     assert refused.returncode == 2 and "gs://" in refused.stderr and not refused.stdout
 
 
+SWEEP_STEPS = 4
+SWEEP_FILE = """
+SHARED = {shared!r}
+
+def get_sweep():
+    return [{{"config": "configs/llama.py:{arg}", "train.seed": seed}} for seed in (0, 1)]
+"""
+
+
+def test_a_sweep_in_a_bucket_trains_skips_and_reads_back(gcs, data_dir, tmp_path, monkeypatch, capsys):
+    """Two tiny runs (two seeds) launched by lax-sweep into gs://, two at a time: each trains to its last step
+    in the bucket, with its status and its process output there (the output written locally first: a process
+    writes plain files); a second launch skips both; the results loader reads the sweep directory and a glob of
+    the bucket."""
+    shared = {**overrides(data_dir), "train.steps": SWEEP_STEPS, "train.checkpoint_every": SWEEP_STEPS}
+    sweep_file = tmp_path / "bucket_sweep.py"
+    sweep_file.write_text(SWEEP_FILE.format(shared=shared, arg=ARG))
+    url = f"gs://{BUCKET}/sweeps/seeds"
+    monkeypatch.chdir(REPO)  # recipe paths are relative to the repository
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where the local copies of the logs go
+    monkeypatch.setenv("JAX_PLATFORMS", jax.default_backend())
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    argv = [f"--sweep={sweep_file}", f"--workdir={url}", "--parallel=2"]
+
+    assert sweep_cli.main(argv) == 0, capsys.readouterr()
+    names = [run.name for run in sweep_cli.load_sweep(sweep_file)[1]]
+    assert len(names) == 2
+    for name in names:
+        run_dir = workdir_path(f"{url}/{name}")
+        assert runner.is_finished(run_dir, SWEEP_STEPS)
+        status = runner.read_status(run_dir)
+        assert status["status"] == "finished" and status["returncode"] == 0
+        assert Path(status["logs"]).is_relative_to(tmp_path / "home")
+        assert (run_dir / runner.STDERR_LOG).read_text() == (
+            Path(status["logs"]) / runner.STDERR_LOG
+        ).read_text()
+        assert f"--workdir={url}/{name}" in status["command"]
+    capsys.readouterr()
+
+    assert sweep_cli.main(argv) == 0
+    assert "2 finished already, 0 to run" in capsys.readouterr().out
+
+    runs = results.load_runs([url])
+    assert [r.name for r in runs] == sorted(names)
+    assert all(r.status == "finished" and r.final_train_loss is not None for r in runs)
+    assert [r.name for r in results.load_runs([f"{url}/*seed=1*"])] == [n for n in names if "seed=1" in n]
+
+
 # ------------------------------------------------------------------------------------------------ S3
 
 
@@ -400,6 +454,14 @@ def test_s3_workdir_is_refused_before_anything_is_written(s3, data_dir, capsys):
     assert train_cli.main(cli_args(url, data_dir)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--workdir={url}" in err[0] and "gs://" in err[0], err
+    assert s3.find(BUCKET) == []
+
+
+def test_a_sweep_into_s3_is_refused_before_any_run_starts(s3, capsys):
+    url = f"s3://{BUCKET}/sweeps/refused"
+    assert sweep_cli.main(["--sweep=configs/sweeps/cpu.py", f"--workdir={url}", "--only=^llama-nano"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--workdir={url}" in err[0], err
     assert s3.find(BUCKET) == []
 
 

@@ -2,7 +2,7 @@
 
     runs = load_runs(["runs/sweep_cpu"])            # run dirs, sweep dirs (their run sub-dirs) or globs
 
-A local run is read from its workdir: metrics.jsonl (the source of truth, `train.metrics.read_metrics`),
+A run is read from its workdir (a local directory or a gs:// / s3:// URL, globs too): metrics.jsonl (the source of truth, `train.metrics.read_metrics`),
 config.json (family, kind, crossing, seed, batch size, target steps) and, for runs started by the runner,
 sweep_status.json (name, failure, liveness). Status is `runner.run_status`: finished, running, stopped
 (interrupted, resumable), failed or pending. What a family measures (headline metric, its direction, the
@@ -35,13 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import ml_collections
 
 from lax_pretrain.experiments import runner
 from lax_pretrain.experiments.sweep import Run
 from lax_pretrain.layers.variants import variant_name
 from lax_pretrain.models.tasks import TASKS, Task
+from lax_pretrain.train import storage
 from lax_pretrain.train.metrics import METRICS_FILE, read_metrics
+from lax_pretrain.train.storage import AnyPath
 
 log = logging.getLogger(__name__)
 _SEED = re.compile(r"_train\.seed=[^_]*")  # a run name's seed override ("..._train.seed=1")
@@ -201,24 +204,36 @@ def summarize(
 # ------------------------------------------------------------------------------------------ local runs
 
 
-def is_run_dir(path: Path) -> bool:
+def is_run_dir(path: AnyPath) -> bool:
     return path.is_dir() and any(
         (path / f).exists() for f in (METRICS_FILE, "config.json", runner.STATUS_FILE)
     )
 
 
-def expand(paths: Sequence[str]) -> list[Path]:
+def _glob(pattern: str) -> list[AnyPath]:
+    """The paths a pattern matches, local or in a bucket (fsspec's glob there), sorted."""
+    if not storage.is_bucket(pattern):
+        return [Path(m) for m in sorted(glob.glob(pattern))]
+    if not glob.has_magic(pattern):
+        path = storage.workdir_path(pattern)
+        return [path] if path.exists() else []
+    kind = storage.scheme(pattern)
+    names = fsspec.filesystem(kind).glob(pattern.partition("://")[2])  # bucket/key, without the scheme
+    return [storage.workdir_path(f"{kind}://{n}") for n in sorted(names)]
+
+
+def expand(paths: Sequence[str]) -> list[AnyPath]:
     """Run directories from run dirs, sweep dirs (their run sub-directories, sorted) and glob patterns."""
-    out: list[Path] = []
+    out: list[AnyPath] = []
     for pattern in paths:
-        matches = sorted(glob.glob(pattern))
+        matches = _glob(pattern)
         if not matches:
             log.warning("%s: no such run directory (or nothing matches the pattern); skipped", pattern)
-        for m in map(Path, matches):
+        for m in matches:
             if is_run_dir(m):
                 out.append(m)
             elif m.is_dir():
-                out += sorted(d for d in m.iterdir() if is_run_dir(d))
+                out += sorted((d for d in m.iterdir() if is_run_dir(d)), key=str)
     return list(dict.fromkeys(out))
 
 
@@ -233,8 +248,8 @@ def _config_from_status(status: dict[str, Any]) -> dict[str, Any]:
     return {"model": {"family": family, "linear": linear}, "train": {"steps": status.get("train_steps")}}
 
 
-def load_run(workdir: str | Path) -> RunResult:
-    workdir = Path(workdir)
+def load_run(workdir: str | AnyPath) -> RunResult:
+    workdir = storage.workdir_path(workdir)
     status_file = runner.read_status(workdir)
     config_path = workdir / "config.json"
     try:

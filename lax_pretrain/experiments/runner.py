@@ -9,7 +9,10 @@ training resumes from the newest checkpoint by itself; a preempted run (SIGTERM:
 not finished and resumes next time.
 
 Per run the runner writes `sweep_status.json` into the run's workdir (status, exit code, the command, the last
-lines of stderr) and appends the run's output to `sweep_stdout.log` / `sweep_stderr.log` there.
+lines of stderr) and appends the run's output to `sweep_stdout.log` / `sweep_stderr.log` there. A workdir may
+be in a bucket (train/storage.py): a process's output can only go to a local file, so the logs are appended
+in the run's local directory (`storage.local_dir(workdir, "sweep-logs")`, named in the status file) and
+copied into the workdir when the process ends.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from lax_pretrain.train import storage
 from lax_pretrain.train.metrics import read_metrics
+from lax_pretrain.train.storage import AnyPath
 
 STATUS_FILE = "sweep_status.json"
 STDOUT_LOG = "sweep_stdout.log"
@@ -45,7 +50,7 @@ DONE = ("finished", SKIPPED, "launched")
 
 def latest_step(workdir: str | Path) -> int | None:
     """The newest step orbax has committed in `<workdir>/checkpoints`, None if there is none."""
-    directory = Path(workdir, "checkpoints").resolve()
+    directory = storage.resolved(workdir) / "checkpoints"
     if not directory.is_dir():
         return None
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
@@ -63,7 +68,7 @@ def is_finished(workdir: str | Path, steps: int) -> bool:
 
 def read_status(workdir: str | Path) -> dict[str, Any]:
     try:
-        return json.loads((Path(workdir) / STATUS_FILE).read_text())
+        return json.loads((storage.workdir_path(workdir) / STATUS_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
@@ -92,7 +97,7 @@ def run_status(workdir: str | Path, steps: int | None) -> str:
     stopped   started but interrupted (killed, preempted): running it again resumes it
     pending   nothing has run yet
     """
-    workdir = Path(workdir)
+    workdir = storage.workdir_path(workdir)
     if steps is not None and is_finished(workdir, steps):
         return "finished"
     status = read_status(workdir)
@@ -115,7 +120,7 @@ class Job:
     record in its status file, and whether the command hands the run to a scheduler (a launch script)."""
 
     name: str
-    workdir: Path
+    workdir: AnyPath
     steps: int
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
@@ -137,10 +142,13 @@ def _now() -> str:
 
 def _write_status(job: Job, **fields: Any) -> None:
     job.status.update(fields)
-    path = job.workdir / STATUS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(job.status, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    storage.replace_text(job.workdir / STATUS_FILE, json.dumps(job.status, indent=2) + "\n")
+
+
+def log_dir(workdir: AnyPath) -> Path:
+    """Where a run's process output is appended: its workdir, or a local directory of its own for one in a
+    bucket (see the module docstring)."""
+    return storage.local_dir(workdir, "sweep-logs")
 
 
 def stderr_tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -155,8 +163,10 @@ def stderr_tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
 
 
 def _start(job: Job) -> None:
-    job.workdir.mkdir(parents=True, exist_ok=True)
-    out, err = (job.workdir / STDOUT_LOG).open("a"), (job.workdir / STDERR_LOG).open("a")
+    storage.make_dirs(job.workdir)
+    logs = log_dir(job.workdir)
+    logs.mkdir(parents=True, exist_ok=True)
+    out, err = (logs / STDOUT_LOG).open("a"), (logs / STDERR_LOG).open("a")
     for f in (out, err):
         f.write(f"\n===== {_now()} {shell_line(job.argv)}\n")
         f.flush()
@@ -180,12 +190,17 @@ def _start(job: Job) -> None:
         "host": socket.gethostname(),
         "pid": job.proc.pid,
         "started": _now(),
+        **({"logs": str(logs)} if storage.is_bucket(job.workdir) else {}),
     }
     _write_status(job, status="running", returncode=None)
 
 
 def _finish(job: Job) -> str:
     rc = job.proc.returncode
+    logs = log_dir(job.workdir)
+    if storage.is_bucket(job.workdir):  # the run's record: its output beside its checkpoints
+        for name in (STDOUT_LOG, STDERR_LOG):
+            (job.workdir / name).write_text((logs / name).read_text(errors="replace"))
     if is_finished(job.workdir, job.steps):
         state = "finished"
     elif rc != 0:
@@ -198,7 +213,7 @@ def _finish(job: Job) -> str:
         returncode=rc,
         ended=_now(),
         duration_s=round(time.monotonic() - job.started, 1),
-        stderr_tail=stderr_tail(job.workdir / STDERR_LOG) if state == "failed" else "",
+        stderr_tail=stderr_tail(logs / STDERR_LOG) if state == "failed" else "",
     )
     return state
 

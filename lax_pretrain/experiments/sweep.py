@@ -47,6 +47,7 @@ from lax_pretrain import cli, extensions
 from lax_pretrain.experiments import runner, wandb_sweep
 from lax_pretrain.layers import KINDS
 from lax_pretrain.layers.variants import variant_name
+from lax_pretrain.train import storage, validate
 
 LAUNCHERS = {"local": None, "tpu": "scripts/launch_tpu_pod.sh", "slurm": "scripts/launch_slurm.sh"}
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._=+\-]")
@@ -319,7 +320,7 @@ def jobs(
     """What the runner trains: each run in `<workdir>/<run name>` up to its train.steps."""
     out = []
     for run in runs:
-        run_dir = Path(workdir) / run.name
+        run_dir = storage.workdir_path(workdir) / run.name
         argv = command(run, run_dir, sweep_name, extra, launcher=launcher, launcher_args=launcher_args)
         info = {"config": run.config, "overrides": run.overrides, "shared": run.shared, "launcher": launcher}
         out.append(
@@ -381,6 +382,10 @@ def _run(a) -> int:
     if not runs:
         raise ValueError(f"no run of {a.sweep} matches --only={a.only!r}")
     extra = parse_sets(a.set)
+    workdir = storage.resolved(a.workdir)
+    validate.check_workdir(workdir)  # a URL orbax cannot write checkpoints to, before any run starts
+    if not a.dry_run:
+        validate.check_writable(workdir)
     if a.wandb_spec:
         path = wandb_sweep.write(wandb_sweep.spec(runs, name, a.workdir, extra), a.wandb_spec)
         print(f"wrote W&B grid spec of {len(runs)} runs to {path}", file=sys.stderr)

@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-from lax_pretrain.train.storage import Appender, is_bucket, replace_text, resolved, workdir_path
+from lax_pretrain.train.storage import Appender, is_bucket, local_dir, path_id, replace_text, workdir_path
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ WANDB_MODES = ("online", "offline", "disabled")
 METRICS_FILE = "metrics.jsonl"
 DISCARDED_FILE = "metrics.discarded.jsonl"
 SUPERSEDED_WANDB_DIR = "wandb_superseded"
-LOCAL_WANDB_ROOT = Path("~/.cache/lax-pretrain/wandb")  # W&B's files of a run in a bucket (unless WANDB_DIR)
 
 
 def _plain(value: Any) -> Any:
@@ -138,16 +137,14 @@ def _parse(line: str) -> dict | None:
 
 def wandb_run_id(workdir: str | os.PathLike) -> str:
     """Derived from the workdir, so that every start of a run continues the same W&B run."""
-    return "".join(c if c.isalnum() else "-" for c in str(resolved(workdir)))[-64:].strip("-")
+    return path_id(workdir)
 
 
 def wandb_dir(workdir: str | os.PathLike) -> Path:
     """Where W&B writes a run's files: the workdir itself, or for a workdir in a bucket a local directory of
-    this run's own (W&B writes with plain file I/O)."""
-    if not is_bucket(workdir):
-        return Path(workdir)
-    root = Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else LOCAL_WANDB_ROOT.expanduser()
-    return root / wandb_run_id(workdir)
+    this run's own (W&B writes with plain file I/O): $WANDB_DIR/<run id>, else
+    ~/.cache/lax-pretrain/wandb/<run id>."""
+    return local_dir(workdir, "wandb", os.environ.get("WANDB_DIR") or None)
 
 
 def _start_wandb(workdir: str | os.PathLike, config: Any, run_name: str, resume_step: int):

@@ -15,7 +15,9 @@ What an object store does differently is decided here and nowhere else:
 - listing returns sizes: `file_sizes` is one listing, not one request per file;
 - objects change behind fsspec's back (TensorStore writes orbax's arrays itself): directory listings of
   gs:// and s3:// are not cached (fsspec's `use_listings_cache=False`, unless the user's fsspec config says
-  otherwise), so an existence check never answers from a stale listing.
+  otherwise), so an existence check never answers from a stale listing;
+- files another program writes with plain file I/O (W&B's, a process's stdout) cannot go there: `local_dir`
+  is a local directory of the run's own for them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ for _protocol in ("gs", "gcs", "s3", "s3a"):
     fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 # An object may be replaced about once a second (GCS's limit per object name; S3 has none as strict).
 MIN_REWRITE_INTERVAL_S = 1.0
+LOCAL_ROOT = Path("~/.cache/lax-pretrain")  # local_dir's default root
 
 AnyPath = Path | epath.Path
 
@@ -65,6 +68,21 @@ def resolved(path: str | os.PathLike) -> AnyPath:
     """`workdir_path`, made absolute where it is local (a URL already is)."""
     p = workdir_path(path)
     return p if is_bucket(p) else p.resolve()
+
+
+def path_id(path: str | os.PathLike) -> str:
+    """A file-name-safe id of a workdir, the same from any current directory: its absolute path or URL with
+    every other character than letters and digits as '-', the last 64."""
+    return "".join(c if c.isalnum() else "-" for c in str(resolved(path)))[-64:].strip("-")
+
+
+def local_dir(path: str | os.PathLike, purpose: str, root: str | os.PathLike | None = None) -> Path:
+    """Where files of the run at `path` that must be written with plain file I/O go: the workdir itself when
+    it is local, else `<root>/<path_id>` (root: ~/.cache/lax-pretrain/<purpose> unless given)."""
+    if not is_bucket(path):
+        return Path(path)
+    base = Path(root) if root else LOCAL_ROOT.expanduser() / purpose
+    return base / path_id(path)
 
 
 def make_dirs(path: AnyPath) -> None:

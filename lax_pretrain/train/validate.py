@@ -131,6 +131,12 @@ def prepare_workdir(workdir: AnyPath, config: Any, changes: list[str]) -> None:
     and records this launch's config (train/resume.py); `changes`: the allowed changes against the run's
     earlier config."""
     check_workdir(workdir)
+    check_writable(workdir)
+    record_launch(workdir, config, changes)
+
+
+def check_writable(workdir: AnyPath) -> None:
+    """Creates the workdir where it is a directory (never a missing bucket) and writes and removes a probe."""
     try:
         make_dirs(workdir)
         probe = workdir / f".write_test.{jax.process_index()}"  # one per process: none removes another's
@@ -141,7 +147,6 @@ def prepare_workdir(workdir: AnyPath, config: Any, changes: list[str]) -> None:
             " (does the bucket exist?)" if is_bucket(workdir) and isinstance(e, FileNotFoundError) else ""
         )
         raise ValueError(f"--workdir={workdir} is not writable{missing}: {_first_line(e)}") from e
-    record_launch(workdir, config, changes)
 
 
 def _first_line(error: BaseException) -> str:
