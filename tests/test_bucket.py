@@ -10,6 +10,7 @@ metadata, metrics.jsonl, config.json) and to TensorStore (orbax's arrays); nothi
 - S3 (moto's server): the run's files go through the same helpers; a workdir whose checkpoints orbax cannot
   write (s3://) is refused on the command line before anything is written.
 - The TPU pod launcher takes a gs:// workdir without a gcsfuse mount.
+- `lax-convert import --out=gs://...`: an import is a workdir in the bucket the loader reads back.
 - A sweep into gs://: its runs train into the bucket, a second launch skips them, and the results loader reads
   them back (a sweep directory and a glob in the bucket).
 """
@@ -34,9 +35,12 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache as cc
 
 from lax_pretrain.config import from_compact
+from lax_pretrain.convert import hf_llama as convert_cli
+from lax_pretrain.convert import load_imported, save_imported
 from lax_pretrain.data import tfds_io
 from lax_pretrain.experiments import results, runner
 from lax_pretrain.experiments import sweep as sweep_cli
+from lax_pretrain.models import build
 from lax_pretrain.train import __main__ as train_cli
 from lax_pretrain.train import train
 from lax_pretrain.train.checkpoint import Checkpointer, abstract_like, load_trained_model
@@ -396,6 +400,20 @@ def test_tpu_pod_launcher_takes_a_gs_workdir():
     assert refused.returncode == 2 and "gs://" in refused.stderr and not refused.stdout
 
 
+def test_an_import_into_a_bucket_is_a_workdir_the_loader_reads(gcs):
+    """What `lax-convert import --out=gs://...` writes after converting: config.json, the parameters-only
+    checkpoint at step 0 and the source config, then read back whole by the one loader."""
+    config = tiny("unused")
+    model = build(config.model, rngs=nnx.Rngs(3))
+    url = f"gs://{BUCKET}/imports/tiny"
+    assert str(save_imported(model, config.model, url, {"vocab_size": 256})) == url
+    assert gcs.exists(f"{BUCKET}/imports/tiny/checkpoints/0/commit_success.txt")
+    again, model_cfg = load_imported(url)
+    assert model_cfg.to_dict() == config.model.to_dict()
+    np.testing.assert_equal(host(nnx.state(again, nnx.Param)), host(nnx.state(model, nnx.Param)))
+    assert json.loads((workdir_path(url) / "hf_config.json").read_text()) == {"vocab_size": 256}
+
+
 SWEEP_STEPS = 4
 SWEEP_FILE = """
 SHARED = {shared!r}
@@ -462,6 +480,15 @@ def test_a_sweep_into_s3_is_refused_before_any_run_starts(s3, capsys):
     assert sweep_cli.main(["--sweep=configs/sweeps/cpu.py", f"--workdir={url}", "--only=^llama-nano"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--workdir={url}" in err[0], err
+    assert s3.find(BUCKET) == []
+
+
+def test_an_import_into_s3_is_refused_before_the_weights_are_read(s3, tmp_path, capsys):
+    url = f"s3://{BUCKET}/imports/refused"
+    missing = tmp_path / "no-such-hf-dir"  # never opened: the --out check comes first
+    assert convert_cli.main(["lax-convert", "import", f"--hf_dir={missing}", f"--out={url}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out={url}: " in err[0] and "gs://" in err[0], err
     assert s3.find(BUCKET) == []
 
 

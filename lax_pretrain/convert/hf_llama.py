@@ -33,7 +33,7 @@ from lax_pretrain.convert.formats import export_checkpoint, load_checkpoint
 from lax_pretrain.convert.hf_checkpoint import read_config
 from lax_pretrain.convert.low_rank import to_low_rank
 from lax_pretrain.convert.representable import FORMATS, choose_format
-from lax_pretrain.convert.workdir import load_imported, save_imported, source_hf_config
+from lax_pretrain.convert.workdir import check_import_location, load_imported, save_imported, source_hf_config
 from lax_pretrain.models.llama import PROJECTIONS
 from lax_pretrain.train.checkpoint import load_config
 
@@ -77,6 +77,7 @@ def _import(fv: flags.FlagValues) -> None:
         raise ValueError("import needs --hf_dir and --out")
     if fv.to_kind != "dense" and not fv.rank:
         raise ValueError(f"--to_kind={fv.to_kind} needs --rank")
+    check_import_location(fv.out)
     model, model_cfg, fmt = load_checkpoint(fv.hf_dir, scan_layers=fv.scan_layers)
     if fv.to_kind != "dense":
         if fmt != "hf_llama":
