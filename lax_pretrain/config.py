@@ -266,7 +266,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.wandb = dict(mode="offline", project="lax-pretrain", entity="", group="", tags=(), name="")
     # dcn_data, dcn_fsdp: how many TPU slices the data and fsdp axes span (parallel/mesh.py)
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, num_devices=0)
-    c.parallel = dict(tp_impl="auto", rules=[])
+    c.parallel = dict(tp_impl="auto", rules=())
     c.distributed = dict(coordinator="", num_processes=0, process_id=-1, auto=True)
     return c
 

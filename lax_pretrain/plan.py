@@ -44,6 +44,7 @@ from lax_pretrain.models.stats import abstract_model, model_stats
 from lax_pretrain.parallel import MESH_AXES, make_mesh, mesh_sizes, num_slices
 from lax_pretrain.parallel.comm import KINDS, comm_report
 from lax_pretrain.parallel.dcn import network_split
+from lax_pretrain.parallel.rules import rules_from_config
 from lax_pretrain.parallel.target import compiling_for
 from lax_pretrain.targets import Target, parse_target
 from lax_pretrain.targets.compile import compile_for_target, target_tracing
@@ -179,7 +180,10 @@ def plan(
                 "name": acc.name,
                 "limit_bytes": oom.available_bytes or acc.hbm_bytes,
                 "fits": False,
-                "verdict": f"the {target.name} compiler says the step does not fit: {oom.message}",
+                "verdict": with_hint(
+                    f"the {target.name} compiler says the step does not fit: {oom.message}",
+                    replicated_factors_hint(config, out),
+                ),
             }
         ]
         return out
@@ -235,11 +239,41 @@ def plan(
             )
         else:
             verdict = memory.message(limit, where) if padding == 0 else memory.message(limit - padding, where)
+            verdict = verdict if fits else with_hint(verdict, replicated_factors_hint(config, out))
         est = roofline(cost, acc, num_devices=n, model_flops=model_flops, domain_of=domain)
         out["accelerators"].append(
             {"name": acc.name, "limit_bytes": limit, "fits": fits, "verdict": verdict, **est.to_json()}
         )
     return out
+
+
+RANK_RULE = """--config.parallel.rules='(("rank", "fsdp"),)'"""
+
+
+def replicated_factors_hint(config: Any, report: dict[str, Any]) -> str:
+    """For a step that does not fit: when the parameters per device are far above their fully sharded size
+    because the rules leave the low-rank factors' `rank` axis unsharded (of each factor pair only the one with
+    an `embed` axis is sharded over fsdp), that and the rule that shards them; '' otherwise."""
+    mesh = report["mesh"]
+    ways = mesh["fsdp"] * mesh["tensor"]
+    if (
+        ways == 1
+        or config.model.linear.kind == "dense"
+        or rules_from_config(config.parallel).get("rank") is not None
+    ):
+        return ""
+    ratio = report["memory"]["parameters"] / (report["parameter_bytes_unsharded"] / ways)
+    if ratio < 2:
+        return ""
+    return (
+        f"The parameters take {ratio:.0f}x their fully sharded size per device: the rules leave the low-rank "
+        f"factors' rank axis unsharded; {RANK_RULE} shards it over fsdp (parameters, gradients and optimizer "
+        "state; the forward then all-gathers those factors too)"
+    )
+
+
+def with_hint(verdict: str, hint: str) -> str:
+    return f"{verdict.rstrip('.')}. {hint}" if hint else verdict
 
 
 def argument_memory(program) -> dict[str, int]:

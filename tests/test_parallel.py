@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -121,6 +122,19 @@ def mesh_runs(data_dir, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ one config, every mesh
+
+
+def test_rules_override_from_the_command_line_syntax():
+    """`--config.parallel.rules='(("rank", "fsdp"), ("batch", ("data", "fsdp")))'` reaches the table as pairs;
+    anything else is one line naming the key and the syntax."""
+    parallel = ml_collections.ConfigDict(
+        {"tp_impl": "auto", "rules": (("rank", "fsdp"), ("batch", ("data",)))}
+    )
+    rules = rules_from_config(parallel)
+    assert rules["rank"] == "fsdp" and rules["batch"] == ("data",) and rules["embed"] == "fsdp"
+    for bad in (('[["embed", null]]',), (("rank",),)):
+        with pytest.raises(ValueError, match=r"parallel.rules entry .* must be a \(logical_name"):
+            rules_from_config(ml_collections.ConfigDict({"rules": bad}))
 
 
 def test_same_losses_on_every_mesh(mesh_runs):

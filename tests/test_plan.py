@@ -170,6 +170,24 @@ def test_a_step_beyond_a_small_limit_is_reported_as_not_fitting(reports):
         assert key in a["verdict"]
 
 
+def test_replicated_low_rank_factors_are_named_with_the_rule_that_shards_them():
+    """Under pure FSDP the rules shard only the factor with an `embed` axis: a step that does not fit says so
+    and gives the rule; with that rule (set on the command line) the parameters shard and the hint is gone."""
+    tight = "--memory_gib=0.0009765625"
+    reports = {}
+    for name, extra in (("default", ()), ("rank_rule", ("--config.parallel.rules=(('rank','fsdp'),)",))):
+        with _captured() as text:
+            assert plan_cli.main(cli_args("1,8,1", "--json", tight, *extra)) == 1
+        reports[name] = json.loads(text.getvalue())
+    default, ruled = reports["default"], reports["rank_rule"]
+    sharded = default["parameter_bytes_unsharded"] / 8
+    assert default["memory"]["parameters"] >= 2 * sharded
+    assert "rank axis unsharded" in default["accelerators"][0]["verdict"]
+    assert plan_cli.RANK_RULE in default["accelerators"][0]["verdict"]
+    assert ruled["memory"]["parameters"] < 1.2 * sharded  # small leftovers (norms) stay replicated
+    assert "rank axis" not in ruled["accelerators"][0]["verdict"]
+
+
 @pytest.mark.parametrize(
     "args,flag",
     [

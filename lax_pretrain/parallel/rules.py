@@ -2,7 +2,8 @@
 
     batch -> (data, fsdp)   embed -> fsdp   mlp, heads, vocab, classes -> tensor   rank, layers, TT -> replicated
 
-`config.parallel.rules` overrides entries as [[name, mesh_axis_or_null], ...]. A dimension that a mesh axis
+`config.parallel.rules` overrides entries as (name, mesh axis or axes or None) pairs, on the command line
+`--config.parallel.rules='(("rank", "fsdp"), ("embed", None))'`. A dimension that a mesh axis
 does not divide stays replicated (e.g. a byte vocabulary of 259 over tensor=4), and a mesh axis is used at most
 once per array.
 
@@ -43,9 +44,12 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
 
 def rules_from_config(parallel_cfg: Any) -> dict[str, MeshAxes]:
     rules = dict(DEFAULT_RULES)
-    for entry in parallel_cfg.get("rules", []) or []:
-        if len(entry) != 2:
-            raise ValueError(f"parallel.rules entry {entry!r} must be [logical_name, mesh_axis_or_null]")
+    for entry in parallel_cfg.get("rules", ()) or ():
+        if isinstance(entry, str) or len(entry) != 2:
+            raise ValueError(
+                f"parallel.rules entry {entry!r} must be a (logical_name, mesh_axis_or_None) pair, e.g. "
+                """--config.parallel.rules='(("rank", "fsdp"),)'"""
+            )
         name, axes = entry
         rules[name] = tuple(axes) if isinstance(axes, list) else axes
     return rules
