@@ -2,9 +2,10 @@
 
     runs = load_runs(["runs/sweep_cpu"])            # run dirs, sweep dirs (their run sub-dirs) or globs
 
-A run is read from its workdir (a local directory or a gs:// / s3:// URL, globs too): metrics.jsonl (the source of truth, `train.metrics.read_metrics`),
-config.json (family, kind, crossing, seed, batch size, target steps) and, for runs started by the runner,
-sweep_status.json (name, failure, liveness). Status is `runner.run_status`: finished, running, stopped
+A run is read from its workdir (a local directory or a gs:// URL; run and sweep directories and globs of
+either): metrics.jsonl (the source of truth, `train.metrics.read_metrics`), config.json (family, kind,
+crossing, seed, batch size, target steps) and, for runs started by the runner, sweep_status.json (name,
+failure, liveness). Status is `runner.run_status`: finished, running, stopped
 (interrupted, resumable), failed or pending. What a family measures (headline metric, its direction, the
 throughput key, tokens per example) comes from its task (`lax_pretrain.models.get_task`).
 
