@@ -677,12 +677,12 @@ def test_logical_axes_on_every_param(kind, crossing, axes):
         "bias": (axes[1],),
         "down": (axes[0], "rank"),
         "up": ("rank", axes[1]),
-        "gate/kernel": ("rank", "rank"),
-        "gate/bias": ("rank",),
-        "gate/g0": ("rank", "rank"),
-        "gate/g1": ("rank", "rank"),
-        "latent_norm/scale": ("rank",),
-        "latent_norm/bias": ("rank",),
+        "gate/kernel": ("latent", "latent"),
+        "gate/bias": ("latent",),
+        "gate/g0": ("latent", "latent"),
+        "gate/g1": ("latent", "latent"),
+        "latent_norm/scale": ("latent",),
+        "latent_norm/bias": ("latent",),
     }
     seen = set()
     for path, p in params(layer):

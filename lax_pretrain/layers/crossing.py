@@ -70,10 +70,12 @@ class KronGate(nnx.Module):
         self.f0, self.f1 = balanced_factors(width)
         self.impl = kron_impl_for(width) if impl == "auto" else impl
         self.g0 = param(
-            init.kaiming_uniform(rngs.params(), (self.f1, self.f1), self.f1, param_dtype), ("rank", "rank")
+            init.kaiming_uniform(rngs.params(), (self.f1, self.f1), self.f1, param_dtype),
+            ("latent", "latent"),
         )
         self.g1 = param(
-            init.kaiming_uniform(rngs.params(), (self.f0, self.f0), self.f0, param_dtype), ("rank", "rank")
+            init.kaiming_uniform(rngs.params(), (self.f0, self.f0), self.f0, param_dtype),
+            ("latent", "latent"),
         )
 
     def __call__(self, z_NxR: jax.Array) -> jax.Array:
@@ -96,9 +98,9 @@ class DenseGate(nnx.Module):
     def __init__(self, in_width: int, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.in_width, self.width = in_width, width
         self.kernel = param(
-            init.truncated_normal(rngs.params(), (in_width, width), 0.02, param_dtype), ("rank", "rank")
+            init.truncated_normal(rngs.params(), (in_width, width), 0.02, param_dtype), ("latent", "latent")
         )
-        self.bias = param(jnp.zeros((width,), param_dtype), ("rank",))
+        self.bias = param(jnp.zeros((width,), param_dtype), ("latent",))
 
     def __call__(self, z_NxR: jax.Array) -> jax.Array:
         y_NxR = z_NxR @ self.kernel[...].astype(z_NxR.dtype)
@@ -153,5 +155,5 @@ def make_latent_norm(spec: LinearSpec, *, param_dtype=jnp.float32) -> Norm | Non
     if spec.latent_norm == "none":
         return None
     return Norm(
-        spec.latent_dim, spec.latent_norm, eps=LATENT_NORM_EPS, axis_name="rank", param_dtype=param_dtype
+        spec.latent_dim, spec.latent_norm, eps=LATENT_NORM_EPS, axis_name="latent", param_dtype=param_dtype
     )

@@ -1,6 +1,10 @@
 """One table maps logical axis names (on every parameter and activation) to mesh axes.
 
-    batch -> (data, fsdp)   embed -> fsdp   mlp, heads, vocab, classes -> tensor   rank, layers, TT -> replicated
+    batch -> (data, fsdp)   embed -> fsdp   mlp, heads, vocab, classes -> tensor   rank, latent, layers, TT -> replicated
+
+`rank` is the latent side of a low-rank factor (down (embed, rank), up (rank, out)); `latent` names the LaX
+gate's and the latent norm's parameters (a few hundred to r^2 elements), kept apart so that a rule for the
+factors (`("rank", "fsdp")`: FSDP then shards both factors of each pair) does not scatter the gates too.
 
 `config.parallel.rules` overrides entries as (name, mesh axis or axes or None) pairs, on the command line
 `--config.parallel.rules='(("rank", "fsdp"), ("embed", None))'`. A dimension that a mesh axis
@@ -36,6 +40,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "classes": "tensor",
     "patch": None,
     "rank": None,
+    "latent": None,
     "layers": None,
     "tt_rank": None,
     "tt_mode": None,
