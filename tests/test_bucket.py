@@ -90,12 +90,7 @@ def overrides(data_dir: str, arg: str = ARG) -> dict:
 
 def tiny(data_dir: str, arg: str = ARG):
     config = from_compact("llama", arg)
-    for key, value in overrides(data_dir, arg).items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides(data_dir, arg))
     return config
 
 

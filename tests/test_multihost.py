@@ -106,12 +106,7 @@ def start_process(
 def one_process_config(data_dir: str, **extra):
     """The two processes' config for one process on 4 of this process's 8 devices."""
     config = from_compact("llama", ARG)
-    for key, value in overrides(data_dir, **extra).items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides(data_dir, **extra))
     config.mesh.num_devices = 4
     return config
 

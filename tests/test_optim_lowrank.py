@@ -413,12 +413,7 @@ def tiny_run(name: str, steps: int = RESUME_STEPS):
     }
     if name != "apollo_mini":
         overrides[f"optim.{name}.rank"] = 4
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

@@ -53,12 +53,7 @@ def tiny_overrides(arg: str = ARG, **extra) -> dict:
 
 def tiny(arg: str = ARG, **extra):
     config = from_compact("llama", arg)
-    for key, value in tiny_overrides(arg, **extra).items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(tiny_overrides(arg, **extra))
     return config
 
 

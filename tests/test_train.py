@@ -75,12 +75,7 @@ def tiny_overrides(data_dir: str, **extra) -> dict:
 
 
 def apply(config, overrides: dict):
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

@@ -82,12 +82,7 @@ def group_of(run: sweep.Run) -> str:
 def run_config(run: sweep.Run, extra: dict[str, Any] | None = None):
     """The ConfigDict a run trains: its recipe with the shared, own and extra overrides applied."""
     config = copy.deepcopy(sweep.load_recipe(run.config))
-    for key, value in run.all_overrides(extra).items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(run.all_overrides(extra))
     return config
 
 
